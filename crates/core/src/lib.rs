@@ -1,0 +1,17 @@
+//! The domain of buildman: what a build is, the phases it walks through, the job that runs
+//! it on a worker, the queue's rules, the shape of build log entries and the configuration.
+//!
+//! This crate performs no I/O: no SQL, no Redis, no HTTP, no gRPC, no clock reads except
+//! through values handed in. Everything else in the workspace depends on it, and it on
+//! nothing of theirs.
+
+pub mod build;
+pub mod config;
+pub mod job;
+pub mod log;
+pub mod queue;
+
+pub use build::{Build, BuildId, BuildSource, NewBuild, Phase};
+pub use job::JobRecord;
+pub use log::{LogEntry, LogType};
+pub use queue::{ClaimedItem, QueueRules};

@@ -1,0 +1,77 @@
+//! The orchestrator holds what is alive right now: job records with deadlines, the worker
+//! slots that enforce ALLOWED_WORKER_COUNT, and the events that tell managers a job key was
+//! created, changed, deleted or expired.
+//!
+//! Keys follow Quay's layout below a prefix (`<prefix>building/<uuid>`, `.../cancel/<uuid>`),
+//! so the Redis backend can share a Redis with Quay's own tooling. Losing the orchestrator
+//! must never lose a build: the store is the source of truth and can expire what the
+//! orchestrator forgot.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub mod memory;
+
+/// What went wrong in the orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The backend cannot be reached.
+    #[error("orchestrator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Shorthand for orchestrator results.
+pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
+
+/// What happened to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    Create = 1,
+    Set = 2,
+    Delete = 3,
+    Expire = 4,
+}
+
+/// A change to a key, with the value it had (for expiry and delete: its last value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    pub event: KeyEvent,
+    /// The key without the orchestrator prefix.
+    pub key: String,
+    pub value: String,
+}
+
+/// Job records with time-to-live, worker slots and key events.
+#[async_trait]
+pub trait Orchestrator: Send + Sync + 'static {
+    /// Creates a key that must not exist; false when it does. `ttl` makes it expire.
+    async fn create(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<bool>;
+
+    /// Sets an existing key's value and TTL; false when the key does not exist (it expired
+    /// or was deleted), in which case nothing is written.
+    async fn update(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<bool>;
+
+    /// A key's value.
+    async fn get(&self, key: &str) -> Result<Option<String>>;
+
+    /// Deletes a key and returns its value; `None` when it did not exist. Exactly one of
+    /// several racing callers gets the value, which makes it the one to act on it.
+    async fn take(&self, key: &str) -> Result<Option<String>>;
+
+    /// Every key below a prefix, with its value.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+
+    /// Takes one of `limit` worker slots for `holder`; false when all are taken. Taking a
+    /// slot the holder already has succeeds without taking another.
+    async fn acquire_slot(&self, holder: &str, limit: u32) -> Result<bool>;
+
+    /// Gives a holder's slot back (no-op when it has none).
+    async fn release_slot(&self, holder: &str) -> Result<()>;
+
+    /// How many slots are taken.
+    async fn slots_taken(&self) -> Result<u32>;
+
+    /// Subscribes to changes of keys below `prefix` (including expiries).
+    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::UnboundedReceiver<KeyChange>;
+}

@@ -1,0 +1,140 @@
+//! The durable state of buildman: builds, the queue and build logs.
+//!
+//! [`Store`] is what the manager and the servers use; each backend is one module
+//! ([`sqlite`] embedded, PostgreSQL later). The store is the source of truth for what
+//! happened: the orchestrator may forget, the store may not.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase};
+use chrono::{DateTime, Utc};
+
+pub mod sqlite;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The namespace already has its maximum of queued builds.
+    #[error("namespace {namespace} already has {limit} queued builds; wait for some to finish")]
+    QueueFull { namespace: String, limit: u32 },
+    /// No such build.
+    #[error("build {0} not found")]
+    NotFound(BuildId),
+    /// The database failed or is unreachable.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row held something this version cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The queue state of a build, as shown to users and used by the manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// Retries left.
+    pub retries_remaining: u32,
+    /// False while a manager holds a claim on the item.
+    pub available: bool,
+    /// When the item may next be claimed.
+    pub available_after: DateTime<Utc>,
+    /// When the current claim's lease runs out, if claimed.
+    pub processing_expires: Option<DateTime<Utc>>,
+}
+
+/// A page of a build's log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogPage {
+    /// Index of the first entry in `entries`.
+    pub start: u64,
+    /// Number of entries in the whole log.
+    pub total: u64,
+    pub entries: Vec<LogEntry>,
+}
+
+/// Builds, the queue and logs, behind one interface so backends can be swapped.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new build in phase `waiting` with its queue item (available now, with
+    /// `retries` retries), in one transaction. With `max_queued` set, refuses with
+    /// [`StoreError::QueueFull`] when the namespace already has that many queue items.
+    async fn create_build(
+        &self,
+        new: NewBuild,
+        retries: u32,
+        max_queued: Option<u32>,
+    ) -> Result<Build>;
+
+    /// One build.
+    async fn get_build(&self, id: BuildId) -> Result<Option<Build>>;
+
+    /// A repository's builds, newest first; `since` keeps those created at or after it.
+    async fn list_builds(
+        &self,
+        namespace: &str,
+        repository: &str,
+        limit: u32,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Build>>;
+
+    /// Sets the phase when the current phase is one of `from` (all phases when `from` is
+    /// empty); returns the phase the build had before, or `None` when nothing changed
+    /// because the current phase was not allowed. `error` replaces the stored error.
+    /// This compare-and-set is what settles races between a cancel and a worker.
+    async fn set_phase(
+        &self,
+        id: BuildId,
+        to: Phase,
+        from: &[Phase],
+        error: Option<&str>,
+    ) -> Result<Option<Phase>>;
+
+    /// Records where an unpushed result was written.
+    async fn set_result_location(&self, id: BuildId, location: &str) -> Result<()>;
+
+    /// Claims the oldest claimable item (see [`buildman_core::queue`]) with a lease of
+    /// `lease`, taking one retry. `None` when nothing is claimable.
+    async fn claim(&self, now: DateTime<Utc>, lease: Duration) -> Result<Option<ClaimedItem>>;
+
+    /// Deletes a claimed item (the build is done with the queue). False if the claim was lost.
+    async fn complete_item(&self, item: &ClaimedItem) -> Result<bool>;
+
+    /// Returns a claimed item to the queue, available after `retry_after`, giving its
+    /// retry back when `restore_retry`. False if the claim was lost.
+    async fn return_item(
+        &self,
+        item: &ClaimedItem,
+        now: DateTime<Utc>,
+        retry_after: Duration,
+        restore_retry: bool,
+    ) -> Result<bool>;
+
+    /// Pushes a claimed item's lease out to `now + lease`, writing only when that moves it
+    /// by more than `minimum`. False if the claim was lost.
+    async fn extend_item(
+        &self,
+        item: &ClaimedItem,
+        now: DateTime<Utc>,
+        lease: Duration,
+        minimum: Duration,
+    ) -> Result<bool>;
+
+    /// Deletes a build's queue item whatever its claim (used by cancel).
+    async fn delete_item(&self, build: BuildId) -> Result<()>;
+
+    /// The queue state of a build, `None` once it left the queue.
+    async fn queue_state(&self, build: BuildId) -> Result<Option<QueueState>>;
+
+    /// The earliest `available_after` in the future among waiting items, so the scheduler
+    /// can sleep exactly until then.
+    async fn next_available_after(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>>;
+
+    /// Appends entries to a build's log in one transaction; returns the new total.
+    async fn append_logs(&self, id: BuildId, entries: &[LogEntry]) -> Result<u64>;
+
+    /// Entries from index `start` (at most `limit`), with the log's total length.
+    async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage>;
+}
