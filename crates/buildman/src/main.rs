@@ -1,1 +1,176 @@
-fn main() {}
+//! `buildman`: a container-image build service speaking Quay's build-manager contracts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use buildman::serve::{self, ServeOptions};
+use buildman::user;
+use buildman_core::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "buildman", version, about = "Container-image build service (Quay-compatible build manager)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the build manager: REST API, gRPC worker service, scheduler.
+    ///
+    /// With no --config it runs on embedded defaults: SQLite in the data dir, the in-memory
+    /// orchestrator and the local-process executor.
+    Serve(ServeArgs),
+    /// Check a config.yaml and report every problem with its path in the file.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+    /// Submit a build and follow it to the end.
+    Submit(user::SubmitArgs),
+    /// List a repository's builds.
+    Builds(user::BuildsArgs),
+    /// Print (or follow) a build's log.
+    Logs(user::LogsArgs),
+    /// Cancel a build.
+    Cancel(user::CancelArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A Quay-style config.yaml; without it the embedded defaults are used.
+    #[arg(long, short = 'c', env = "BUILDMAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where SQLite, keys, tokens and uploaded contexts live (overrides BUILDMAN_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// REST API address (overrides BUILDMAN_HTTP_LISTEN; default 127.0.0.1:8080).
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
+    /// gRPC worker service address (overrides BUILDMAN_GRPC_LISTEN; default 127.0.0.1:50051).
+    #[arg(long)]
+    grpc_listen: Option<std::net::SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => run_serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::CheckConfig { file } => Ok(check_config(&file)),
+            Command::Submit(args) => user::submit(args).await,
+            Command::Builds(args) => user::builds(args).await,
+            Command::Logs(args) => user::logs(args).await,
+            Command::Cancel(args) => user::cancel(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads and validates a config file, printing every problem; `Err` lists the errors.
+fn load_config(file: &std::path::Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    match Config::parse(&text) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(errors) => Err(errors
+            .iter()
+            .map(|e| format!("error: {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match load_config(file) {
+        Ok(config) => {
+            let bm = &config.build_manager;
+            let names: Vec<&str> = bm.executors.iter().map(|e| e.name.as_str()).collect();
+            println!(
+                "{}: ok (build support {}, {} executor(s): {}, ALLOWED_WORKER_COUNT {})",
+                file.display(),
+                if config.feature_build_support { "on" } else { "off" },
+                names.len(),
+                names.join(", "),
+                bm.allowed_worker_count
+            );
+            ExitCode::SUCCESS
+        }
+        Err(report) => {
+            eprintln!("{report}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(file) => load_config(file).map_err(|report| {
+            anyhow::anyhow!("{report}\n{}: invalid configuration, not starting", file.display())
+        })?,
+        None => Config::embedded(),
+    };
+    config.apply_env(|k| std::env::var(k).ok());
+    let mut options = ServeOptions::from_config(config)?;
+    if let Some(d) = args.data_dir {
+        options.data_dir = d;
+    }
+    if let Some(a) = args.http_listen {
+        options.http_listen = a;
+    }
+    if let Some(a) = args.grpc_listen {
+        options.grpc_listen = a;
+    }
+    let running = serve::start(options.clone()).await?;
+    if let Some(token) = &running.new_admin_token {
+        println!(
+            "Admin API token (shown once; kept in {}): {token}",
+            options.data_dir.join("admin-token").display()
+        );
+    }
+    println!(
+        "buildman serving: REST API on http://{}, workers on {}, data in {}",
+        running.http_addr,
+        running.grpc_addr,
+        options.data_dir.display()
+    );
+    shutdown_signal().await.context("waiting for a shutdown signal")?;
+    eprintln!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

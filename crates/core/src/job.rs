@@ -23,6 +23,8 @@ pub struct JobRecord {
     pub repository: String,
     /// The queue item claimed for this attempt.
     pub queue_item: ClaimedItem,
+    /// The worker slot this job holds (ALLOWED_WORKER_COUNT), given back when it ends.
+    pub slot_holder: String,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds after which the job may not run any longer (MACHINE_MAX_TIME).

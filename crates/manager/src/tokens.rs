@@ -1,1 +1,294 @@
-//! Tokens.
+//! The tokens workers present: RS256 JWTs with a `kid`, in the claims layout of Quay's
+//! build manager (see the worker protocol's "Tokens" section).
+//!
+//! Several public keys can be trusted at once, so a signing key can be rotated without
+//! invalidating the tokens of workers already running.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use buildman_core::BuildId;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::ManagerError;
+
+/// The issuer written into every token.
+pub const ISSUER: &str = "buildman";
+/// Clock skew tolerated between manager and worker, as in Quay.
+const LEEWAY_S: u64 = 30;
+
+/// Which of the two kinds a token is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenType {
+    /// Presented once, to RegisterBuildJob.
+    #[serde(rename = "build_job_registration")]
+    Registration,
+    /// Presented on every call after registration.
+    #[serde(rename = "build_job_token")]
+    Job,
+}
+
+/// The `context` claim: what the token is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenContext {
+    pub token_type: TokenType,
+    pub build_id: BuildId,
+    /// The orchestrator key of the job.
+    pub job_id: String,
+    /// The token's lifetime in seconds.
+    pub expiration: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    sub: String,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    context: TokenContext,
+}
+
+/// An RSA key pair in PEM, with the id that names it in token headers.
+#[derive(Clone)]
+pub struct KeyPair {
+    pub kid: String,
+    pub private_pem: String,
+    pub public_pem: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl KeyPair {
+    /// Generates a 2048-bit key pair; its `kid` is derived from the public key.
+    pub fn generate() -> Result<Self, ManagerError> {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let internal = |e: &dyn std::fmt::Display| ManagerError::Internal(format!("key generation: {e}"));
+        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| internal(&e))?;
+        let private_pem = private.to_pkcs8_pem(LineEnding::LF).map_err(|e| internal(&e))?;
+        let public_pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| internal(&e))?;
+        Ok(KeyPair {
+            kid: kid_of(&public_pem),
+            private_pem: private_pem.to_string(),
+            public_pem,
+        })
+    }
+
+    /// Reads `signing-key.pem` from `dir`, or generates it (mode 0600) on first start.
+    pub fn load_or_generate(dir: &Path) -> Result<Self, ManagerError> {
+        let path = dir.join("signing-key.pem");
+        let io = |e: std::io::Error| {
+            ManagerError::Internal(format!("signing key {}: {e}", path.display()))
+        };
+        if path.exists() {
+            let private_pem = std::fs::read_to_string(&path).map_err(io)?;
+            return Self::from_private_pem(None, &private_pem).map_err(|e| {
+                ManagerError::Internal(format!("signing key {}: {e}", path.display()))
+            });
+        }
+        let pair = Self::generate()?;
+        std::fs::create_dir_all(dir).map_err(io)?;
+        write_private(&path, &pair.private_pem).map_err(io)?;
+        Ok(pair)
+    }
+
+    /// A key pair from a private key in PKCS#8 or PKCS#1 PEM; `kid` defaults to one derived
+    /// from the public key.
+    pub fn from_private_pem(kid: Option<String>, private_pem: &str) -> Result<Self, String> {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
+        let private = rsa::RsaPrivateKey::from_pkcs8_pem(private_pem)
+            .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(private_pem))
+            .map_err(|e| format!("not an RSA private key in PEM: {e}"))?;
+        let public_pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        Ok(KeyPair {
+            kid: kid.unwrap_or_else(|| kid_of(&public_pem)),
+            private_pem: private_pem.to_string(),
+            public_pem,
+        })
+    }
+}
+
+fn kid_of(public_pem: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(public_pem.as_bytes())[..12])
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+/// Issues and verifies worker tokens.
+pub struct TokenService {
+    audience: String,
+    kid: String,
+    signing: EncodingKey,
+    trusted: HashMap<String, DecodingKey>,
+}
+
+impl TokenService {
+    /// Signs with `signing`; verifies tokens signed by it or by any of `trusted`
+    /// (`(kid, public key PEM)` pairs).
+    pub fn new(
+        audience: impl Into<String>,
+        signing: &KeyPair,
+        trusted: &[(String, String)],
+    ) -> Result<Self, ManagerError> {
+        let bad = |kid: &str, e: jsonwebtoken::errors::Error| {
+            ManagerError::Invalid(format!("key {kid:?} is not a usable RSA key: {e}"))
+        };
+        let mut keys = HashMap::new();
+        keys.insert(
+            signing.kid.clone(),
+            DecodingKey::from_rsa_pem(signing.public_pem.as_bytes()).map_err(|e| bad(&signing.kid, e))?,
+        );
+        for (kid, pem) in trusted {
+            keys.insert(
+                kid.clone(),
+                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| bad(kid, e))?,
+            );
+        }
+        Ok(TokenService {
+            audience: audience.into(),
+            kid: signing.kid.clone(),
+            signing: EncodingKey::from_rsa_pem(signing.private_pem.as_bytes())
+                .map_err(|e| bad(&signing.kid, e))?,
+            trusted: keys,
+        })
+    }
+
+    /// A signed token of `token_type` for a job, valid for `lifetime`.
+    pub fn issue(
+        &self,
+        token_type: TokenType,
+        build_id: BuildId,
+        job_id: &str,
+        lifetime: Duration,
+    ) -> Result<String, ManagerError> {
+        let now = unix_now();
+        let claims = Claims {
+            iss: ISSUER.to_string(),
+            aud: self.audience.clone(),
+            sub: "(anonymous)".to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + lifetime.as_secs(),
+            context: TokenContext {
+                token_type,
+                build_id,
+                job_id: job_id.to_string(),
+                expiration: lifetime.as_secs(),
+            },
+        };
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.signing)
+            .map_err(|e| ManagerError::Internal(format!("signing a token: {e}")))
+    }
+
+    /// Checks signature, audience, issuer, time and kind; returns the token's context.
+    /// Errors say why, for the worker's operator; they never echo the token.
+    pub fn verify(&self, token: &str, expected: TokenType) -> Result<TokenContext, ManagerError> {
+        let unauth = |m: String| ManagerError::Unauthenticated(m);
+        if token.is_empty() {
+            return Err(unauth("no token: the request carries an empty job_jwt".into()));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauth(format!("malformed token: {e}")))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(unauth(format!("token algorithm {:?} is not RS256", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| unauth("token has no kid header naming its signing key".into()))?;
+        let key = self
+            .trusted
+            .get(&kid)
+            .ok_or_else(|| unauth(format!("token signed by unknown key {kid:?}")))?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = LEEWAY_S;
+        validation.validate_nbf = true;
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "aud", "iss"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            unauth(match e.kind() {
+                ErrorKind::ExpiredSignature => "token expired".to_string(),
+                ErrorKind::ImmatureSignature => "token not yet valid".to_string(),
+                ErrorKind::InvalidSignature => "token signature does not verify".to_string(),
+                ErrorKind::InvalidAudience => "token is for another build manager (audience)".to_string(),
+                _ => format!("invalid token: {e}"),
+            })
+        })?;
+        let context = data.claims.context;
+        if context.token_type != expected {
+            let what = |t| match t {
+                TokenType::Registration => "a registration token",
+                TokenType::Job => "a job token",
+            };
+            return Err(unauth(format!(
+                "{} was presented where {} is required",
+                what(context.token_type),
+                what(expected)
+            )));
+        }
+        Ok(context)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_and_verify_with_rotation() {
+        let old = KeyPair::generate().unwrap();
+        let new = KeyPair::generate().unwrap();
+        let old_service = TokenService::new("aud", &old, &[]).unwrap();
+        let new_service =
+            TokenService::new("aud", &new, &[(old.kid.clone(), old.public_pem.clone())]).unwrap();
+        let id = BuildId::new();
+        let t = old_service
+            .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
+            .unwrap();
+        let ctx = new_service.verify(&t, TokenType::Job).unwrap();
+        assert_eq!(ctx.build_id, id);
+        assert_eq!(ctx.job_id, "building/x");
+        let err = new_service.verify(&t, TokenType::Registration).unwrap_err();
+        assert!(err.to_string().contains("a job token was presented"), "{err}");
+        let other = TokenService::new("other-aud", &new, &[]).unwrap();
+        let t2 = new_service
+            .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
+            .unwrap();
+        assert!(other.verify(&t2, TokenType::Job).unwrap_err().to_string().contains("audience"));
+        assert!(old_service.verify(&t2, TokenType::Job).unwrap_err().to_string().contains("unknown key"));
+    }
+}

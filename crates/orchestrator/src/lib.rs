@@ -48,9 +48,16 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Creates a key that must not exist; false when it does. `ttl` makes it expire.
     async fn create(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<bool>;
 
-    /// Sets an existing key's value and TTL; false when the key does not exist (it expired
-    /// or was deleted), in which case nothing is written.
-    async fn update(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<bool>;
+    /// Sets a key's value and TTL when its current value is `expected`; false when the key
+    /// is gone (expired, deleted) or was changed meanwhile, in which case nothing is
+    /// written. Read-modify-write of a job record across managers rests on this.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<bool>;
 
     /// A key's value.
     async fn get(&self, key: &str) -> Result<Option<String>>;

@@ -1,0 +1,217 @@
+//! A scripted worker for testing a build manager deployment and for buildman's own tests.
+//! It plays quay-builder's exact call pattern (Ping, open the log stream, register,
+//! heartbeat every 2 s awaiting each reply, walk the phases with sequence numbers, one
+//! acknowledged log line at a time) but builds nothing.
+//!
+//! Environment: quay-builder's `TOKEN`, `SERVER`, `INSECURE`; plus
+//! `TEST_WORKER_SCENARIO` (`happy` by default, `never-register`, `stop-heartbeats`,
+//! `hold-building`, `hold-pushing`, `hold-registered`), `TEST_WORKER_REPORT` (a file that
+//! gets one JSON line per event, for tests to read) and `TEST_WORKER_HEARTBEAT_MS`.
+
+use std::time::Duration;
+
+use buildman_proto as pb;
+use pb::build_manager_client::BuildManagerClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+type Client = BuildManagerClient<Channel>;
+
+fn report(event: serde_json::Value) {
+    if let Ok(path) = std::env::var("TEST_WORKER_REPORT") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{event}");
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("test worker: {e}");
+        report(serde_json::json!({ "event": "failed", "error": e.to_string() }));
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let scenario = std::env::var("TEST_WORKER_SCENARIO").unwrap_or_else(|_| "happy".into());
+    let token = std::env::var("TOKEN")?;
+    let server = std::env::var("SERVER")?;
+    let heartbeat_every = Duration::from_millis(
+        std::env::var("TEST_WORKER_HEARTBEAT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    );
+    report(serde_json::json!({
+        "event": "started", "scenario": scenario, "pid": std::process::id(),
+        "build_uuid": std::env::var("BUILD_UUID").ok(), "server": server,
+        "registry_hostname": std::env::var("REGISTRY_HOSTNAME").ok(),
+    }));
+    if scenario == "never-register" {
+        std::future::pending::<()>().await;
+    }
+
+    let channel = Channel::from_shared(format!("http://{server}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    let mut client = Client::new(channel);
+    client.ping(pb::PingRequest {}).await?;
+
+    // quay-builder opens the log stream before it registers.
+    let (log_tx, log_rx) = mpsc::channel::<pb::LogMessageRequest>(1);
+    let mut log_replies = client
+        .log_message(ReceiverStream::new(log_rx))
+        .await?
+        .into_inner();
+
+    let pack = client
+        .register_build_job(pb::BuildJobArgs {
+            register_jwt: token.clone(),
+        })
+        .await?
+        .into_inner();
+    let jwt = pack.job_jwt.clone();
+    report(serde_json::json!({
+        "event": "registered", "registration_token": token, "job_token": jwt,
+        "package_url": match &pack.build_pack {
+            Some(pb::build_pack::BuildPack::PackageUrl(u)) => Some(u.clone()),
+            _ => None,
+        },
+        "repository": pack.repository, "tags": pack.tag_names,
+        "context": pack.context, "dockerfile_path": pack.dockerfile_path,
+    }));
+
+    let cancelled = spawn_heartbeats(client.clone(), jwt.clone(), heartbeat_every, scenario == "stop-heartbeats");
+
+    let mut seq = 0;
+    let mut phase = |client: &mut Client, phase: pb::Phase, meta: Option<pb::set_phase_request::PullMetadata>| {
+        seq += 1;
+        let request = pb::SetPhaseRequest {
+            job_jwt: jwt.clone(),
+            sequence_number: seq,
+            phase: phase as i32,
+            pull_metadata: meta,
+        };
+        let mut client = client.clone();
+        async move {
+            let reply = client.set_phase(request).await?.into_inner();
+            if !reply.success || reply.sequence_number != seq {
+                return Err(format!("phase {phase:?} rejected").into());
+            }
+            Ok::<_, Box<dyn std::error::Error>>(())
+        }
+    };
+    let mut log_seq = 0;
+    let mut log = async |line: &str| -> Result<(), Box<dyn std::error::Error>> {
+        log_seq += 1;
+        let message = serde_json::json!({ "stream": line }).to_string();
+        log_tx
+            .send(pb::LogMessageRequest {
+                job_jwt: jwt.clone(),
+                sequence_number: log_seq,
+                log_message: message,
+                phase: "building".into(),
+            })
+            .await?;
+        let reply = log_replies.message().await?.ok_or("log stream closed")?;
+        if !reply.success || reply.sequence_number != log_seq {
+            return Err("log line rejected".into());
+        }
+        Ok(())
+    };
+
+    phase(&mut client, pb::Phase::Unpacking, None).await?;
+    match scenario.as_str() {
+        "stop-heartbeats" | "hold-registered" => return wait_for_cancel(cancelled).await,
+        _ => {}
+    }
+    let meta = pb::set_phase_request::PullMetadata {
+        registry_url: "registry.example".into(),
+        base_image: "library/alpine".into(),
+        base_image_tag: "3".into(),
+        pull_username: String::new(),
+    };
+    phase(&mut client, pb::Phase::Pulling, Some(meta)).await?;
+    let cached = client
+        .determine_cached_tag(pb::CachedTagRequest {
+            job_jwt: jwt.clone(),
+            base_image_name: "library/alpine".into(),
+            base_image_tag: "3".into(),
+            base_image_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .cached_tag;
+    report(serde_json::json!({ "event": "cached_tag", "tag": cached }));
+    phase(&mut client, pb::Phase::Building, None).await?;
+    log("Step 1/2 : FROM scratch\n").await?;
+    log(" ---> Running in test worker\n").await?;
+    log("Step 2/2 : COPY hello /\n").await?;
+    log("Successfully built 0123456789ab\n").await?;
+    if scenario == "hold-building" {
+        return wait_for_cancel(cancelled).await;
+    }
+    phase(&mut client, pb::Phase::Pushing, None).await?;
+    if scenario == "hold-pushing" {
+        return wait_for_cancel(cancelled).await;
+    }
+    phase(&mut client, pb::Phase::Complete, None).await?;
+    report(serde_json::json!({ "event": "completed" }));
+    Ok(())
+}
+
+/// Heartbeats every `every`, awaiting each reply; like quay-builder, a `false` reply is
+/// retried at once and the third in a row means the job is gone. Resolves then.
+fn spawn_heartbeats(
+    mut client: Client,
+    jwt: String,
+    every: Duration,
+    stop_after_first: bool,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tx, rx) = mpsc::channel(1);
+        let Ok(replies) = client.heartbeat(ReceiverStream::new(rx)).await else {
+            let _ = done_tx.send(());
+            return;
+        };
+        let mut replies = replies.into_inner();
+        let mut refused = 0;
+        loop {
+            if tx.send(pb::HeartbeatRequest { job_jwt: jwt.clone() }).await.is_err() {
+                break;
+            }
+            match replies.message().await {
+                Ok(Some(r)) if r.reply => refused = 0,
+                Ok(Some(_)) => {
+                    refused += 1;
+                    if refused >= 3 {
+                        break;
+                    }
+                    continue;
+                }
+                _ => break,
+            }
+            if stop_after_first {
+                // Stay connected but silent, as a hung worker would.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(every).await;
+        }
+        let _ = done_tx.send(());
+    });
+    done_rx
+}
+
+async fn wait_for_cancel(
+    heartbeats: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = heartbeats.await;
+    report(serde_json::json!({ "event": "job-gone" }));
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! The user-facing commands: `submit`, `builds`, `logs` and `cancel`, all talking to the
+//! manager's REST API.
+//!
+//! Each command prints its own errors (`error: <message>`, with `(HTTP <code>)` for error
+//! answers) on stderr and returns exit code 1 for them, so the `Err` path is not used.
+
+pub mod api;
+pub mod follow;
+pub mod pack;
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use api::{ApiClient, BuildOptions, BuildSource, BuildView};
+use follow::{EXIT_COMPLETE, EXIT_FAILED, write_stdout};
+
+/// Where and how to reach the manager's REST API (shared by all user commands).
+#[derive(clap::Args, Clone)]
+pub struct ApiArgs {
+    /// Base URL of the manager's REST API.
+    #[arg(long, env = "BUILDMAN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API bearer token; default: the admin token the manager wrote into its data dir.
+    #[arg(long, env = "BUILDMAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The manager's data dir, to find its admin token when --token is not given.
+    #[arg(long, env = "BUILDMAN_DATA_DIR", default_value = "buildman-data")]
+    pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ApiArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+/// Queue a build of a local directory, a local archive or Dockerfile, or an http(s) URL.
+///
+/// Exit codes: 0 the build completed (or --no-follow and it was queued); 1 the command itself
+/// failed (bad arguments, upload refused, manager unreachable); 10 the build failed (error);
+/// 11 internal error or expired; 12 cancelled.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SubmitArgs {
+    /// A directory (packed as tar.gz), a tar / tar.gz / zip archive or a lone Dockerfile
+    /// (uploaded as-is), or an http(s) URL of an archive the worker downloads.
+    pub path_or_url: String,
+    /// Repository to build into, as namespace/repo.
+    #[arg(short = 'r', long)]
+    pub repository: String,
+    /// Tag to push (repeat for several); default: the manager's default ("latest").
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// Path of the Dockerfile inside the context.
+    #[arg(long)]
+    pub dockerfile: Option<String>,
+    /// Directory inside the archive to use as the build context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Print the build id and exit instead of following the build to its end.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// How to reach the manager.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// List a repository's builds, newest first.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BuildsArgs {
+    /// Repository whose builds to list, as namespace/repo.
+    #[arg(short = 'r', long)]
+    pub repository: String,
+    /// How many builds to show at most.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Print one JSON build view per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How to reach the manager.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Print a build's log.
+///
+/// Exit codes with --follow: as for `submit` (0 complete, 1 command failed, 10 error,
+/// 11 internal error or expired, 12 cancelled); without it: 0, or 1 when the command failed.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The build id (UUID).
+    pub id: String,
+    /// Keep printing new entries until the build reaches a final phase.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How to reach the manager.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Cancel a build that has not started pushing yet.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CancelArgs {
+    /// The build id (UUID).
+    pub id: String,
+    /// How to reach the manager.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `buildman submit`: queues a build and, unless --no-follow, follows it to its end.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    Ok(report(run_submit(args).await))
+}
+
+/// `buildman builds`: lists a repository's builds as a table or JSON lines.
+pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
+    Ok(report(run_builds(args).await))
+}
+
+/// `buildman logs`: prints a build's log, following it with -f.
+pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    Ok(report(run_logs(args).await))
+}
+
+/// `buildman cancel`: cancels a build.
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    Ok(report(run_cancel(args).await))
+}
+
+/// Turns a command's outcome into its exit code, printing a failure on stderr.
+fn report(outcome: anyhow::Result<u8>) -> ExitCode {
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Splits `namespace/repo`, refusing anything else.
+pub fn parse_repository(s: &str) -> anyhow::Result<(String, String)> {
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match s.split_once('/') {
+        Some((ns, repo)) if valid(ns) && valid(repo) => Ok((ns.to_string(), repo.to_string())),
+        _ => anyhow::bail!(
+            "--repository must be namespace/repo (letters, digits, '-', '_', '.'), got {s:?}"
+        ),
+    }
+}
+
+/// What `submit` was asked to build from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// An http(s) URL the worker downloads.
+    Url(String),
+    /// A local directory to pack.
+    Dir(PathBuf),
+    /// A local file to upload as-is.
+    File(PathBuf),
+}
+
+/// Decides whether `path_or_url` is a URL, a directory or a file.
+pub fn classify_input(path_or_url: &str) -> anyhow::Result<Input> {
+    let lower = path_or_url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Ok(Input::Url(path_or_url.to_string()));
+    }
+    if let Some((scheme, _)) = path_or_url.split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        anyhow::bail!("only http:// and https:// URLs can be built from, got {path_or_url:?}");
+    }
+    let path = Path::new(path_or_url);
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {path_or_url}"))?;
+    if meta.is_dir() {
+        Ok(Input::Dir(path.to_path_buf()))
+    } else if meta.is_file() {
+        Ok(Input::File(path.to_path_buf()))
+    } else {
+        anyhow::bail!("{path_or_url} is neither a directory nor a regular file")
+    }
+}
+
+/// Says something on stderr, only for a person watching (stderr is a terminal).
+fn note(msg: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("{msg}");
+    }
+}
+
+/// The body of `submit`.
+async fn run_submit(args: SubmitArgs) -> anyhow::Result<u8> {
+    let (ns, repo) = parse_repository(&args.repository)?;
+    let input = classify_input(&args.path_or_url)?;
+    let client = ApiClient::from_args(&args.api)?;
+    let source = match input {
+        Input::Url(url) => BuildSource::ArchiveUrl(url),
+        Input::Dir(dir) => {
+            let bytes = pack::pack_dir(&dir)?;
+            note(&format!(
+                "uploading {} ({} packed)",
+                dir.display(),
+                human_size(bytes.len())
+            ));
+            BuildSource::FileId(client.upload(bytes).await.context("upload refused")?)
+        }
+        Input::File(file) => {
+            let bytes = tokio::fs::read(&file)
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            note(&format!(
+                "uploading {} ({})",
+                file.display(),
+                human_size(bytes.len())
+            ));
+            BuildSource::FileId(client.upload(bytes).await.context("upload refused")?)
+        }
+    };
+    let opts = BuildOptions {
+        tags: args.tags,
+        dockerfile_path: args.dockerfile,
+        context: args.context,
+    };
+    let view = client.create_build(&ns, &repo, &source, &opts).await?;
+    write_stdout(&format!("build {} queued\n", view.id))?;
+    if args.no_follow {
+        return Ok(EXIT_COMPLETE);
+    }
+    follow::follow(&client, view).await
+}
+
+/// A byte count for people.
+fn human_size(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{size:.1} {}", UNITS[unit])
+    }
+}
+
+/// The body of `builds`.
+async fn run_builds(args: BuildsArgs) -> anyhow::Result<u8> {
+    let (ns, repo) = parse_repository(&args.repository)?;
+    let client = ApiClient::from_args(&args.api)?;
+    let list = client.list_builds(&ns, &repo, args.limit).await?;
+    if args.json {
+        let mut out = String::new();
+        for build in &list.builds {
+            out.push_str(&serde_json::to_string(build)?);
+            out.push('\n');
+        }
+        write_stdout(&out)?;
+        return Ok(EXIT_COMPLETE);
+    }
+    let views = list
+        .builds
+        .into_iter()
+        .map(serde_json::from_value::<BuildView>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| api::ApiError::Decode(e.to_string()))?;
+    write_stdout(&builds_table(&views))?;
+    Ok(EXIT_COMPLETE)
+}
+
+/// Renders build views as an aligned table: id, phase, tags, started, display name.
+pub fn builds_table(views: &[BuildView]) -> String {
+    let header = ["ID", "PHASE", "TAGS", "STARTED", "NAME"].map(String::from);
+    let rows: Vec<[String; 5]> = std::iter::once(header)
+        .chain(views.iter().map(|v| {
+            [
+                v.id.clone(),
+                v.phase.clone(),
+                v.tags.join(","),
+                format_started(v.started.as_deref()),
+                v.display_name.clone().unwrap_or_default(),
+            ]
+        }))
+        .collect();
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// An RFC 2822 date as local `YYYY-MM-DD HH:MM:SS`; anything else unchanged.
+fn format_started(started: Option<&str>) -> String {
+    let Some(s) = started else {
+        return String::new();
+    };
+    match chrono::DateTime::parse_from_rfc2822(s.trim()) {
+        Ok(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => s.to_string(),
+    }
+}
+
+/// The body of `logs`.
+async fn run_logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let client = ApiClient::from_args(&args.api)?;
+    let view = client.build(&args.id).await?;
+    if args.follow {
+        follow::follow(&client, view).await
+    } else {
+        follow::print_log(&client, &view).await?;
+        Ok(EXIT_COMPLETE)
+    }
+}
+
+/// The body of `cancel`.
+async fn run_cancel(args: CancelArgs) -> anyhow::Result<u8> {
+    let client = ApiClient::from_args(&args.api)?;
+    let view = client.build(&args.id).await?;
+    client.cancel(&view.repository, &view.id).await?;
+    write_stdout(&format!("build {} cancelled\n", view.id))?;
+    Ok(EXIT_COMPLETE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn repository_must_be_namespace_slash_repo() {
+        assert_eq!(
+            parse_repository("acme/web").expect("valid"),
+            ("acme".to_string(), "web".to_string())
+        );
+        assert_eq!(
+            parse_repository("my_org/app.v2-x").expect("valid"),
+            ("my_org".to_string(), "app.v2-x".to_string())
+        );
+        for bad in [
+            "",
+            "acme",
+            "acme/",
+            "/web",
+            "a/b/c",
+            "acme web/x",
+            "acme/we b",
+        ] {
+            let err = parse_repository(bad).expect_err(bad);
+            assert!(err.to_string().contains("namespace/repo"), "{err}");
+        }
+    }
+
+    #[test]
+    fn inputs_are_classified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("Dockerfile");
+        std::fs::write(&file, "FROM scratch\n").expect("write");
+        assert_eq!(
+            classify_input("https://example.com/ctx.tar.gz").expect("url"),
+            Input::Url("https://example.com/ctx.tar.gz".into())
+        );
+        assert_eq!(
+            classify_input("HTTP://example.com/x").expect("url"),
+            Input::Url("HTTP://example.com/x".into())
+        );
+        let dir_str = dir.path().to_string_lossy().into_owned();
+        assert_eq!(
+            classify_input(&dir_str).expect("dir"),
+            Input::Dir(dir.path().to_path_buf())
+        );
+        assert_eq!(
+            classify_input(&file.to_string_lossy()).expect("file"),
+            Input::File(file.clone())
+        );
+        assert!(classify_input("git://example.com/repo").is_err());
+        assert!(classify_input(&format!("{dir_str}/missing")).is_err());
+    }
+
+    #[test]
+    fn table_has_a_header_and_aligned_rows() {
+        let view: BuildView = serde_json::from_value(serde_json::json!({
+            "id": "0b5c", "phase": "complete", "tags": ["latest", "v1"],
+            "started": "not a date", "display_name": "abc123",
+            "repository": {"namespace": "acme", "name": "web"}, "extra": 1
+        }))
+        .expect("view");
+        let table = builds_table(&[view]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("ID    PHASE     TAGS       STARTED     NAME"));
+        assert_eq!(lines[1], "0b5c  complete  latest,v1  not a date  abc123");
+    }
+
+    /// The commands parse as the lead's main.rs will wire them.
+    #[derive(clap::Parser)]
+    enum TestCli {
+        Submit(SubmitArgs),
+        Builds(BuildsArgs),
+        Logs(LogsArgs),
+        Cancel(CancelArgs),
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let cli = TestCli::try_parse_from([
+            "buildman",
+            "submit",
+            "./ctx",
+            "-r",
+            "acme/web",
+            "-t",
+            "a",
+            "--tag",
+            "b",
+            "--dockerfile",
+            "sub/Dockerfile",
+            "--no-follow",
+            "--token",
+            "tok",
+        ])
+        .expect("parse");
+        let TestCli::Submit(args) = cli else {
+            panic!("not submit");
+        };
+        assert_eq!(args.tags, ["a", "b"]);
+        assert_eq!(args.dockerfile.as_deref(), Some("sub/Dockerfile"));
+        assert!(args.no_follow);
+        assert!(!format!("{args:?}").contains("tok\""));
+        let cli = TestCli::try_parse_from(["buildman", "logs", "-f", "id1"]).expect("parse");
+        assert!(matches!(cli, TestCli::Logs(LogsArgs { follow: true, .. })));
+        let cli =
+            TestCli::try_parse_from(["buildman", "builds", "-r", "a/b", "--json"]).expect("parse");
+        assert!(matches!(
+            cli,
+            TestCli::Builds(BuildsArgs {
+                json: true,
+                limit: 20,
+                ..
+            })
+        ));
+        assert!(TestCli::try_parse_from(["buildman", "cancel", "id1"]).is_ok());
+    }
+}

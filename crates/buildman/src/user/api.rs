@@ -1,0 +1,516 @@
+//! A small typed client for the manager's REST API (the Quay-shaped builds API).
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::ApiArgs;
+
+/// Name of the file in the manager's data dir that holds the admin API token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// How long one polling request (GET) may take before it counts as failed.
+const POLL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The manager could not be connected to at all.
+    #[error(
+        "the manager at {server} is not reachable ({detail}); start it with `buildman serve` \
+         or point --server / BUILDMAN_SERVER at it"
+    )]
+    Unreachable {
+        /// The configured base URL.
+        server: String,
+        /// The innermost transport error.
+        detail: String,
+    },
+    /// The manager answered with an error status.
+    #[error("{message} (HTTP {})", status.as_u16())]
+    Http {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `error` field of the body, or a fallback.
+        message: String,
+    },
+    /// Any other transport failure (timeout, connection reset, TLS, ...).
+    #[error("request to {server} failed: {detail}")]
+    Transport {
+        /// The configured base URL.
+        server: String,
+        /// The error chain, flattened.
+        detail: String,
+    },
+    /// The manager answered 2xx with a body we could not understand.
+    #[error("unexpected answer from the manager: {0}")]
+    Decode(String),
+}
+
+impl ApiError {
+    /// Whether retrying the same request later may succeed (network trouble, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Unreachable { .. } | ApiError::Transport { .. } => true,
+            ApiError::Http { status, .. } => status.is_server_error(),
+            ApiError::Decode(_) => false,
+        }
+    }
+}
+
+/// Flattens an error and its sources into one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The repository a build belongs to.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RepositoryRef {
+    /// Namespace (organisation or user).
+    #[serde(default)]
+    pub namespace: String,
+    /// Repository name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// The fields of the build view the CLI uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BuildView {
+    /// Build UUID.
+    pub id: String,
+    /// Current phase (`waiting`, `building`, `complete`, ...).
+    #[serde(default)]
+    pub phase: String,
+    /// When the build was queued, RFC 2822.
+    #[serde(default)]
+    pub started: Option<String>,
+    /// Human-readable name of the build.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Tags the build will push.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The repository the build belongs to.
+    #[serde(default)]
+    pub repository: RepositoryRef,
+    /// Error message of a failed build.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One build-log entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LogEntry {
+    /// The text (a phase name for phase entries).
+    #[serde(default)]
+    pub message: String,
+    /// `command`, `phase`, `error`, or absent for plain output.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// One page of a build's log.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogPage {
+    /// Index of the first entry in `logs`.
+    #[serde(default)]
+    pub start: u64,
+    /// Number of entries in the whole log so far.
+    #[serde(default)]
+    pub total: u64,
+    /// The entries from `start` on.
+    #[serde(default)]
+    pub logs: Vec<LogEntry>,
+}
+
+/// The answer of the build list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BuildList {
+    /// Build views, newest first, as the manager sent them.
+    #[serde(default)]
+    pub builds: Vec<serde_json::Value>,
+}
+
+/// The answer of creating a file drop.
+#[derive(Debug, Clone, Deserialize)]
+struct FileDrop {
+    /// Id to pass as `file_id` when creating the build.
+    file_id: String,
+}
+
+/// The error body the manager sends with 4xx/5xx.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    /// The message.
+    error: Option<String>,
+    /// Quay sometimes uses `message`.
+    message: Option<String>,
+}
+
+/// Where a build's context comes from.
+#[derive(Debug, Clone)]
+pub enum BuildSource {
+    /// A context uploaded through the file drop.
+    FileId(String),
+    /// A context the worker downloads itself.
+    ArchiveUrl(String),
+}
+
+/// What to build, besides the source.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Tags to push; empty means the manager's default.
+    pub tags: Vec<String>,
+    /// Path of the Dockerfile inside the context.
+    pub dockerfile_path: Option<String>,
+    /// Context directory inside the archive.
+    pub context: Option<String>,
+}
+
+/// Client for the manager's REST API: base URL, bearer token and an HTTP client.
+pub struct ApiClient {
+    /// Base URL as given (for messages).
+    server: String,
+    /// Parsed base URL.
+    base: Url,
+    /// The bearer token; never printed.
+    token: String,
+    /// The HTTP client.
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Finds the API token: the explicit one, else `<data_dir>/admin-token`.
+pub fn resolve_token(token: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(t.to_string());
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Ok(_) => anyhow::bail!(
+            "the token file {} is empty; pass --token (or set BUILDMAN_TOKEN)",
+            path.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "no API token: pass --token (or set BUILDMAN_TOKEN), or run from the manager's \
+             directory so that {} can be read ({e})",
+            path.display()
+        ),
+    }
+}
+
+impl ApiClient {
+    /// Builds a client from the shared command-line arguments.
+    pub fn from_args(args: &ApiArgs) -> anyhow::Result<Self> {
+        let token = resolve_token(args.token.as_deref(), &args.data_dir)?;
+        Self::new(&args.server, token)
+    }
+
+    /// Builds a client for `server` authenticating with `token`.
+    pub fn new(server: &str, token: String) -> anyhow::Result<Self> {
+        let base = Url::parse(server.trim())
+            .map_err(|e| anyhow::anyhow!("invalid --server URL {server:?}: {e}"))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            anyhow::bail!("invalid --server URL {server:?}: expected http:// or https://");
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("buildman/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            server: server.trim().to_string(),
+            base,
+            token,
+            http,
+        })
+    }
+
+    /// The base URL as configured.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// `<base>/api/v1/<segments...>`; each segment is percent-encoded; an empty last segment
+    /// gives a trailing slash.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
+        }
+        url
+    }
+
+    /// A request with the bearer token.
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        self.http
+            .request(method, self.url(segments))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends a request, mapping transport failures and error statuses to [`ApiError`].
+    async fn send(&self, req: RequestBuilder) -> Result<Response, ApiError> {
+        let resp = req.send().await.map_err(|e| {
+            let connect = e.is_connect();
+            let detail = error_chain(&e.without_url());
+            if connect {
+                ApiError::Unreachable {
+                    server: self.server.clone(),
+                    detail,
+                }
+            } else {
+                ApiError::Transport {
+                    server: self.server.clone(),
+                    detail,
+                }
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(ApiError::Http {
+            status,
+            message: error_message(status, &body),
+        })
+    }
+
+    /// Sends a request and decodes a JSON answer.
+    async fn send_json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiError> {
+        let resp = self.send(req).await?;
+        let bytes = resp.bytes().await.map_err(|e| ApiError::Transport {
+            server: self.server.clone(),
+            detail: error_chain(&e.without_url()),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// Uploads a build context through the file drop; returns its file id.
+    pub async fn upload(&self, bytes: Vec<u8>) -> Result<String, ApiError> {
+        let drop: FileDrop = self
+            .send_json(
+                self.request(Method::POST, &["filedrop", ""])
+                    .json(&serde_json::json!({"mimeType": "application/octet-stream"})),
+            )
+            .await?;
+        self.send(
+            self.request(Method::PUT, &["filedrop", &drop.file_id])
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
+        )
+        .await?;
+        Ok(drop.file_id)
+    }
+
+    /// Queues a build in `ns/repo`.
+    pub async fn create_build(
+        &self,
+        ns: &str,
+        repo: &str,
+        source: &BuildSource,
+        opts: &BuildOptions,
+    ) -> Result<BuildView, ApiError> {
+        let body = create_body(source, opts);
+        self.send_json(
+            self.request(Method::POST, &["repository", ns, repo, "build", ""])
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Looks a build up by its id alone.
+    pub async fn build(&self, id: &str) -> Result<BuildView, ApiError> {
+        self.send_json(
+            self.request(Method::GET, &["build", id])
+                .timeout(POLL_TIMEOUT),
+        )
+        .await
+    }
+
+    /// Lists the newest `limit` builds of `ns/repo`.
+    pub async fn list_builds(
+        &self,
+        ns: &str,
+        repo: &str,
+        limit: u32,
+    ) -> Result<BuildList, ApiError> {
+        self.send_json(
+            self.request(Method::GET, &["repository", ns, repo, "build", ""])
+                .query(&[("limit", limit)])
+                .timeout(POLL_TIMEOUT),
+        )
+        .await
+    }
+
+    /// Fetches one page of a build's log from entry `start` on.
+    pub async fn logs_page(
+        &self,
+        repo: &RepositoryRef,
+        id: &str,
+        start: u64,
+    ) -> Result<LogPage, ApiError> {
+        self.send_json(
+            self.request(
+                Method::GET,
+                &[
+                    "repository",
+                    &repo.namespace,
+                    &repo.name,
+                    "build",
+                    id,
+                    "logs",
+                ],
+            )
+            .query(&[("start", start)])
+            .timeout(POLL_TIMEOUT),
+        )
+        .await
+    }
+
+    /// Cancels a build.
+    pub async fn cancel(&self, repo: &RepositoryRef, id: &str) -> Result<(), ApiError> {
+        self.send(self.request(
+            Method::DELETE,
+            &["repository", &repo.namespace, &repo.name, "build", id],
+        ))
+        .await
+        .map(drop)
+    }
+}
+
+/// The JSON body of a create-build request.
+pub fn create_body(source: &BuildSource, opts: &BuildOptions) -> serde_json::Value {
+    let mut body = serde_json::Map::new();
+    match source {
+        BuildSource::FileId(id) => body.insert("file_id".into(), id.clone().into()),
+        BuildSource::ArchiveUrl(url) => body.insert("archive_url".into(), url.clone().into()),
+    };
+    if !opts.tags.is_empty() {
+        body.insert("docker_tags".into(), opts.tags.clone().into());
+    }
+    if let Some(p) = &opts.dockerfile_path {
+        body.insert("dockerfile_path".into(), p.clone().into());
+    }
+    if let Some(c) = &opts.context {
+        body.insert("context".into(), c.clone().into());
+    }
+    serde_json::Value::Object(body)
+}
+
+/// The message to show for an error answer: its `error` field, else its text, else the reason.
+pub fn error_message(status: StatusCode, body: &str) -> String {
+    if let Ok(parsed) = serde_json::from_str::<ErrorBody>(body)
+        && let Some(msg) = parsed.error.or(parsed.message)
+        && !msg.trim().is_empty()
+    {
+        return msg.trim().to_string();
+    }
+    let text = body.trim();
+    if !text.is_empty() && text.len() <= 300 && !text.starts_with('<') {
+        return text.to_string();
+    }
+    status
+        .canonical_reason()
+        .unwrap_or("request failed")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_prefers_error_field() {
+        assert_eq!(
+            error_message(StatusCode::BAD_REQUEST, r#"{"error": "cannot cancel"}"#),
+            "cannot cancel"
+        );
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, "no such build"),
+            "no such build"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, "<html>x</html>"),
+            "Bad Gateway"
+        );
+        let e = ApiError::Http {
+            status: StatusCode::BAD_REQUEST,
+            message: "nope".into(),
+        };
+        assert_eq!(e.to_string(), "nope (HTTP 400)");
+    }
+
+    #[test]
+    fn urls_are_built_under_the_base() {
+        let c = ApiClient::new("http://127.0.0.1:8080", "t".into()).expect("client");
+        assert_eq!(
+            c.url(&["repository", "ns", "repo", "build", ""]).as_str(),
+            "http://127.0.0.1:8080/api/v1/repository/ns/repo/build/"
+        );
+        let c = ApiClient::new("https://quay.example/prefix/", "t".into()).expect("client");
+        assert_eq!(
+            c.url(&["build", "a/b"]).as_str(),
+            "https://quay.example/prefix/api/v1/build/a%2Fb"
+        );
+        assert!(!format!("{c:?}").contains("\"t\""));
+    }
+
+    #[test]
+    fn create_body_omits_unset_fields() {
+        let body = create_body(
+            &BuildSource::ArchiveUrl("https://x/y.tgz".into()),
+            &BuildOptions::default(),
+        );
+        assert_eq!(body, serde_json::json!({"archive_url": "https://x/y.tgz"}));
+        let body = create_body(
+            &BuildSource::FileId("f1".into()),
+            &BuildOptions {
+                tags: vec!["a".into(), "b".into()],
+                dockerfile_path: Some("sub/Dockerfile".into()),
+                context: Some("sub".into()),
+            },
+        );
+        assert_eq!(
+            body,
+            serde_json::json!({"file_id": "f1", "docker_tags": ["a", "b"],
+                "dockerfile_path": "sub/Dockerfile", "context": "sub"})
+        );
+    }
+
+    #[test]
+    fn token_from_flag_or_data_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            resolve_token(Some(" abc "), dir.path()).expect("token"),
+            "abc"
+        );
+        let err = resolve_token(None, dir.path()).expect_err("no token");
+        assert!(err.to_string().contains("--token"), "{err}");
+        std::fs::write(dir.path().join(ADMIN_TOKEN_FILE), "secret\n").expect("write");
+        assert_eq!(resolve_token(None, dir.path()).expect("token"), "secret");
+    }
+}

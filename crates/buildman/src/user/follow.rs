@@ -1,0 +1,280 @@
+//! Printing a build's log and following a build until it reaches a final phase.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::api::{ApiClient, ApiError, BuildView, LogEntry, RepositoryRef};
+
+/// Exit code: the build completed.
+pub const EXIT_COMPLETE: u8 = 0;
+/// Exit code: the command itself failed (bad arguments, refused upload, manager unreachable).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: the build failed (phase `error`).
+pub const EXIT_BUILD_ERROR: u8 = 10;
+/// Exit code: the build hit an internal error or expired.
+pub const EXIT_INTERNAL_ERROR: u8 = 11;
+/// Exit code: the build was cancelled.
+pub const EXIT_CANCELLED: u8 = 12;
+
+/// How often the build view and its log are polled while following.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the manager may stay unreachable (or answer 5xx) before following gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+
+/// The exit code for a final phase; `None` while the build is still going.
+pub fn final_exit_code(phase: &str) -> Option<u8> {
+    match phase {
+        "complete" => Some(EXIT_COMPLETE),
+        "error" => Some(EXIT_BUILD_ERROR),
+        "internalerror" | "expired" => Some(EXIT_INTERNAL_ERROR),
+        "cancelled" => Some(EXIT_CANCELLED),
+        _ => None,
+    }
+}
+
+/// Renders one log entry as the text to print, always ending in exactly the entry's own
+/// newline (one is added only when the message does not already end in one).
+pub fn format_entry(entry: &LogEntry) -> String {
+    let mut text = match entry.kind.as_deref() {
+        Some("phase") => format!("==> {}", entry.message.trim_end()),
+        Some("error") => format!("error: {}", entry.message),
+        _ => entry.message.clone(),
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// Writes to stdout; a closed pipe (`buildman logs ID | head`) is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads a build's log from entry `*cursor` on, page after page, handing each new entry to
+/// `sink` and advancing `*cursor` past it.
+pub async fn drain_logs(
+    client: &ApiClient,
+    repo: &RepositoryRef,
+    id: &str,
+    cursor: &mut u64,
+    mut sink: impl FnMut(&LogEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    loop {
+        let page = client.logs_page(repo, id, *cursor).await?;
+        let mut advanced = false;
+        for (index, entry) in (page.start..).zip(page.logs.iter()) {
+            // A manager that ignores `start` must not make us print entries twice.
+            if index >= *cursor {
+                sink(entry)?;
+                *cursor = index + 1;
+                advanced = true;
+            }
+        }
+        if !advanced || *cursor >= page.total {
+            return Ok(());
+        }
+    }
+}
+
+/// A spinner on stderr showing the phase and elapsed time, only while stderr is a terminal.
+struct Spinner {
+    /// The bar; `None` when stderr is not a terminal.
+    bar: Option<ProgressBar>,
+    /// The build id shown in the message.
+    id: String,
+}
+
+impl Spinner {
+    /// Starts a spinner for `view` (its elapsed time counted from the build's start).
+    fn new(view: &BuildView) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let style = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_style(style)
+                .with_elapsed(elapsed_since(view.started.as_deref()));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let spinner = Self {
+            bar,
+            id: view.id.clone(),
+        };
+        spinner.set_phase(&view.phase);
+        spinner
+    }
+
+    /// Shows the current phase.
+    fn set_phase(&self, phase: &str) {
+        self.set_message(format!("build {} {phase}", self.id));
+    }
+
+    /// Shows any message.
+    fn set_message(&self, msg: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg);
+        }
+    }
+
+    /// Prints to stdout with the spinner out of the way.
+    fn print(&self, text: &str) -> anyhow::Result<()> {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| write_stdout(text)),
+            None => write_stdout(text),
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Time since an RFC 2822 `started` date, zero when absent, unparsable or in the future.
+fn elapsed_since(started: Option<&str>) -> Duration {
+    started
+        .and_then(|s| chrono::DateTime::parse_from_rfc2822(s.trim()).ok())
+        .and_then(|t| (chrono::Utc::now() - t.to_utc()).to_std().ok())
+        .unwrap_or_default()
+}
+
+/// Prints a build's whole log as it is now.
+pub async fn print_log(client: &ApiClient, view: &BuildView) -> anyhow::Result<()> {
+    let mut cursor = 0;
+    drain_logs(client, &view.repository, &view.id, &mut cursor, |entry| {
+        write_stdout(&format_entry(entry))
+    })
+    .await
+}
+
+/// Polls a build and its log every 500 ms, printing new entries, until the build reaches a
+/// final phase; returns the exit code for that phase.
+pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8> {
+    let spinner = Spinner::new(&initial);
+    let id = initial.id.clone();
+    let mut view = initial;
+    let mut cursor = 0;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match poll(client, &id, &mut view, &mut cursor, &spinner).await {
+            Ok(()) => failing_since = None,
+            Err(err) => {
+                let transient = err
+                    .downcast_ref::<ApiError>()
+                    .is_some_and(ApiError::is_transient);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if !transient || since.elapsed() >= GIVE_UP_AFTER {
+                    return Err(err);
+                }
+                spinner.set_message(format!("build {id}: {err:#}; retrying"));
+            }
+        }
+        if let Some(code) = final_exit_code(&view.phase) {
+            drop(spinner);
+            let mut summary = format!("build {id} {}", view.phase);
+            if let Some(msg) = view.error.as_deref().filter(|m| !m.trim().is_empty()) {
+                summary.push_str(": ");
+                summary.push_str(msg.trim());
+            }
+            eprintln!("{summary}");
+            return Ok(code);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// One round of following: the build view first, then the log, so that a final phase seen
+/// here comes with every log entry written before it.
+async fn poll(
+    client: &ApiClient,
+    id: &str,
+    view: &mut BuildView,
+    cursor: &mut u64,
+    spinner: &Spinner,
+) -> anyhow::Result<()> {
+    let fresh = client.build(id).await?;
+    if fresh.phase != view.phase {
+        spinner.set_phase(&fresh.phase);
+    }
+    *view = fresh;
+    drain_logs(client, &view.repository, id, cursor, |entry| {
+        spinner.print(&format_entry(entry))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: Option<&str>, message: &str) -> LogEntry {
+        LogEntry {
+            message: message.into(),
+            kind: kind.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn formats_each_kind_of_entry() {
+        assert_eq!(
+            format_entry(&entry(Some("phase"), "building")),
+            "==> building\n"
+        );
+        assert_eq!(
+            format_entry(&entry(Some("command"), "Step 1/2 : FROM alpine")),
+            "Step 1/2 : FROM alpine\n"
+        );
+        assert_eq!(
+            format_entry(&entry(Some("error"), "pull failed")),
+            "error: pull failed\n"
+        );
+        assert_eq!(format_entry(&entry(None, "output line")), "output line\n");
+        assert_eq!(
+            format_entry(&entry(None, "ends in newline\n")),
+            "ends in newline\n"
+        );
+        assert_eq!(format_entry(&entry(None, "two\nlines\n")), "two\nlines\n");
+        assert_eq!(format_entry(&entry(None, "")), "\n");
+        assert_eq!(format_entry(&entry(Some("other"), "x")), "x\n");
+    }
+
+    #[test]
+    fn final_phases_map_to_exit_codes() {
+        assert_eq!(final_exit_code("complete"), Some(0));
+        assert_eq!(final_exit_code("error"), Some(10));
+        assert_eq!(final_exit_code("internalerror"), Some(11));
+        assert_eq!(final_exit_code("expired"), Some(11));
+        assert_eq!(final_exit_code("cancelled"), Some(12));
+        for phase in [
+            "waiting",
+            "build-scheduled",
+            "unpacking",
+            "pulling",
+            "building",
+            "pushing",
+        ] {
+            assert_eq!(final_exit_code(phase), None, "{phase}");
+        }
+    }
+
+    #[test]
+    fn elapsed_since_parses_rfc2822() {
+        assert_eq!(elapsed_since(None), Duration::ZERO);
+        assert_eq!(elapsed_since(Some("not a date")), Duration::ZERO);
+        let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc2822();
+        let elapsed = elapsed_since(Some(&an_hour_ago));
+        assert!(elapsed >= Duration::from_secs(3599) && elapsed < Duration::from_secs(3700));
+    }
+}

@@ -1,0 +1,243 @@
+//! A manager started in-process on 127.0.0.1 with free ports, a temp data dir, and local
+//! executors that run the scripted test worker; plus HTTP and gRPC helpers.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use buildman::serve::{self, Running, ServeOptions};
+use buildman_core::config::Config;
+use buildman_manager::Timings;
+use serde_json::{Value, json};
+
+/// The scripted worker binary built with these tests.
+pub const TEST_WORKER: &str = env!("CARGO_BIN_EXE_buildman-test-worker");
+
+/// Short life-cycle delays so deadlines pass in seconds, not minutes.
+pub fn fast_timings() -> Timings {
+    Timings {
+        backstop_poll: Duration::from_secs(5),
+        heartbeat_ttl: Duration::from_secs(60),
+        heartbeat_lease: Duration::from_secs(300),
+        no_executor_retry: Duration::from_millis(300),
+        requeue_delay: Duration::from_millis(300),
+        stop_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A running manager and what tests need to talk to it.
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub grpc: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub report: PathBuf,
+}
+
+/// A `BUILD_MANAGER` block around `executors` (YAML list items, indented by 2).
+pub fn config_yaml(extra_manager_keys: &str, executors: &str) -> String {
+    format!(
+        "FEATURE_BUILD_SUPPORT: true\nSERVER_HOSTNAME: registry.test\nBUILD_MANAGER:\n- ephemeral\n- {extra_manager_keys}\n  EXECUTORS:\n{executors}"
+    )
+}
+
+/// One popen executor running the test worker (under `name`, via a symlink so reports
+/// tell which executor ran it).
+pub fn popen(dir: &Path, name: &str, extra: &str) -> String {
+    let link = dir.join(format!("worker-{name}"));
+    if !link.exists() {
+        std::os::unix::fs::symlink(TEST_WORKER, &link).expect("symlink to the test worker");
+    }
+    format!(
+        "  - EXECUTOR: popen\n    NAME: {name}\n    BUILDER_BINARY_LOCATION: {}\n{extra}",
+        link.display()
+    )
+}
+
+impl TestServer {
+    /// Starts a manager with `config` (YAML), the test worker playing `scenario`.
+    pub async fn start(config: impl FnOnce(&Path) -> String, scenario: &str, timings: Timings) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, config, scenario, timings).await
+    }
+
+    /// Like [`TestServer::start`] on an existing data dir (to restart a manager).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config: impl FnOnce(&Path) -> String,
+        scenario: &str,
+        timings: Timings,
+    ) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let yaml = config(dir.path());
+        let loaded = Config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{yaml}"));
+        let report = dir.path().join("report.jsonl");
+        let mut options = ServeOptions::from_config(loaded.config).expect("options");
+        options.data_dir = dir.path().join("data");
+        options.http_listen = "127.0.0.1:0".parse().expect("addr");
+        options.grpc_listen = "127.0.0.1:0".parse().expect("addr");
+        options.timings = timings;
+        options.worker_env = vec![
+            ("TEST_WORKER_SCENARIO".into(), scenario.into()),
+            ("TEST_WORKER_REPORT".into(), report.display().to_string()),
+            ("TEST_WORKER_HEARTBEAT_MS".into(), "200".into()),
+        ];
+        let running = serve::start(options.clone()).await.expect("manager starts");
+        let token = std::fs::read_to_string(options.data_dir.join("admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        TestServer {
+            base: format!("http://{}", running.http_addr),
+            grpc: format!("http://{}", running.grpc_addr),
+            running: Some(running),
+            dir,
+            token,
+            http: reqwest::Client::new(),
+            report,
+        }
+    }
+
+    /// Stops the manager, keeping its data dir.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.dir
+    }
+
+    pub fn manager(&self) -> &buildman_manager::Manager {
+        &self.running.as_ref().expect("running").manager
+    }
+
+    /// An authenticated request.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Uploads `bytes` through the file drop; returns the file id.
+    pub async fn upload(&self, bytes: &[u8]) -> String {
+        let drop: Value = self
+            .req(reqwest::Method::POST, "/api/v1/filedrop/")
+            .json(&json!({"mimeType": "application/octet-stream"}))
+            .send()
+            .await
+            .expect("filedrop")
+            .json()
+            .await
+            .expect("filedrop json");
+        let id = drop["file_id"].as_str().expect("file_id").to_string();
+        let put = self
+            .req(reqwest::Method::PUT, &format!("/api/v1/filedrop/{id}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("upload");
+        assert!(put.status().is_success(), "upload: {}", put.status());
+        id
+    }
+
+    /// Submits a build of an uploaded lone Dockerfile; returns the build view.
+    pub async fn submit(&self, repo: &str, tags: &[&str]) -> Value {
+        let file_id = self.upload(b"FROM scratch\nCOPY hello /\n").await;
+        let resp = self
+            .req(reqwest::Method::POST, &format!("/api/v1/repository/{repo}/build/"))
+            .json(&json!({"file_id": file_id, "docker_tags": tags}))
+            .send()
+            .await
+            .expect("create build");
+        assert_eq!(resp.status(), 201, "create build: {}", resp.text().await.unwrap_or_default());
+        resp.json().await.expect("build view")
+    }
+
+    /// The build view.
+    pub async fn build(&self, id: &str) -> Value {
+        self.req(reqwest::Method::GET, &format!("/api/v1/build/{id}"))
+            .send()
+            .await
+            .expect("get build")
+            .json()
+            .await
+            .expect("build view")
+    }
+
+    /// Polls until the build's phase is one of `phases`; panics after `within`.
+    pub async fn wait_phase(&self, id: &str, phases: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let view = self.build(id).await;
+            if phases.contains(&view["phase"].as_str().unwrap_or("")) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "build {id} stuck in {} (wanted {phases:?})", view["phase"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The whole log of a build, paging from 0.
+    pub async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
+        let page: Value = self
+            .req(reqwest::Method::GET, &format!("/api/v1/repository/{repo}/build/{id}/logs?start=0"))
+            .send()
+            .await
+            .expect("logs")
+            .json()
+            .await
+            .expect("logs json");
+        page["logs"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The worker reports so far, one JSON object per event.
+    pub fn reports(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.report)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a worker report matching `pred`.
+    pub async fn wait_report(&self, pred: impl Fn(&Value) -> bool, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(r) = self.reports().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no such worker report; got {:?}", self.reports());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The phases recorded in a log, in order.
+pub fn phases(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .filter(|e| e["type"] == "phase")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
+/// True while a process exists and is not a zombie.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Waits until a process is gone; panics after `within`.
+pub async fn wait_gone(pid: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "worker process {pid} still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

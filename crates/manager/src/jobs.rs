@@ -1,0 +1,207 @@
+//! The end of a job. Whoever takes a job's record out of the orchestrator (a final phase,
+//! an expiry, a cancel) finishes it, so each job is finished exactly once, by any manager:
+//! the worker is stopped, the queue item completed or returned per Quay's rules, and the
+//! worker slot given back.
+
+use std::time::Duration;
+
+use buildman_core::job::job_key;
+use buildman_core::{BuildId, JobRecord, LogEntry, Phase};
+use buildman_orchestrator::KeyEvent;
+
+pub use buildman_core::job::JobOutcome;
+
+use crate::{Manager, ManagerError, now};
+
+/// What a change to a job record decided.
+pub(crate) type Change = Option<(JobRecord, Option<Duration>)>;
+
+impl Manager {
+    /// Reads a job record, lets `f` decide its new value and TTL, and writes it back with a
+    /// compare-and-set, retrying when another call changed it in between. Returns the
+    /// record written, or `None` when there is no job (or `f` chose to write nothing).
+    pub(crate) async fn modify_job(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&JobRecord) -> Result<Change, ManagerError>,
+    ) -> Result<Option<JobRecord>, ManagerError> {
+        let orchestrator = &self.inner.orchestrator;
+        loop {
+            let Some(raw) = orchestrator.get(key).await? else {
+                return Ok(None);
+            };
+            let current = parse_record(&raw)?;
+            let Some((next, ttl)) = f(&current)? else {
+                return Ok(None);
+            };
+            let value = serde_json::to_string(&next).map_err(|e| ManagerError::Internal(e.to_string()))?;
+            if orchestrator.compare_and_set(key, &raw, &value, ttl).await? {
+                return Ok(Some(next));
+            }
+        }
+    }
+
+    /// Takes a build's job record out of the orchestrator; the caller must finish it.
+    pub(crate) async fn take_job(&self, build: BuildId) -> Result<Option<JobRecord>, ManagerError> {
+        match self.inner.orchestrator.take(&job_key(build)).await? {
+            Some(raw) => parse_record(&raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Finishes a job whose record this caller took: settles its queue item, stops its
+    /// worker and then frees its slot.
+    pub(crate) async fn finish_job(
+        &self,
+        record: JobRecord,
+        outcome: JobOutcome,
+    ) -> Result<(), ManagerError> {
+        let inner = &self.inner;
+        let build = record.build_id;
+        tracing::info!(build_id = %build, outcome = outcome.as_str(), "job finished");
+        let item = &record.queue_item;
+        match outcome.requeue() {
+            Some(restore) if restore || item.retries_remaining > 0 => {
+                let delay = inner.settings.timings.requeue_delay;
+                inner.store.return_item(item, now(), delay, restore).await?;
+                self.wake_after(delay);
+            }
+            Some(_) => {
+                // No retry left: the build ends here and shows as expired.
+                inner.store.complete_item(item).await?;
+                self.log(build, &[LogEntry::error("no retries left; the build will not run again")])
+                    .await;
+            }
+            None => {
+                inner.store.complete_item(item).await?;
+            }
+        }
+        // The slot is given back only once the worker is gone, so ALLOWED_WORKER_COUNT
+        // bounds running workers, not just live jobs. Stopping may take a grace period:
+        // the caller need not wait for it.
+        let manager = self.clone();
+        tokio::spawn(async move {
+            if let (Some(name), Some(id)) = (&record.executor_name, &record.execution_id) {
+                manager.stop_worker(name, id).await;
+            }
+            if let Err(e) = manager.inner.orchestrator.release_slot(&record.slot_holder).await {
+                tracing::error!(build_id = %record.build_id, error = %e, "could not release the worker slot");
+            }
+            manager.inner.wake.notify_one();
+        });
+        Ok(())
+    }
+
+    /// Stops a worker through the executor that started it; failures are logged.
+    pub(crate) async fn stop_worker(&self, executor_name: &str, execution_id: &str) {
+        let Some(entry) = self
+            .inner
+            .executors
+            .iter()
+            .find(|e| e.config.name == executor_name)
+        else {
+            tracing::error!(executor = executor_name, "cannot stop a worker of an unknown executor");
+            return;
+        };
+        let timeout = self.inner.settings.timings.stop_timeout;
+        match tokio::time::timeout(timeout, entry.executor.stop(execution_id)).await {
+            Ok(Ok(())) => tracing::info!(executor = executor_name, execution_id, "worker stopped"),
+            Ok(Err(e)) => {
+                tracing::error!(executor = executor_name, execution_id, error = %e, "could not stop worker")
+            }
+            Err(_) => tracing::error!(executor = executor_name, execution_id, "timed out stopping worker"),
+        }
+    }
+
+    /// Wakes the scheduler after `delay` (an item returned to the queue becomes due).
+    pub(crate) fn wake_after(&self, delay: Duration) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            manager.inner.wake.notify_one();
+        });
+    }
+
+    /// Cancels a build unless it is pushing or final; stops its worker if it has one.
+    pub async fn cancel(&self, id: BuildId) -> Result<(), ManagerError> {
+        let store = &self.inner.store;
+        let build = store.get_build(id).await?.ok_or(ManagerError::NotFound(id))?;
+        let cancellable: Vec<Phase> = Phase::ALL.into_iter().filter(|p| p.can_cancel()).collect();
+        if store.set_phase(id, Phase::Cancelled, &cancellable, None).await?.is_none() {
+            let phase = store.get_build(id).await?.map(|b| b.phase).unwrap_or(build.phase);
+            return Err(ManagerError::Conflict(format!(
+                "build {id} is {phase} and can no longer be cancelled"
+            )));
+        }
+        self.log_phase(id, Phase::Cancelled, Default::default()).await;
+        match self.take_job(id).await? {
+            Some(record) => self.finish_job(record, JobOutcome::Cancelled).await?,
+            None => store.delete_item(id).await?,
+        }
+        tracing::info!(build_id = %id, "build cancelled");
+        Ok(())
+    }
+
+    /// A job record's deadline passed: the build becomes `internalerror`. A worker that
+    /// never registered spends its retry (expired); one that stopped heartbeating gets it
+    /// back (Quay's internal error).
+    async fn job_expired(&self, record: JobRecord) -> Result<(), ManagerError> {
+        let build = record.build_id;
+        let (outcome, why) = if record.registered() {
+            if crate::unix_now() >= record.max_expiration {
+                (JobOutcome::Incomplete, "the build ran longer than MACHINE_MAX_TIME".to_string())
+            } else {
+                (JobOutcome::Incomplete, "the worker stopped sending heartbeats".to_string())
+            }
+        } else if record.execution_id.is_some() {
+            (
+                JobOutcome::Expired,
+                "the worker did not register within the executor's SETUP_TIME".to_string(),
+            )
+        } else {
+            (
+                JobOutcome::Expired,
+                "no worker was started within JOB_REGISTRATION_TIMEOUT".to_string(),
+            )
+        };
+        tracing::warn!(build_id = %build, reason = %why, "job expired");
+        let live: Vec<Phase> = Phase::ALL.into_iter().filter(|p| !p.is_final()).collect();
+        if self
+            .inner
+            .store
+            .set_phase(build, Phase::InternalError, &live, Some(&why))
+            .await?
+            .is_some()
+        {
+            self.log_phase(build, Phase::InternalError, Default::default()).await;
+            self.log(build, &[LogEntry::error(why)]).await;
+        }
+        self.finish_job(record, outcome).await
+    }
+}
+
+/// Watches job records for expiry and finishes the jobs they belonged to.
+pub(crate) fn spawn_expiry_watcher(manager: Manager) -> tokio::task::JoinHandle<()> {
+    let mut events = manager.inner.orchestrator.watch("building/");
+    tokio::spawn(async move {
+        while let Some(change) = events.recv().await {
+            if change.event != KeyEvent::Expire {
+                continue;
+            }
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                let result = match parse_record(&change.value) {
+                    Ok(record) => manager.job_expired(record).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::error!(key = %change.key, error = %e, "could not clean up an expired job");
+                }
+            });
+        }
+    })
+}
+
+fn parse_record(raw: &str) -> Result<JobRecord, ManagerError> {
+    serde_json::from_str(raw).map_err(|e| ManagerError::Internal(format!("unreadable job record: {e}")))
+}

@@ -1,0 +1,244 @@
+//! The worker protocol's gRPC service (`buildman_pb.BuildManager`), as Quay's build
+//! manager answers it (see shared/docs/worker-protocol.md, "What the manager answers").
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use buildman_core::Phase;
+use buildman_manager::worker::{LogStream, PackageSource, PhaseReport};
+use buildman_manager::{Manager, ManagerError};
+use buildman_proto as pb;
+use futures::Stream;
+use pb::build_manager_server::{BuildManager, BuildManagerServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Maps a manager error to the gRPC status the protocol names.
+fn status(e: ManagerError) -> Status {
+    match e {
+        ManagerError::Unauthenticated(m) => Status::unauthenticated(m),
+        ManagerError::Invalid(m) => Status::invalid_argument(m),
+        ManagerError::NotFound(id) => Status::not_found(format!("build {id} not found")),
+        ManagerError::Conflict(m) => Status::failed_precondition(m),
+        ManagerError::QueueFull(m) => Status::resource_exhausted(m),
+        ManagerError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn phase_of(p: pb::Phase) -> Phase {
+    match p {
+        pb::Phase::Waiting => Phase::Waiting,
+        pb::Phase::Unpacking => Phase::Unpacking,
+        pb::Phase::Pulling => Phase::Pulling,
+        pb::Phase::Building => Phase::Building,
+        pb::Phase::Pushing => Phase::Pushing,
+        pb::Phase::Complete => Phase::Complete,
+        pb::Phase::Error => Phase::Error,
+    }
+}
+
+/// The gRPC service over a manager.
+pub struct WorkerService {
+    manager: Manager,
+}
+
+type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Answers the requests of one bidirectional stream, in order, keeping per-stream state.
+#[tonic::async_trait]
+trait StreamHandler<Req, Rep>: Send + 'static {
+    /// One reply; an error ends the stream with that status, as the protocol wants for a
+    /// bad token.
+    async fn handle(&mut self, request: Req) -> Result<Rep, Status>;
+}
+
+/// Runs a handler over an inbound stream and returns the outbound one.
+fn reply_stream<Req, Rep>(
+    mut inbound: Streaming<Req>,
+    mut handler: impl StreamHandler<Req, Rep>,
+) -> ReplyStream<Rep>
+where
+    Req: Send + 'static,
+    Rep: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let request = match inbound.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "worker stream closed with an error");
+                    break;
+                }
+            };
+            let reply = handler.handle(request).await;
+            let failed = reply.is_err();
+            if tx.send(reply).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+struct Heartbeats(Manager);
+
+#[tonic::async_trait]
+impl StreamHandler<pb::HeartbeatRequest, pb::HeartbeatResponse> for Heartbeats {
+    async fn handle(&mut self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
+        let ctx = self.0.verify_job_token(&req.job_jwt).map_err(status)?;
+        let reply = self.0.heartbeat(&ctx).await.map_err(status)?;
+        Ok(pb::HeartbeatResponse { reply })
+    }
+}
+
+#[tonic::async_trait]
+impl StreamHandler<pb::LogMessageRequest, pb::LogMessageResponse> for LogStream {
+    async fn handle(&mut self, req: pb::LogMessageRequest) -> Result<pb::LogMessageResponse, Status> {
+        let success = self
+            .message(&req.job_jwt, req.sequence_number, &req.log_message)
+            .await
+            .map_err(status)?;
+        Ok(pb::LogMessageResponse {
+            success,
+            sequence_number: req.sequence_number,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl BuildManager for WorkerService {
+    async fn ping(&self, _: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
+        Ok(Response::new(pb::PingReply {
+            reply: "pong".to_string(),
+        }))
+    }
+
+    async fn register_build_job(
+        &self,
+        request: Request<pb::BuildJobArgs>,
+    ) -> Result<Response<pb::BuildPack>, Status> {
+        let a = self
+            .manager
+            .register(&request.into_inner().register_jwt)
+            .await
+            .map_err(status)?;
+        let build_pack = Some(match a.source {
+            PackageSource::Url(url) => pb::build_pack::BuildPack::PackageUrl(url),
+            PackageSource::Git {
+                url,
+                sha,
+                private_key,
+            } => pb::build_pack::BuildPack::GitPackage(pb::build_pack::GitPackage {
+                url,
+                sha,
+                private_key,
+            }),
+        });
+        Ok(Response::new(pb::BuildPack {
+            job_jwt: a.job_token,
+            build_pack,
+            context: a.context,
+            dockerfile_path: a.dockerfile_path,
+            repository: a.repository,
+            registry: a.registry,
+            pull_token: a.pull_token,
+            push_token: a.push_token,
+            tag_names: a.tags,
+            base_image: a.base_image.map(|(username, password)| pb::build_pack::BaseImage {
+                username,
+                password,
+            }),
+        }))
+    }
+
+    type HeartbeatStream = ReplyStream<pb::HeartbeatResponse>;
+
+    async fn heartbeat(
+        &self,
+        request: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        Ok(Response::new(reply_stream(
+            request.into_inner(),
+            Heartbeats(self.manager.clone()),
+        )))
+    }
+
+    async fn set_phase(
+        &self,
+        request: Request<pb::SetPhaseRequest>,
+    ) -> Result<Response<pb::SetPhaseResponse>, Status> {
+        let req = request.into_inner();
+        let ctx = self.manager.verify_job_token(&req.job_jwt).map_err(status)?;
+        let mut pull_metadata = serde_json::Map::new();
+        if let Some(m) = req.pull_metadata {
+            for (k, v) in [
+                ("registry_url", m.registry_url),
+                ("base_image", m.base_image),
+                ("base_image_tag", m.base_image_tag),
+                ("pull_username", m.pull_username),
+            ] {
+                pull_metadata.insert(k.to_string(), v.into());
+            }
+        }
+        let report = PhaseReport {
+            phase: pb::Phase::try_from(req.phase).ok().map(phase_of),
+            pull_metadata,
+        };
+        let success = self.manager.set_phase(&ctx, report).await.map_err(status)?;
+        Ok(Response::new(pb::SetPhaseResponse {
+            success,
+            sequence_number: req.sequence_number,
+        }))
+    }
+
+    type LogMessageStream = ReplyStream<pb::LogMessageResponse>;
+
+    async fn log_message(
+        &self,
+        request: Request<Streaming<pb::LogMessageRequest>>,
+    ) -> Result<Response<Self::LogMessageStream>, Status> {
+        Ok(Response::new(reply_stream(
+            request.into_inner(),
+            LogStream::new(self.manager.clone()),
+        )))
+    }
+
+    async fn determine_cached_tag(
+        &self,
+        request: Request<pb::CachedTagRequest>,
+    ) -> Result<Response<pb::CachedTag>, Status> {
+        let req = request.into_inner();
+        let ctx = self.manager.verify_job_token(&req.job_jwt).map_err(status)?;
+        let tag = self.manager.cached_tag(&ctx).await.map_err(status)?;
+        Ok(Response::new(pb::CachedTag { cached_tag: tag }))
+    }
+}
+
+/// TLS material for the gRPC listener, in PEM.
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Serves the worker protocol on `listener` until `shutdown` resolves.
+pub async fn serve(
+    manager: Manager,
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsPem>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(tls.cert, tls.key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(address = ?local, "gRPC worker service listening");
+    builder
+        .add_service(BuildManagerServer::new(WorkerService { manager }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

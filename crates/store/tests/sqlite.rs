@@ -1,0 +1,802 @@
+//! The SQLite store against the [`Store`] contract, on database files in a temporary directory.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use buildman_core::queue::queue_name;
+use buildman_core::{BuildId, BuildSource, LogEntry, NewBuild, Phase};
+use buildman_store::sqlite::SqliteStore;
+use buildman_store::{Store, StoreError};
+use chrono::{DateTime, TimeDelta, Utc};
+use tempfile::TempDir;
+
+const LEASE: Duration = Duration::from_secs(530);
+
+/// A store on a fresh file; keep the directory alive as long as the store.
+async fn store() -> (TempDir, PathBuf, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("buildman.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    (dir, path, store)
+}
+
+fn new_build(namespace: &str, repository: &str) -> NewBuild {
+    NewBuild {
+        namespace: namespace.to_string(),
+        repository: repository.to_string(),
+        source: BuildSource::ArchiveUrl {
+            url: "https://example.com/context.tar.gz".to_string(),
+        },
+        tags: vec!["latest".to_string(), "v1".to_string()],
+        context: "/".to_string(),
+        dockerfile_path: "/Dockerfile".to_string(),
+        display_name: "abc123".to_string(),
+        manual_user: Some("alice".to_string()),
+        pull_robot: None,
+    }
+}
+
+/// Some time after every build created so far became available, in whole milliseconds as
+/// the store keeps times.
+fn soon() -> DateTime<Utc> {
+    let now = Utc::now() + TimeDelta::seconds(1);
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap()
+}
+
+fn secs(s: i64) -> TimeDelta {
+    TimeDelta::seconds(s)
+}
+
+#[tokio::test]
+async fn create_get_and_list() {
+    let (_dir, _path, store) = store().await;
+    let mut git = new_build("acme", "web");
+    git.source = BuildSource::Git {
+        url: "git@example.com:acme/web.git".to_string(),
+        sha: "deadbeef".to_string(),
+        private_key: Some("KEY".to_string()),
+    };
+    git.pull_robot = Some("acme+robot".to_string());
+    let first = store.create_build(git, 3, None).await.unwrap();
+    assert_eq!(first.phase, Phase::Waiting);
+    assert_eq!(first.created_at, first.updated_at);
+    assert_eq!(
+        store.get_build(first.id).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.get_build(BuildId::new()).await.unwrap(), None);
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    // Same millisecond: insertion order still decides.
+    let third = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    store
+        .create_build(new_build("acme", "other"), 3, None)
+        .await
+        .unwrap();
+    store
+        .create_build(new_build("other", "web"), 3, None)
+        .await
+        .unwrap();
+
+    let all = store.list_builds("acme", "web", 10, None).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|b| b.id).collect();
+    assert_eq!(ids, [third.id, second.id, first.id]);
+    assert_eq!(all[2], first);
+
+    let limited = store.list_builds("acme", "web", 2, None).await.unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0].id, third.id);
+
+    let since = store
+        .list_builds("acme", "web", 10, Some(second.created_at))
+        .await
+        .unwrap();
+    let ids: Vec<_> = since.iter().map(|b| b.id).collect();
+    assert_eq!(ids, [third.id, second.id]);
+    assert!(
+        store
+            .list_builds("nobody", "web", 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let state = store.queue_state(first.id).await.unwrap().unwrap();
+    assert_eq!(state.retries_remaining, 3);
+    assert!(state.available);
+    assert_eq!(state.available_after, first.created_at);
+    assert_eq!(state.processing_expires, None);
+}
+
+#[tokio::test]
+async fn in_memory_store_works() {
+    let store = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    assert_eq!(store.get_build(build.id).await.unwrap(), Some(build));
+    assert!(store.claim(soon(), LEASE).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn claims_oldest_first_one_per_repository() {
+    let (_dir, _path, store) = store().await;
+    let a1 = store
+        .create_build(new_build("acme", "a"), 3, None)
+        .await
+        .unwrap();
+    let a2 = store
+        .create_build(new_build("acme", "a"), 3, None)
+        .await
+        .unwrap();
+    let b1 = store
+        .create_build(new_build("acme", "b"), 3, None)
+        .await
+        .unwrap();
+    let now = soon();
+
+    let first = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!(first.build_id, a1.id);
+    assert_eq!(first.queue_name, queue_name("acme", "a"));
+    assert_eq!(first.retries_remaining, 2);
+    // a2 waits for a1: the next claim takes the other repository's build.
+    let second = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!(second.build_id, b1.id);
+    assert_eq!(store.claim(now, LEASE).await.unwrap(), None);
+
+    let state = store.queue_state(a1.id).await.unwrap().unwrap();
+    assert!(!state.available);
+    assert_eq!(state.retries_remaining, 2);
+    assert_eq!(
+        state.processing_expires,
+        Some(now + TimeDelta::from_std(LEASE).unwrap())
+    );
+
+    // Once a1 is done, a2 may run.
+    assert!(store.complete_item(&first).await.unwrap());
+    assert_eq!(store.queue_state(a1.id).await.unwrap(), None);
+    let third = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!(third.build_id, a2.id);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_claimable_again_and_costs_a_retry() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 2, None)
+        .await
+        .unwrap();
+    let later = store
+        .create_build(new_build("acme", "web"), 2, None)
+        .await
+        .unwrap();
+    let now = soon();
+    let lease = Duration::from_secs(10);
+
+    let first = store.claim(now, lease).await.unwrap().unwrap();
+    assert_eq!(first.build_id, build.id);
+    assert_eq!(first.retries_remaining, 1);
+    assert_eq!(store.claim(now + secs(9), lease).await.unwrap(), None);
+
+    // The lease ran out: the same item again (oldest first, its repository no longer busy).
+    let second = store.claim(now + secs(10), lease).await.unwrap().unwrap();
+    assert_eq!(second.item_id, first.item_id);
+    assert_ne!(second.state_id, first.state_id);
+    assert_eq!(second.retries_remaining, 0);
+    // The first claim is lost for good.
+    assert!(!store.complete_item(&first).await.unwrap());
+
+    // Its retries are exhausted: once expired it is never claimable again, and the
+    // repository is free for the next build.
+    let third = store.claim(now + secs(25), lease).await.unwrap().unwrap();
+    assert_eq!(third.build_id, later.id);
+    assert!(
+        store
+            .return_item(&third, now + secs(25), Duration::ZERO, true)
+            .await
+            .unwrap()
+    );
+    let fourth = store.claim(now + secs(100), lease).await.unwrap().unwrap();
+    assert_eq!(fourth.build_id, later.id);
+    assert!(store.complete_item(&fourth).await.unwrap());
+    assert_eq!(store.claim(now + secs(1000), lease).await.unwrap(), None);
+    let state = store.queue_state(build.id).await.unwrap().unwrap();
+    assert_eq!(state.retries_remaining, 0);
+}
+
+#[tokio::test]
+async fn exhausted_retries_are_not_claimable() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 1, None)
+        .await
+        .unwrap();
+    let now = soon();
+    let item = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!(item.retries_remaining, 0);
+    assert!(
+        store
+            .return_item(&item, now, Duration::ZERO, false)
+            .await
+            .unwrap()
+    );
+    let state = store.queue_state(build.id).await.unwrap().unwrap();
+    assert!(state.available);
+    assert_eq!(state.retries_remaining, 0);
+    assert_eq!(store.claim(now + secs(60), LEASE).await.unwrap(), None);
+    assert_eq!(store.next_available_after(now).await.unwrap(), None);
+
+    let none_at_all = store
+        .create_build(new_build("acme", "zero"), 0, None)
+        .await
+        .unwrap();
+    assert_eq!(store.claim(now + secs(60), LEASE).await.unwrap(), None);
+    assert!(store.queue_state(none_at_all.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn returned_items_wait_and_may_get_their_retry_back() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let now = soon();
+    assert_eq!(store.next_available_after(now).await.unwrap(), None);
+
+    // Returned with the retry restored, available in 30 s.
+    let item = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert!(
+        store
+            .return_item(&item, now, Duration::from_secs(30), true)
+            .await
+            .unwrap()
+    );
+    let state = store.queue_state(build.id).await.unwrap().unwrap();
+    assert_eq!(state.retries_remaining, 3);
+    assert!(state.available);
+    assert_eq!(state.processing_expires, None);
+    assert_eq!(state.available_after, now + secs(30));
+    assert_eq!(
+        store.next_available_after(now).await.unwrap(),
+        Some(now + secs(30))
+    );
+    assert_eq!(store.claim(now + secs(29), LEASE).await.unwrap(), None);
+    // The old claim is gone with the return.
+    assert!(!store.complete_item(&item).await.unwrap());
+
+    // Returned without the retry, available in 10 s.
+    let item = store.claim(now + secs(30), LEASE).await.unwrap().unwrap();
+    assert_eq!(item.retries_remaining, 2);
+    assert_eq!(store.next_available_after(now).await.unwrap(), None);
+    assert!(
+        store
+            .return_item(&item, now + secs(30), Duration::from_secs(10), false)
+            .await
+            .unwrap()
+    );
+    let state = store.queue_state(build.id).await.unwrap().unwrap();
+    assert_eq!(state.retries_remaining, 2);
+    assert_eq!(
+        store.next_available_after(now + secs(30)).await.unwrap(),
+        Some(now + secs(40))
+    );
+    // Not in the future any more: nothing to wait for.
+    assert_eq!(
+        store.next_available_after(now + secs(40)).await.unwrap(),
+        None
+    );
+    let item = store.claim(now + secs(40), LEASE).await.unwrap().unwrap();
+    assert_eq!(item.retries_remaining, 1);
+}
+
+#[tokio::test]
+async fn a_lost_claim_cannot_be_used() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let now = soon();
+    let item = store.claim(now, LEASE).await.unwrap().unwrap();
+    let mut stale = item.clone();
+    stale.state_id = "not-the-claim".to_string();
+    assert!(!store.complete_item(&stale).await.unwrap());
+    assert!(
+        !store
+            .return_item(&stale, now, Duration::ZERO, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .extend_item(&stale, now, LEASE * 2, Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    // Nothing changed.
+    let state = store.queue_state(build.id).await.unwrap().unwrap();
+    assert!(!state.available);
+    assert_eq!(state.retries_remaining, 2);
+    assert!(store.complete_item(&item).await.unwrap());
+    // A completed item's claim is gone too.
+    assert!(!store.complete_item(&item).await.unwrap());
+    assert!(
+        !store
+            .return_item(&item, now, Duration::ZERO, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .extend_item(&item, now, LEASE, Duration::ZERO)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn extensions_write_only_past_the_minimum() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let now = soon();
+    let minimum = Duration::from_secs(60);
+    let item = store
+        .claim(now, Duration::from_secs(300))
+        .await
+        .unwrap()
+        .unwrap();
+    let expires = |s| Some(now + secs(s));
+    let state = || async { store.queue_state(build.id).await.unwrap().unwrap() };
+    assert_eq!(state().await.processing_expires, expires(300));
+
+    // Moves it by exactly the minimum: held, but not written.
+    assert!(
+        store
+            .extend_item(&item, now + secs(60), Duration::from_secs(300), minimum)
+            .await
+            .unwrap()
+    );
+    assert_eq!(state().await.processing_expires, expires(300));
+    // Shorter than now: never moved back.
+    assert!(
+        store
+            .extend_item(&item, now, Duration::from_secs(10), minimum)
+            .await
+            .unwrap()
+    );
+    assert_eq!(state().await.processing_expires, expires(300));
+    // Past the minimum: written.
+    assert!(
+        store
+            .extend_item(&item, now + secs(61), Duration::from_secs(300), minimum)
+            .await
+            .unwrap()
+    );
+    assert_eq!(state().await.processing_expires, expires(361));
+    // The claim is unchanged by an extension.
+    assert!(store.complete_item(&item).await.unwrap());
+}
+
+#[tokio::test]
+async fn delete_item_ignores_the_claim() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let item = store.claim(soon(), LEASE).await.unwrap().unwrap();
+    store.delete_item(build.id).await.unwrap();
+    assert_eq!(store.queue_state(build.id).await.unwrap(), None);
+    assert!(!store.complete_item(&item).await.unwrap());
+    // Deleting again, or an unknown build, is fine.
+    store.delete_item(build.id).await.unwrap();
+    store.delete_item(BuildId::new()).await.unwrap();
+    // The build itself stays.
+    assert!(store.get_build(build.id).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claimers_never_share_an_item() {
+    let (_dir, path, first) = store().await;
+    let second = SqliteStore::open(&path).await.unwrap();
+    const ITEMS: usize = 60;
+    let mut builds = HashSet::new();
+    for i in 0..ITEMS {
+        let build = first
+            .create_build(new_build("acme", &format!("repo{i}")), 3, None)
+            .await
+            .unwrap();
+        builds.insert(build.id);
+    }
+    let now = soon();
+    let mut claimed = Vec::new();
+    loop {
+        let (a, b) = tokio::join!(first.claim(now, LEASE), second.claim(now, LEASE));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        if a.is_none() && b.is_none() {
+            break;
+        }
+        claimed.extend(a);
+        claimed.extend(b);
+    }
+    assert_eq!(claimed.len(), ITEMS);
+    let ids: HashSet<_> = claimed.iter().map(|c| c.build_id).collect();
+    assert_eq!(ids, builds);
+    let items: HashSet<_> = claimed.iter().map(|c| c.item_id).collect();
+    assert_eq!(items.len(), ITEMS);
+
+    // The same with tasks on both threads, racing for items of a single repository: only
+    // one claim may hold at a time.
+    for _ in 0..10 {
+        first
+            .create_build(new_build("acme", "single"), 3, None)
+            .await
+            .unwrap();
+    }
+    for _ in 0..10 {
+        let (a, b) = (first.clone(), second.clone());
+        let (a, b) = tokio::join!(
+            tokio::spawn(async move { a.claim(now, LEASE).await.unwrap() }),
+            tokio::spawn(async move { b.claim(now, LEASE).await.unwrap() }),
+        );
+        let won: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+        assert_eq!(won.len(), 1, "exactly one claim per round: {won:?}");
+        assert!(first.complete_item(&won[0]).await.unwrap());
+    }
+    assert_eq!(first.claim(now, LEASE).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_full_namespace_refuses_new_builds() {
+    let (_dir, _path, store) = store().await;
+    for repository in ["a", "b"] {
+        store
+            .create_build(new_build("acme", repository), 3, Some(2))
+            .await
+            .unwrap();
+    }
+    let refused = store
+        .create_build(new_build("acme", "c"), 3, Some(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::QueueFull { namespace, limit: 2 } if namespace == "acme"),
+        "{refused:?}"
+    );
+    // Nothing of the refused build was stored.
+    assert!(
+        store
+            .list_builds("acme", "c", 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Other namespaces, and no limit, are unaffected.
+    store
+        .create_build(new_build("other", "a"), 3, Some(2))
+        .await
+        .unwrap();
+    store
+        .create_build(new_build("acme", "c"), 3, None)
+        .await
+        .unwrap();
+    // acme has a, b and c queued now; a finished build frees its place.
+    assert!(matches!(
+        store.create_build(new_build("acme", "d"), 3, Some(3)).await,
+        Err(StoreError::QueueFull { limit: 3, .. })
+    ));
+    let item = store.claim(soon(), LEASE).await.unwrap().unwrap();
+    assert_eq!(item.queue_name, queue_name("acme", "a"));
+    assert!(store.complete_item(&item).await.unwrap());
+    store
+        .create_build(new_build("acme", "d"), 3, Some(3))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn set_phase_is_a_compare_and_set() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .set_phase(build.id, Phase::BuildScheduled, &[Phase::Waiting], None)
+            .await
+            .unwrap(),
+        Some(Phase::Waiting)
+    );
+    // Not allowed from build-scheduled: nothing changes.
+    assert_eq!(
+        store
+            .set_phase(build.id, Phase::Pushing, &[Phase::Waiting], Some("no"))
+            .await
+            .unwrap(),
+        None
+    );
+    let stored = store.get_build(build.id).await.unwrap().unwrap();
+    assert_eq!(stored.phase, Phase::BuildScheduled);
+    assert_eq!(stored.error, None);
+    assert!(stored.updated_at >= build.updated_at);
+
+    // A cancel racing a worker: whichever comes first wins.
+    let cancellable: Vec<_> = Phase::ALL.into_iter().filter(|p| p.can_cancel()).collect();
+    assert_eq!(
+        store
+            .set_phase(
+                build.id,
+                Phase::Cancelled,
+                &cancellable,
+                Some("cancelled by alice")
+            )
+            .await
+            .unwrap(),
+        Some(Phase::BuildScheduled)
+    );
+    assert_eq!(
+        store
+            .set_phase(build.id, Phase::Building, &[Phase::BuildScheduled], None)
+            .await
+            .unwrap(),
+        None
+    );
+    // An empty `from` allows every phase; no error keeps the stored one.
+    assert_eq!(
+        store
+            .set_phase(build.id, Phase::InternalError, &[], None)
+            .await
+            .unwrap(),
+        Some(Phase::Cancelled)
+    );
+    let stored = store.get_build(build.id).await.unwrap().unwrap();
+    assert_eq!(stored.phase, Phase::InternalError);
+    assert_eq!(stored.error.as_deref(), Some("cancelled by alice"));
+    store
+        .set_phase(build.id, Phase::Error, &[], Some("push refused"))
+        .await
+        .unwrap();
+    let stored = store.get_build(build.id).await.unwrap().unwrap();
+    assert_eq!(stored.error.as_deref(), Some("push refused"));
+
+    let missing = BuildId::new();
+    assert!(matches!(
+        store.set_phase(missing, Phase::Error, &[], None).await,
+        Err(StoreError::NotFound(id)) if id == missing
+    ));
+
+    store
+        .set_result_location(build.id, "/var/lib/buildman/results/x")
+        .await
+        .unwrap();
+    let stored = store.get_build(build.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.result_location.as_deref(),
+        Some("/var/lib/buildman/results/x")
+    );
+    assert!(matches!(
+        store.set_result_location(missing, "/x").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn logs_append_in_batches_and_read_in_pages() {
+    let (_dir, _path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let other = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let page = store.read_logs(build.id, 0, 100).await.unwrap();
+    assert_eq!((page.start, page.total, page.entries.len()), (0, 0, 0));
+    assert_eq!(store.append_logs(build.id, &[]).await.unwrap(), 0);
+
+    let line = |i: usize| LogEntry::output(format!("line {i}"));
+    let mut expected: Vec<LogEntry> = Vec::new();
+    let first: Vec<_> = (0..3).map(line).collect();
+    expected.extend(first.clone());
+    assert_eq!(store.append_logs(build.id, &first).await.unwrap(), 3);
+    // A batch larger than one INSERT.
+    let big: Vec<_> = (3..1003).map(line).collect();
+    expected.extend(big.clone());
+    assert_eq!(store.append_logs(build.id, &big).await.unwrap(), 1003);
+    let mut phase_data = serde_json::Map::new();
+    phase_data.insert("pull_metadata".into(), serde_json::json!({"x": 1}));
+    let special = vec![
+        LogEntry::phase(Phase::Building, phase_data, "2024-01-01T00:00:00Z"),
+        LogEntry::from_worker_line(r#"{"stream":"Step 1/2 : FROM scratch"}"#).unwrap(),
+        LogEntry::error("boom"),
+    ];
+    expected.extend(special.clone());
+    assert_eq!(store.append_logs(build.id, &special).await.unwrap(), 1006);
+    assert_eq!(store.append_logs(build.id, &[]).await.unwrap(), 1006);
+    // Another build's log is its own.
+    assert_eq!(store.append_logs(other.id, &first).await.unwrap(), 3);
+
+    let all = store.read_logs(build.id, 0, 10_000).await.unwrap();
+    assert_eq!(all.total, 1006);
+    assert_eq!(all.entries, expected);
+
+    let page = store.read_logs(build.id, 250, 10).await.unwrap();
+    assert_eq!((page.start, page.total), (250, 1006));
+    assert_eq!(page.entries, expected[250..260]);
+    let tail = store.read_logs(build.id, 1000, 100).await.unwrap();
+    assert_eq!(tail.entries, expected[1000..]);
+    let past = store.read_logs(build.id, 5000, 100).await.unwrap();
+    assert_eq!(
+        (past.start, past.total, past.entries.len()),
+        (5000, 1006, 0)
+    );
+
+    // Logs of a build that does not exist are refused.
+    let missing = BuildId::new();
+    assert!(matches!(
+        store.append_logs(missing, &first).await,
+        Err(StoreError::NotFound(id)) if id == missing
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_keep_indices_dense() {
+    let (_dir, path, first) = store().await;
+    let second = SqliteStore::open(&path).await.unwrap();
+    let build = first
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let writer = |store: SqliteStore, name: &'static str| {
+        tokio::spawn(async move {
+            for batch in 0..20 {
+                let entries: Vec<_> = (0..7)
+                    .map(|i| LogEntry::output(format!("{name} {batch} {i}")))
+                    .collect();
+                store.append_logs(build.id, &entries).await.unwrap();
+            }
+        })
+    };
+    let (a, b) = tokio::join!(writer(first.clone(), "a"), writer(second, "b"));
+    a.unwrap();
+    b.unwrap();
+    let page = first.read_logs(build.id, 0, 1000).await.unwrap();
+    assert_eq!(page.total, 280);
+    assert_eq!(page.entries.len(), 280);
+    // Each batch stayed in one piece and in order.
+    for chunk in page.entries.chunks(7) {
+        let prefix = chunk[0].message.rsplit_once(' ').unwrap().0;
+        for (i, entry) in chunk.iter().enumerate() {
+            assert_eq!(entry.message, format!("{prefix} {i}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopening() {
+    let (_dir, path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    let now = soon();
+    let item = store.claim(now, LEASE).await.unwrap().unwrap();
+    store
+        .set_phase(build.id, Phase::Building, &[], None)
+        .await
+        .unwrap();
+    store
+        .append_logs(build.id, &[LogEntry::output("hello")])
+        .await
+        .unwrap();
+    store.close().await;
+    assert!(store.get_build(build.id).await.is_err());
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let stored = store.get_build(build.id).await.unwrap().unwrap();
+    assert_eq!(stored.phase, Phase::Building);
+    assert_eq!(stored.created_at, build.created_at);
+    let state = store.queue_state(build.id).await.unwrap().unwrap();
+    assert!(!state.available);
+    assert_eq!(state.retries_remaining, 2);
+    // The claim is still held and usable after the restart.
+    assert!(
+        store
+            .extend_item(&item, now + secs(120), LEASE, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let page = store.read_logs(build.id, 0, 10).await.unwrap();
+    assert_eq!(page.entries, [LogEntry::output("hello")]);
+    assert_eq!(
+        store
+            .append_logs(build.id, &[LogEntry::output("again")])
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn undecodable_rows_are_reported_as_corrupt() {
+    let (_dir, path, store) = store().await;
+    let build = store
+        .create_build(new_build("acme", "web"), 3, None)
+        .await
+        .unwrap();
+    store
+        .append_logs(build.id, &[LogEntry::output("fine")])
+        .await
+        .unwrap();
+
+    // A second, raw connection, with foreign keys off so it can write anything.
+    let raw = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .foreign_keys(false),
+    )
+    .await
+    .unwrap();
+    let tamper = |sql: &'static str| {
+        let raw = raw.clone();
+        async move {
+            sqlx::query(sql).execute(&raw).await.unwrap();
+        }
+    };
+
+    tamper("UPDATE builds SET phase = 'expired'").await;
+    let err = store.get_build(build.id).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(what) if what.contains("expired")),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.set_phase(build.id, Phase::Error, &[], None).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    tamper("UPDATE builds SET phase = 'waiting', source = '{\"kind\":\"ftp\"}'").await;
+    assert!(matches!(
+        store.list_builds("acme", "web", 10, None).await,
+        Err(StoreError::Corrupt(what)) if what.contains("source")
+    ));
+    tamper("UPDATE builds SET source = '{\"kind\":\"uploaded\",\"file_id\":\"f\"}', tags = 'x'")
+        .await;
+    assert!(matches!(
+        store.get_build(build.id).await,
+        Err(StoreError::Corrupt(what)) if what.contains("tags")
+    ));
+    tamper("UPDATE builds SET tags = '[]', created_at = 'yesterday'").await;
+    assert!(matches!(
+        store.get_build(build.id).await,
+        Err(StoreError::Corrupt(what)) if what.contains("created_at")
+    ));
+    tamper("UPDATE builds SET created_at = 0").await;
+    assert!(store.get_build(build.id).await.unwrap().is_some());
+
+    tamper("UPDATE build_logs SET entry = 'not json'").await;
+    assert!(matches!(
+        store.read_logs(build.id, 0, 10).await,
+        Err(StoreError::Corrupt(what)) if what.contains("log entry 0")
+    ));
+    tamper("UPDATE queue_items SET build_id = 'nonsense'").await;
+    assert!(matches!(
+        store.claim(soon(), LEASE).await,
+        Err(StoreError::Corrupt(what)) if what.contains("nonsense")
+    ));
+    raw.close().await;
+}
