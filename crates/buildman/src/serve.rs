@@ -21,6 +21,8 @@ use tokio::sync::watch;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 /// Default gRPC worker service address (Quay's).
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
+/// How long requests in flight may take to finish when the manager stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Largest context upload accepted by default (2 GiB).
 const DEFAULT_MAX_UPLOAD: u64 = 2 << 30;
 
@@ -64,11 +66,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops the listeners and the manager's loops, and waits for the listeners to close.
+    /// Stops the listeners and the manager's loops. Requests in flight get a grace period;
+    /// then the listeners are dropped, because a connected worker's heartbeat stream never
+    /// ends by itself.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
         }
     }
 }

@@ -143,13 +143,15 @@ impl Manager {
     }
 
     /// A job record's deadline passed: the build becomes `internalerror`. A worker that
-    /// never registered spends its retry (expired); one that stopped heartbeating gets it
-    /// back (Quay's internal error).
+    /// never registered, or a build past MACHINE_MAX_TIME, spends its retry (expired); a
+    /// worker that stopped heartbeating gets it back (Quay's internal error).
     async fn job_expired(&self, record: JobRecord) -> Result<(), ManagerError> {
         let build = record.build_id;
         let (outcome, why) = if record.registered() {
             if crate::unix_now() >= record.max_expiration {
-                (JobOutcome::Incomplete, "the build ran longer than MACHINE_MAX_TIME".to_string())
+                // Retrying with the retry restored would loop forever on a build that
+                // always overruns, so this one spends it.
+                (JobOutcome::Expired, "the build ran longer than MACHINE_MAX_TIME".to_string())
             } else {
                 (JobOutcome::Incomplete, "the worker stopped sending heartbeats".to_string())
             }

@@ -18,7 +18,17 @@ use tonic::transport::Channel;
 
 type Client = BuildManagerClient<Channel>;
 
-fn report(event: serde_json::Value) {
+/// Appends an event, stamped with the time (ms since the epoch), the pid and the name this
+/// binary was started under (tests link it under one name per executor).
+fn report(mut event: serde_json::Value) {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    event["at"] = at.into();
+    event["pid"] = std::process::id().into();
+    event["argv0"] = std::env::args().next().unwrap_or_default().into();
+    event["build_uuid"] = std::env::var("BUILD_UUID").ok().into();
     if let Ok(path) = std::env::var("TEST_WORKER_REPORT") {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
@@ -29,11 +39,28 @@ fn report(event: serde_json::Value) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("test worker: {e}");
-        report(serde_json::json!({ "event": "failed", "error": e.to_string() }));
-        std::process::exit(1);
-    }
+    // The manager stops a worker with SIGTERM (right after acknowledging its final phase,
+    // or on cancel): record the exit either way, so tests can tell when each worker ended.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("test worker: cannot handle SIGTERM: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = tokio::select! {
+        result = run() => match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("test worker: {e}");
+                report(serde_json::json!({ "event": "failed", "error": e.to_string() }));
+                1
+            }
+        },
+        _ = term.recv() => 0,
+    };
+    report(serde_json::json!({ "event": "exiting" }));
+    std::process::exit(code);
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,8 +74,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(2000),
     );
     report(serde_json::json!({
-        "event": "started", "scenario": scenario, "pid": std::process::id(),
-        "build_uuid": std::env::var("BUILD_UUID").ok(), "server": server,
+        "event": "started", "scenario": scenario, "server": server,
         "registry_hostname": std::env::var("REGISTRY_HOSTNAME").ok(),
     }));
     if scenario == "never-register" {

@@ -76,6 +76,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// The innermost cause of an error (for connection failures: "Connection refused").
+fn innermost(err: &dyn std::error::Error) -> String {
+    let mut current = err;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
 /// The repository a build belongs to.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RepositoryRef {
@@ -274,17 +283,15 @@ impl ApiClient {
     /// Sends a request, mapping transport failures and error statuses to [`ApiError`].
     async fn send(&self, req: RequestBuilder) -> Result<Response, ApiError> {
         let resp = req.send().await.map_err(|e| {
-            let connect = e.is_connect();
-            let detail = error_chain(&e.without_url());
-            if connect {
+            if e.is_connect() {
                 ApiError::Unreachable {
                     server: self.server.clone(),
-                    detail,
+                    detail: innermost(&e),
                 }
             } else {
                 ApiError::Transport {
                     server: self.server.clone(),
-                    detail,
+                    detail: error_chain(&e.without_url()),
                 }
             }
         })?;
