@@ -99,9 +99,11 @@ fn load_config(file: &std::path::Path) -> Result<Config, String> {
             }
             Ok(loaded.config)
         }
-        Err(errors) => Err(errors
+        Err(invalid) => Err(invalid
+            .errors
             .iter()
             .map(|e| format!("error: {e}"))
+            .chain(invalid.warnings.iter().map(|w| format!("warning: {w}")))
             .collect::<Vec<_>>()
             .join("\n")),
     }

@@ -133,6 +133,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     };
     let files = FileStore::new(data_dir.join("contexts"));
     let manager = Manager::new(store, orchestrator, executors, tokens, files, settings);
+    manager.recover().await?;
     let background = manager.start();
 
     let (shutdown, _) = watch::channel(false);

@@ -509,6 +509,15 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// A configuration that does not validate: every error, and the warnings found alongside.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalid {
+    /// Problems that stop the configuration from being used (never empty).
+    pub errors: Vec<Diagnostic>,
+    /// Problems that alone would not have.
+    pub warnings: Vec<Diagnostic>,
+}
+
 impl Config {
     /// The embedded defaults used when `buildman serve` runs with no config file: build support on, one popen executor, memory orchestrator.
     pub fn embedded() -> Config {
@@ -532,13 +541,16 @@ impl Config {
         }
     }
 
-    /// Parses and validates; Err holds EVERY error found (never empty).
-    pub fn parse(yaml: &str) -> Result<Loaded, Vec<Diagnostic>> {
+    /// Parses and validates; `Err` holds every error found (never empty) and the warnings.
+    pub fn parse(yaml: &str) -> Result<Loaded, Invalid> {
         let fail = |message: String| {
-            Err(vec![Diagnostic {
-                path: String::new(),
-                message,
-            }])
+            Err(Invalid {
+                errors: vec![Diagnostic {
+                    path: String::new(),
+                    message,
+                }],
+                warnings: Vec::new(),
+            })
         };
         let mut root: Value = match serde_yaml_ng::from_str(yaml) {
             Ok(root) => root,
@@ -555,14 +567,11 @@ impl Config {
         };
         let report = Report::default();
         let config = parse_config(&mut Section::new(&report, String::new(), map));
-        let errors = report.errors.into_inner();
+        let (errors, warnings) = (report.errors.into_inner(), report.warnings.into_inner());
         if errors.is_empty() {
-            Ok(Loaded {
-                config,
-                warnings: report.warnings.into_inner(),
-            })
+            Ok(Loaded { config, warnings })
         } else {
-            Err(errors)
+            Err(Invalid { errors, warnings })
         }
     }
 
@@ -1509,7 +1518,7 @@ mod tests {
     fn errors(yaml: &str) -> Vec<String> {
         match Config::parse(yaml) {
             Ok(loaded) => panic!("expected errors for {yaml:?}, parsed {:#?}", loaded.config),
-            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+            Err(invalid) => invalid.errors.iter().map(ToString::to_string).collect(),
         }
     }
 

@@ -170,6 +170,20 @@ impl Manager {
         }
     }
 
+    /// Makes the store consistent with a fresh orchestrator: with a process-local one, the
+    /// claims an earlier process left behind are returned to the queue (retry restored),
+    /// so its builds run again now rather than when their leases run out.
+    pub async fn recover(&self) -> Result<u64, ManagerError> {
+        if !self.inner.orchestrator.is_process_local() {
+            return Ok(0);
+        }
+        let released = self.inner.store.release_all_claims(now()).await?;
+        if released > 0 {
+            tracing::warn!(released, "returned builds claimed by an earlier run to the queue");
+        }
+        Ok(released)
+    }
+
     /// Starts the scheduler and the job-expiry watcher; they stop when the handle is dropped.
     pub fn start(&self) -> Background {
         let watcher = jobs::spawn_expiry_watcher(self.clone());

@@ -45,6 +45,11 @@ pub struct KeyChange {
 /// Job records with time-to-live, worker slots and key events.
 #[async_trait]
 pub trait Orchestrator: Send + Sync + 'static {
+    /// True when the orchestrator lives and dies with this process (the in-memory one):
+    /// then no other manager holds jobs, and claims left in the store by an earlier
+    /// process can be returned at start.
+    fn is_process_local(&self) -> bool;
+
     /// Creates a key that must not exist; false when it does. `ttl` makes it expire.
     async fn create(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<bool>;
 

@@ -178,6 +178,10 @@ async fn expiry_loop(inner: Weak<Inner>, wake: Arc<Notify>) {
 
 #[async_trait]
 impl Orchestrator for MemoryOrchestrator {
+    fn is_process_local(&self) -> bool {
+        true
+    }
+
     async fn create(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<bool> {
         let mut state = self.lock();
         if state.keys.contains_key(key) {

@@ -122,6 +122,11 @@ pub trait Store: Send + Sync + 'static {
         minimum: Duration,
     ) -> Result<bool>;
 
+    /// Returns every claimed item to the queue at once, retry restored; returns how many.
+    /// Only for a manager that knows no other holds claims (a process-local
+    /// orchestrator): the claims of a process that died are nobody's.
+    async fn release_all_claims(&self, now: DateTime<Utc>) -> Result<u64>;
+
     /// Deletes a build's queue item whatever its claim (used by cancel).
     async fn delete_item(&self, build: BuildId) -> Result<()>;
 

@@ -513,6 +513,18 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn release_all_claims(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE queue_items SET available = 1, processing_expires = NULL, \
+             available_after = $1, retries_remaining = retries_remaining + 1, \
+             state_id = lower(hex(randomblob(16))) WHERE available = 0",
+        )
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn delete_item(&self, build: BuildId) -> Result<()> {
         sqlx::query("DELETE FROM queue_items WHERE build_id = $1")
             .bind(build.to_string())
