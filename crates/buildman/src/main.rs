@@ -10,7 +10,11 @@ use buildman_core::config::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "buildman", version, about = "Container-image build service (Quay-compatible build manager)")]
+#[command(
+    name = "buildman",
+    version,
+    about = "Container-image build service (Quay-compatible build manager)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,7 +121,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             println!(
                 "{}: ok (build support {}, {} executor(s): {}, ALLOWED_WORKER_COUNT {})",
                 file.display(),
-                if config.feature_build_support { "on" } else { "off" },
+                if config.feature_build_support {
+                    "on"
+                } else {
+                    "off"
+                },
                 names.len(),
                 names.join(", "),
                 bm.allowed_worker_count
@@ -134,7 +142,10 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(file) => load_config(file).map_err(|report| {
-            anyhow::anyhow!("{report}\n{}: invalid configuration, not starting", file.display())
+            anyhow::anyhow!(
+                "{report}\n{}: invalid configuration, not starting",
+                file.display()
+            )
         })?,
         None => Config::embedded(),
     };
@@ -162,7 +173,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         running.grpc_addr,
         options.data_dir.display()
     );
-    shutdown_signal().await.context("waiting for a shutdown signal")?;
+    shutdown_signal()
+        .await
+        .context("waiting for a shutdown signal")?;
     eprintln!("shutting down");
     running.stop().await;
     Ok(())

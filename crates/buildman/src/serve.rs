@@ -10,7 +10,9 @@ use buildman_core::config::{
     Config, ExecutorKind, ExecutorSpecific, Lifecycle, OrchestratorConfig,
 };
 use buildman_executor::local::{LocalExecutor, LocalSettings};
-use buildman_manager::{ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService};
+use buildman_manager::{
+    ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
+};
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_server::rest::RestOptions;
 use buildman_store::sqlite::SqliteStore;
@@ -43,7 +45,10 @@ impl ServeOptions {
     /// the defaults.
     pub fn from_config(config: Config) -> anyhow::Result<Self> {
         Ok(ServeOptions {
-            data_dir: config.data_dir.clone().unwrap_or_else(|| PathBuf::from("buildman-data")),
+            data_dir: config
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("buildman-data")),
             http_listen: config.http_listen.unwrap_or(DEFAULT_HTTP_LISTEN.parse()?),
             grpc_listen: config.grpc_listen.unwrap_or(DEFAULT_GRPC_LISTEN.parse()?),
             timings: Timings::default(),
@@ -72,7 +77,10 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for mut task in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
                 task.abort();
             }
         }
@@ -83,11 +91,15 @@ impl Running {
 pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let config = &options.config;
     if !config.feature_build_support {
-        bail!("builds are disabled: FEATURE_BUILD_SUPPORT is false; set it to true to run the build manager");
+        bail!(
+            "builds are disabled: FEATURE_BUILD_SUPPORT is false; set it to true to run the build manager"
+        );
     }
     let bm = &config.build_manager;
     if matches!(bm.lifecycle, Lifecycle::External) {
-        bail!("BUILD_MANAGER is `external`: builds run elsewhere and this manager has nothing to do");
+        bail!(
+            "BUILD_MANAGER is `external`: builds run elsewhere and this manager has nothing to do"
+        );
     }
     let data_dir = &options.data_dir;
     std::fs::create_dir_all(data_dir)
@@ -142,7 +154,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     };
     let tls = match &config.grpc_tls {
         Some(t) => Some(buildman_server::grpc::TlsPem {
-            cert: std::fs::read(&t.cert).with_context(|| format!("reading {}", t.cert.display()))?,
+            cert: std::fs::read(&t.cert)
+                .with_context(|| format!("reading {}", t.cert.display()))?,
             key: std::fs::read(&t.key).with_context(|| format!("reading {}", t.key.display()))?,
         }),
         None => None,
@@ -191,18 +204,21 @@ fn dialable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn open_store(config: &Config, data_dir: &Path) -> anyhow::Result<Arc<dyn buildman_store::Store>> {
+async fn open_store(
+    config: &Config,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn buildman_store::Store>> {
     match config.database_url.as_deref() {
         None => Ok(Arc::new(
             SqliteStore::open(&data_dir.join("buildman.db"))
                 .await
                 .context("opening the SQLite database in the data dir")?,
         )),
-        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(
-            SqliteStore::open_url(url)
-                .await
-                .with_context(|| "opening BUILDMAN_DATABASE_URL".to_string())?,
-        )),
+        Some(url) if url.starts_with("sqlite:") => {
+            Ok(Arc::new(SqliteStore::open_url(url).await.with_context(
+                || "opening BUILDMAN_DATABASE_URL".to_string(),
+            )?))
+        }
         Some(_) => bail!(
             "BUILDMAN_DATABASE_URL: PostgreSQL is not available in this version; use a sqlite: URL or leave it unset"
         ),
@@ -213,7 +229,10 @@ fn token_service(config: &Config, data_dir: &Path) -> anyhow::Result<TokenServic
     let signing = match &config.signing_key {
         Some(k) => {
             let pem = std::fs::read_to_string(&k.private_key_path).with_context(|| {
-                format!("BUILDMAN_JWT_SIGNING_KEY: reading {}", k.private_key_path.display())
+                format!(
+                    "BUILDMAN_JWT_SIGNING_KEY: reading {}",
+                    k.private_key_path.display()
+                )
             })?;
             KeyPair::from_private_pem(Some(k.kid.clone()), &pem)
                 .map_err(|e| anyhow::anyhow!("BUILDMAN_JWT_SIGNING_KEY: {e}"))?
@@ -223,11 +242,18 @@ fn token_service(config: &Config, data_dir: &Path) -> anyhow::Result<TokenServic
     let mut trusted = Vec::new();
     for k in &config.trusted_keys {
         let pem = std::fs::read_to_string(&k.public_key_path).with_context(|| {
-            format!("BUILDMAN_JWT_TRUSTED_KEYS: reading {}", k.public_key_path.display())
+            format!(
+                "BUILDMAN_JWT_TRUSTED_KEYS: reading {}",
+                k.public_key_path.display()
+            )
         })?;
         trusted.push((k.kid.clone(), pem));
     }
-    Ok(TokenService::new(config.token_audience(), &signing, &trusted)?)
+    Ok(TokenService::new(
+        config.token_audience(),
+        &signing,
+        &trusted,
+    )?)
 }
 
 /// The API tokens: the configured ones plus the admin token kept in the data dir, which is
@@ -262,7 +288,8 @@ fn api_tokens(config: &Config, data_dir: &Path) -> anyhow::Result<(Vec<String>, 
 fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEntry>> {
     let mut entries = Vec::new();
     for config in &options.config.build_manager.executors {
-        let executor: Arc<dyn buildman_executor::Executor> = match (&config.kind, &config.specific) {
+        let executor: Arc<dyn buildman_executor::Executor> = match (&config.kind, &config.specific)
+        {
             (ExecutorKind::Popen, ExecutorSpecific::Popen(p)) => {
                 let (program, args) = match &p.builder_binary_location {
                     Some(path) => (path.clone(), Vec::new()),

@@ -10,7 +10,13 @@ use serde_json::{Value, json};
 async fn error_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.expect("a JSON error body");
-    (status, body["error"].as_str().expect("an error message").to_string())
+    (
+        status,
+        body["error"]
+            .as_str()
+            .expect("an error message")
+            .to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,28 +36,76 @@ async fn refusals_say_what_is_wrong() {
     let (code, msg) = error_of(s.http.get(url("/api/v1/build/x")).send().await.unwrap()).await;
     assert_eq!(code, 401);
     assert!(msg.contains("missing API token"), "{msg}");
-    let (code, msg) = error_of(s.http.get(url("/api/v1/build/x")).bearer_auth("nope").send().await.unwrap()).await;
+    let (code, msg) = error_of(
+        s.http
+            .get(url("/api/v1/build/x"))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((code, msg.as_str()), (401, "invalid API token"));
 
     let create = |repo: &str, body: Value| {
-        s.req(Method::POST, &format!("/api/v1/repository/{repo}/build/")).json(&body).send()
+        s.req(Method::POST, &format!("/api/v1/repository/{repo}/build/"))
+            .json(&body)
+            .send()
     };
     let file_id = s.upload(b"FROM scratch\n").await;
     for (repo, body, expected) in [
-        ("demo/x", json!({}), "give exactly one of archive_url and file_id"),
-        ("demo/x", json!({"archive_url": "http://h/a.tar", "file_id": file_id}), "give exactly one"),
-        ("demo/x", json!({"archive_url": "file:///etc/passwd"}), "must be an http:// or https:// URL"),
-        ("demo/x", json!({"file_id": "f".repeat(64)}), "names no uploaded file"),
-        ("Demo/x", json!({"file_id": file_id}), "invalid namespace \"Demo\""),
-        ("demo/x", json!({"file_id": file_id, "dockerfile_path": "../../etc/passwd"}), "must stay inside the build context"),
-        ("demo/x", json!({"file_id": file_id, "docker_tags": ["bad tag"]}), "invalid tag \"bad tag\""),
-        ("demo/x", json!({"file_id": file_id, "surprise": 1}), "unknown field `surprise`"),
+        (
+            "demo/x",
+            json!({}),
+            "give exactly one of archive_url and file_id",
+        ),
+        (
+            "demo/x",
+            json!({"archive_url": "http://h/a.tar", "file_id": file_id}),
+            "give exactly one",
+        ),
+        (
+            "demo/x",
+            json!({"archive_url": "file:///etc/passwd"}),
+            "must be an http:// or https:// URL",
+        ),
+        (
+            "demo/x",
+            json!({"file_id": "f".repeat(64)}),
+            "names no uploaded file",
+        ),
+        (
+            "Demo/x",
+            json!({"file_id": file_id}),
+            "invalid namespace \"Demo\"",
+        ),
+        (
+            "demo/x",
+            json!({"file_id": file_id, "dockerfile_path": "../../etc/passwd"}),
+            "must stay inside the build context",
+        ),
+        (
+            "demo/x",
+            json!({"file_id": file_id, "docker_tags": ["bad tag"]}),
+            "invalid tag \"bad tag\"",
+        ),
+        (
+            "demo/x",
+            json!({"file_id": file_id, "surprise": 1}),
+            "unknown field `surprise`",
+        ),
     ] {
         let (code, msg) = error_of(create(repo, body.clone()).await.unwrap()).await;
         assert_eq!(code, 400, "{body}");
         assert!(msg.contains(expected), "{body}: {msg}");
     }
-    let (code, _) = error_of(s.req(Method::GET, &format!("/api/v1/build/{}", uuid_like())).send().await.unwrap()).await;
+    let (code, _) = error_of(
+        s.req(Method::GET, &format!("/api/v1/build/{}", uuid_like()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(code, 404);
 
     // The namespace limit counts builds still in the queue; another namespace is unaffected.
@@ -59,13 +113,26 @@ async fn refusals_say_what_is_wrong() {
     s.submit("demo/b", &[]).await;
     let (code, msg) = error_of(create("demo/c", json!({"file_id": file_id})).await.unwrap()).await;
     assert_eq!(code, 429);
-    assert!(msg.contains("namespace demo already has 2 queued builds"), "{msg}");
+    assert!(
+        msg.contains("namespace demo already has 2 queued builds"),
+        "{msg}"
+    );
     s.submit("other/a", &[]).await;
 
     // An upload id can be used once, and only a well-formed one.
-    let resp = s.req(Method::PUT, &format!("/api/v1/filedrop/{file_id}")).body("x").send().await.unwrap();
+    let resp = s
+        .req(Method::PUT, &format!("/api/v1/filedrop/{file_id}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(resp).await.0, 409);
-    let resp = s.req(Method::PUT, "/api/v1/filedrop/..%2Fescape").body("x").send().await.unwrap();
+    let resp = s
+        .req(Method::PUT, "/api/v1/filedrop/..%2Fescape")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(resp).await.0, 400);
     s.stop().await;
 }

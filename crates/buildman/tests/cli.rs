@@ -27,7 +27,11 @@ fn check_config_reports_every_problem_with_its_path() {
         "bad.yaml",
         "FEATURE_BUILD_SUPPORT: true\nBUILD_MANAGER:\n- ephemeral\n- ALLOWED_WORKER_COUNT: 0\n  ORCHESTRATOR:\n    REDIS_HOST: r\n    REDIS_PREFIX: x/\n  EXECUTORS:\n  - EXECUTOR: popen\n    NAME: a\n    SETUP_TIME: abc\n  - EXECUTOR: popen\n    NAME: a\n    SURPRISE: 1\n",
     );
-    let out = Command::new(BUILDMAN).arg("check-config").arg(&bad).output().unwrap();
+    let out = Command::new(BUILDMAN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -50,12 +54,25 @@ fn check_config_reports_every_problem_with_its_path() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("EXECUTORS[0].SETUP_TIME: expected an integer"), "{err}");
+    assert!(
+        err.contains("EXECUTORS[0].SETUP_TIME: expected an integer"),
+        "{err}"
+    );
     assert!(err.contains("invalid configuration, not starting"), "{err}");
 
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/fixtures/quay-sample.yaml");
-    let out = Command::new(BUILDMAN).args(["check-config", sample]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../core/tests/fixtures/quay-sample.yaml"
+    );
+    let out = Command::new(BUILDMAN)
+        .args(["check-config", sample])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 executor(s): kubernetes, ec2"));
 }
 
@@ -128,7 +145,9 @@ impl Server {
 }
 
 fn nix_kill(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 fn serve_config(dir: &Path, worker: &Path, extra: &str) -> std::path::PathBuf {
@@ -152,27 +171,58 @@ fn serve_and_submit_run_a_build_to_complete() {
     write(&ctx, "Dockerfile", "FROM scratch\nCOPY hello /\n");
     write(&ctx, "hello", "hi\n");
 
-    let out = server.cli(&data, &["submit", ctx.to_str().unwrap(), "-r", "demo/hello", "-t", "v1"]);
+    let out = server.cli(
+        &data,
+        &[
+            "submit",
+            ctx.to_str().unwrap(),
+            "-r",
+            "demo/hello",
+            "-t",
+            "v1",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("build ").and_then(|r| r.strip_suffix(" queued")))
+        .find_map(|l| {
+            l.strip_prefix("build ")
+                .and_then(|r| r.strip_suffix(" queued"))
+        })
         .expect("the build id is printed first")
         .to_string();
-    for expected in ["==> build-scheduled", "==> building", "Step 1/2 : FROM scratch", "==> complete"] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    for expected in [
+        "==> build-scheduled",
+        "==> building",
+        "Step 1/2 : FROM scratch",
+        "==> complete",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 
     let out = server.cli(&data, &["builds", "-r", "demo/hello", "--json"]);
     assert!(out.status.success());
-    let first: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["id"], id.as_str());
     assert_eq!(first["phase"], "complete");
     let out = server.cli(&data, &["logs", &id]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Step 2/2 : COPY hello /"));
     let out = server.cli(&data, &["cancel", &id]);
-    assert_eq!(out.status.code(), Some(1), "a complete build cannot be cancelled");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a complete build cannot be cancelled"
+    );
 }
 
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -189,10 +239,23 @@ fn a_restarted_manager_keeps_and_runs_every_queued_build() {
     let data = dir.path().join("data");
     // First run: a worker that never registers holds the only slot, so the others wait.
     let pidfile = dir.path().join("hung.pid");
-    let hung = write(dir.path(), "hung-worker", &format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", pidfile.display()));
+    let hung = write(
+        dir.path(),
+        "hung-worker",
+        &format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
+            pidfile.display()
+        ),
+    );
     std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let server = Server::start(&serve_config(dir.path(), &hung, "    SETUP_TIME: 3600\n"), &data);
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
+    let server = Server::start(
+        &serve_config(dir.path(), &hung, "    SETUP_TIME: 3600\n"),
+        &data,
+    );
+    let token = std::fs::read_to_string(data.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
     let http = reqwest::blocking_client();
     let mut ids = Vec::new();
     for repo in ["demo/one", "demo/two", "demo/three"] {
@@ -207,21 +270,39 @@ fn a_restarted_manager_keeps_and_runs_every_queued_build() {
         ids.push(resp["id"].as_str().unwrap().to_string());
     }
     let phase = |api: &str, id: &str| -> String {
-        let v: Value = http.get(format!("{api}/api/v1/build/{id}")).bearer_auth(&token).send().unwrap().json().unwrap();
+        let v: Value = http
+            .get(format!("{api}/api/v1/build/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         v["phase"].as_str().unwrap().to_string()
     };
-    wait_until("the first build to be scheduled", Duration::from_secs(30), || phase(&server.api, &ids[0]) == "build-scheduled");
+    wait_until(
+        "the first build to be scheduled",
+        Duration::from_secs(30),
+        || phase(&server.api, &ids[0]) == "build-scheduled",
+    );
     assert_eq!(phase(&server.api, &ids[1]), "waiting");
     server.terminate();
-    let hung_pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let _ = Command::new("kill").args(["-KILL", &hung_pid.to_string()]).status();
+    let hung_pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-KILL", &hung_pid.to_string()])
+        .status();
 
     // Second run on the same data dir, with a worker that completes: every build runs,
     // the one the first run had claimed included.
     std::fs::remove_file(dir.path().join("config.yaml")).unwrap();
     let server = Server::start(&serve_config(dir.path(), Path::new(TEST_WORKER), ""), &data);
     for id in &ids {
-        wait_until("every build to complete", Duration::from_secs(60), || phase(&server.api, id) == "complete");
+        wait_until("every build to complete", Duration::from_secs(60), || {
+            phase(&server.api, id) == "complete"
+        });
     }
     assert!(!alive(hung_pid.into()));
 }
@@ -231,7 +312,10 @@ mod reqwest {
     pub use ::reqwest::*;
     pub fn blocking_client() -> Blocking {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Blocking(::reqwest::Client::new(), tokio::runtime::Runtime::new().unwrap())
+        Blocking(
+            ::reqwest::Client::new(),
+            tokio::runtime::Runtime::new().unwrap(),
+        )
     }
     pub struct Blocking(::reqwest::Client, tokio::runtime::Runtime);
     pub struct Req<'a>(RequestBuilder, &'a tokio::runtime::Runtime);

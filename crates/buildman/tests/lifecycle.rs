@@ -11,7 +11,10 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(30);
 
 fn one_worker(dir: &std::path::Path) -> String {
-    config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(dir, "local", "    SETUP_TIME: 30\n"))
+    config_yaml(
+        "ALLOWED_WORKER_COUNT: 1",
+        &popen(dir, "local", "    SETUP_TIME: 30\n"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,10 +22,15 @@ async fn a_build_runs_from_submit_to_complete() {
     let s = TestServer::start(one_worker, "happy", fast_timings()).await;
     let view = s.submit("demo/hello", &["v1", "latest"]).await;
     assert_eq!(view["phase"], "waiting");
-    assert_eq!(view["repository"], serde_json::json!({"namespace": "demo", "name": "hello"}));
+    assert_eq!(
+        view["repository"],
+        serde_json::json!({"namespace": "demo", "name": "hello"})
+    );
     let id = view["id"].as_str().unwrap().to_string();
 
-    let done = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    let done = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
     assert_eq!(done["phase"], "complete", "{done}");
 
     // What the worker was handed: the uploaded context, the repository and the tags.
@@ -31,8 +39,17 @@ async fn a_build_runs_from_submit_to_complete() {
     assert_eq!(registered["tags"], serde_json::json!(["v1", "latest"]));
     assert_eq!(registered["dockerfile_path"], "/Dockerfile");
     let package_url = registered["package_url"].as_str().unwrap();
-    let context = reqwest::get(package_url).await.unwrap().bytes().await.unwrap();
-    assert_eq!(&context[..], b"FROM scratch\nCOPY hello /\n", "the worker fetches the upload without an API token");
+    let context = reqwest::get(package_url)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        &context[..],
+        b"FROM scratch\nCOPY hello /\n",
+        "the worker fetches the upload without an API token"
+    );
     let started = s.wait_report(|r| r["event"] == "started", T).await;
     assert_eq!(started["build_uuid"], id.as_str());
 
@@ -40,9 +57,19 @@ async fn a_build_runs_from_submit_to_complete() {
     let logs = s.logs("demo/hello", &id).await;
     assert_eq!(
         phases(&logs),
-        ["build-scheduled", "unpacking", "pulling", "building", "pushing", "complete"]
+        [
+            "build-scheduled",
+            "unpacking",
+            "pulling",
+            "building",
+            "pushing",
+            "complete"
+        ]
     );
-    let pulling = logs.iter().find(|e| e["type"] == "phase" && e["message"] == "pulling").unwrap();
+    let pulling = logs
+        .iter()
+        .find(|e| e["type"] == "phase" && e["message"] == "pulling")
+        .unwrap();
     assert_eq!(pulling["data"]["base_image"], "library/alpine");
     assert!(pulling["data"]["datetime"].is_string());
     let commands: Vec<&str> = logs
@@ -50,12 +77,18 @@ async fn a_build_runs_from_submit_to_complete() {
         .filter(|e| e["type"] == "command")
         .map(|e| e["message"].as_str().unwrap())
         .collect();
-    assert_eq!(commands, ["Step 1/2 : FROM scratch\n", "Step 2/2 : COPY hello /\n"]);
+    assert_eq!(
+        commands,
+        ["Step 1/2 : FROM scratch\n", "Step 2/2 : COPY hello /\n"]
+    );
     assert!(logs.iter().any(|e| e["message"] == "Successfully built 0123456789ab\n" && e.get("type").is_none()));
 
     // Paging from an index returns the tail with the total.
     let page: Value = s
-        .req(reqwest::Method::GET, &format!("/api/v1/repository/demo/hello/build/{id}/logs?start=3"))
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/repository/demo/hello/build/{id}/logs?start=3"),
+        )
         .send()
         .await
         .unwrap()
@@ -68,12 +101,18 @@ async fn a_build_runs_from_submit_to_complete() {
 
     // The build left the queue, and its worker is gone.
     let build_id = id.parse().unwrap();
-    assert_eq!(s.manager().store().queue_state(build_id).await.unwrap(), None);
+    assert_eq!(
+        s.manager().store().queue_state(build_id).await.unwrap(),
+        None
+    );
     wait_gone(started["pid"].as_u64().unwrap(), T).await;
 
     // The status view and the repository listing agree.
     let status: Value = s
-        .req(reqwest::Method::GET, &format!("/api/v1/repository/demo/hello/build/{id}/status"))
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/repository/demo/hello/build/{id}/status"),
+        )
         .send()
         .await
         .unwrap()
@@ -82,7 +121,10 @@ async fn a_build_runs_from_submit_to_complete() {
         .unwrap();
     assert_eq!(status["phase"], "complete");
     let list: Value = s
-        .req(reqwest::Method::GET, "/api/v1/repository/demo/hello/build/?limit=10")
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/repository/demo/hello/build/?limit=10",
+        )
         .send()
         .await
         .unwrap()

@@ -19,8 +19,15 @@ type Client = BuildManagerClient<tonic::transport::Channel>;
 
 async fn heartbeat_once(client: &mut Client, jwt: &str) -> Result<bool, tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::HeartbeatRequest { job_jwt: jwt.into() }).await.unwrap();
-    let mut replies = client.heartbeat(ReceiverStream::new(rx)).await?.into_inner();
+    tx.send(pb::HeartbeatRequest {
+        job_jwt: jwt.into(),
+    })
+    .await
+    .unwrap();
+    let mut replies = client
+        .heartbeat(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     match replies.message().await? {
         Some(r) => Ok(r.reply),
         None => Err(tonic::Status::unknown("stream ended")),
@@ -30,7 +37,11 @@ async fn heartbeat_once(client: &mut Client, jwt: &str) -> Result<bool, tonic::S
 /// Sends log lines on one stream; returns each reply's `success`.
 async fn log_lines(client: &mut Client, jwt: &str, lines: &[(i32, &str)]) -> Vec<bool> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut replies = client.log_message(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut replies = client
+        .log_message(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let mut out = Vec::new();
     for (seq, line) in lines {
         tx.send(pb::LogMessageRequest {
@@ -42,7 +53,10 @@ async fn log_lines(client: &mut Client, jwt: &str, lines: &[(i32, &str)]) -> Vec
         .await
         .unwrap();
         let reply = replies.message().await.unwrap().unwrap();
-        assert_eq!(reply.sequence_number, *seq, "the reply echoes the sequence number");
+        assert_eq!(
+            reply.sequence_number, *seq,
+            "the reply echoes the sequence number"
+        );
         out.push(reply.success);
     }
     out
@@ -58,7 +72,10 @@ fn set_phase(jwt: &str, seq: i32, phase: pb::Phase) -> pb::SetPhaseRequest {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +95,15 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
     let before_logs = s.logs("demo/proto", &id).await.len();
 
     let mut client = Client::connect(s.grpc.clone()).await.unwrap();
-    assert_eq!(client.ping(pb::PingRequest {}).await.unwrap().into_inner().reply, "pong");
+    assert_eq!(
+        client
+            .ping(pb::PingRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .reply,
+        "pong"
+    );
     let build_id = id.parse().unwrap();
 
     // A token signed by another key that claims the manager's kid: forged.
@@ -86,18 +111,25 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
     let other = KeyPair::generate().unwrap();
     let forger = TokenService::new(
         "registry.test",
-        &KeyPair { kid: kid.clone(), ..other.clone() },
+        &KeyPair {
+            kid: kid.clone(),
+            ..other.clone()
+        },
         &[],
     )
     .unwrap();
-    let forged = forger.issue(TokenType::Job, build_id, "building/x", T).unwrap();
+    let forged = forger
+        .issue(TokenType::Job, build_id, "building/x", T)
+        .unwrap();
     let e = heartbeat_once(&mut client, &forged).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("signature"), "{}", e.message());
 
     // Signed by a key the manager does not trust.
     let stranger = TokenService::new("registry.test", &other, &[]).unwrap();
-    let unknown = stranger.issue(TokenType::Job, build_id, "building/x", T).unwrap();
+    let unknown = stranger
+        .issue(TokenType::Job, build_id, "building/x", T)
+        .unwrap();
     let e = heartbeat_once(&mut client, &unknown).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("unknown key"), "{}", e.message());
@@ -112,7 +144,12 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
         "iat": now - 600, "nbf": now - 600, "exp": now - 120,
         "context": {"token_type": "build_job_token", "build_id": id, "job_id": format!("building/{id}"), "expiration": 480},
     });
-    let expired = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let expired = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
     let e = heartbeat_once(&mut client, &expired).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("expired"), "{}", e.message());
@@ -120,16 +157,24 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
     // Garbage, and the wrong kind of token for each call.
     let e = heartbeat_once(&mut client, "not-a-jwt").await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    let e = heartbeat_once(&mut client, &registration).await.unwrap_err();
+    let e = heartbeat_once(&mut client, &registration)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("registration token"), "{}", e.message());
+    assert!(
+        e.message().contains("registration token"),
+        "{}",
+        e.message()
+    );
     let e = client
         .set_phase(set_phase(&registration, 1, pb::Phase::Building))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let e = client
-        .register_build_job(pb::BuildJobArgs { register_jwt: job.clone() })
+        .register_build_job(pb::BuildJobArgs {
+            register_jwt: job.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -137,39 +182,76 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
 
     // A registration token registers once.
     let e = client
-        .register_build_job(pb::BuildJobArgs { register_jwt: registration.clone() })
+        .register_build_job(pb::BuildJobArgs {
+            register_jwt: registration.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Internal);
-    assert!(e.message().contains("already registered"), "{}", e.message());
+    assert!(
+        e.message().contains("already registered"),
+        "{}",
+        e.message()
+    );
 
     // Log lines: sequence numbers must increase on a stream, and lines must be JSON.
     let line = r#"{"stream":"hello\n"}"#;
     let answers = log_lines(
         &mut client,
         &job,
-        &[(5, line), (5, line), (4, line), (6, "not json"), (7, "[1]"), (8, line)],
+        &[
+            (5, line),
+            (5, line),
+            (4, line),
+            (6, "not json"),
+            (7, "[1]"),
+            (8, line),
+        ],
     )
     .await;
     assert_eq!(answers, [true, false, false, false, false, true]);
     let logs = s.logs("demo/proto", &id).await;
-    assert_eq!(logs.len(), before_logs + 2, "only the two accepted lines were stored");
+    assert_eq!(
+        logs.len(),
+        before_logs + 2,
+        "only the two accepted lines were stored"
+    );
 
     // None of the refusals moved the build.
     assert_eq!(s.build(&id).await["phase"], "unpacking");
-    assert!(heartbeat_once(&mut client, &job).await.unwrap(), "the real job token still works");
+    assert!(
+        heartbeat_once(&mut client, &job).await.unwrap(),
+        "the real job token still works"
+    );
 
     // After a final phase, changes are refused; repeating the final phase is not.
-    let done = client.set_phase(set_phase(&job, 10, pb::Phase::Complete)).await.unwrap().into_inner();
+    let done = client
+        .set_phase(set_phase(&job, 10, pb::Phase::Complete))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(done.success);
     assert_eq!(done.sequence_number, 10);
-    let late = client.set_phase(set_phase(&job, 11, pb::Phase::Building)).await.unwrap().into_inner();
+    let late = client
+        .set_phase(set_phase(&job, 11, pb::Phase::Building))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!late.success);
     assert_eq!(late.sequence_number, 11);
-    let again = client.set_phase(set_phase(&job, 12, pb::Phase::Complete)).await.unwrap().into_inner();
+    let again = client
+        .set_phase(set_phase(&job, 12, pb::Phase::Complete))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.success);
     assert_eq!(s.build(&id).await["phase"], "complete");
-    assert_eq!(phases(&s.logs("demo/proto", &id).await).last().map(String::as_str), Some("complete"));
+    assert_eq!(
+        phases(&s.logs("demo/proto", &id).await)
+            .last()
+            .map(String::as_str),
+        Some("complete")
+    );
     // The job is gone: heartbeats answer false, and the held worker was stopped.
     assert!(!heartbeat_once(&mut client, &job).await.unwrap());
     let started = s.wait_report(|r: &Value| r["event"] == "started", T).await;

@@ -26,7 +26,10 @@ async fn one_worker_at_a_time_in_repository_order_without_losing_retries() {
     .await;
     let mut ids: HashMap<&str, Vec<String>> = HashMap::new();
     for repo in ["demo/a", "demo/a", "demo/b", "demo/a", "demo/b"] {
-        let id = s.submit(repo, &[]).await["id"].as_str().unwrap().to_string();
+        let id = s.submit(repo, &[]).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         ids.entry(repo).or_default().push(id);
     }
     let all: Vec<String> = ids.values().flatten().cloned().collect();
@@ -42,12 +45,19 @@ async fn one_worker_at_a_time_in_repository_order_without_losing_retries() {
                 "waiting" => {
                     // Unclaimed while it waits for the slot; a claim (the one retry a
                     // run spends) comes only with a free slot.
-                    let q = s.manager().store().queue_state(id.parse().unwrap()).await.unwrap();
+                    let q = s
+                        .manager()
+                        .store()
+                        .queue_state(id.parse().unwrap())
+                        .await
+                        .unwrap();
                     if let Some(q) = q.filter(|q| q.available) {
                         assert_eq!(q.retries_remaining, 3, "a waiting build lost a retry");
                     }
                 }
-                "error" | "internalerror" | "expired" | "cancelled" => panic!("build failed: {view}"),
+                "error" | "internalerror" | "expired" | "cancelled" => {
+                    panic!("build failed: {view}")
+                }
                 _ => {}
             }
         }
@@ -90,7 +100,13 @@ async fn one_worker_at_a_time_in_repository_order_without_losing_retries() {
     for (repo, list) in &ids {
         for id in list {
             let logs = s.logs(repo, id).await;
-            assert_eq!(phases(&logs).iter().filter(|p| *p == "build-scheduled").count(), 1);
+            assert_eq!(
+                phases(&logs)
+                    .iter()
+                    .filter(|p| *p == "build-scheduled")
+                    .count(),
+                1
+            );
         }
     }
     s.stop().await;
@@ -107,10 +123,18 @@ async fn an_executor_that_cannot_start_falls_through_to_the_next() {
         fast_timings(),
     )
     .await;
-    let id = s.submit("demo/fallback", &[]).await["id"].as_str().unwrap().to_string();
+    let id = s.submit("demo/fallback", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.wait_phase(&id, &["complete"], T).await;
     let started = s.wait_report(|r| r["event"] == "started", T).await;
-    assert!(started["argv0"].as_str().unwrap().ends_with("worker-second"));
+    assert!(
+        started["argv0"]
+            .as_str()
+            .unwrap()
+            .ends_with("worker-second")
+    );
     s.stop().await;
 }
 
@@ -134,16 +158,30 @@ async fn executor_policies_skip_the_right_executors() {
     .await;
     // First try: 2 retries left after the claim. `needs3` is skipped, `teamonly` is not for
     // demo, `rollout0` admits nobody, `needs2` takes it.
-    let demo = s.submit("demo/policy", &[]).await["id"].as_str().unwrap().to_string();
+    let demo = s.submit("demo/policy", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.wait_phase(&demo, &["complete"], T).await;
-    let team = s.submit("team/policy", &[]).await["id"].as_str().unwrap().to_string();
+    let team = s.submit("team/policy", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.wait_phase(&team, &["complete"], T).await;
     let reports = s.reports();
     let ran_on = |id: &str| {
         events(&reports, "started")
             .iter()
             .find(|r| r["build_uuid"] == id)
-            .map(|r| r["argv0"].as_str().unwrap().rsplit('-').next().unwrap().to_string())
+            .map(|r| {
+                r["argv0"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('-')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .unwrap()
     };
     assert_eq!(ran_on(&demo), "needs2");
@@ -159,30 +197,89 @@ async fn cancel_stops_a_building_worker_and_dequeues_a_waiting_build() {
         fast_timings(),
     )
     .await;
-    let running = s.submit("demo/cancel", &[]).await["id"].as_str().unwrap().to_string();
-    let queued = s.submit("demo/other", &[]).await["id"].as_str().unwrap().to_string();
+    let running = s.submit("demo/cancel", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let queued = s.submit("demo/other", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.wait_phase(&running, &["building"], T).await;
-    assert_eq!(s.build(&queued).await["phase"], "waiting", "held back by the worker cap");
+    assert_eq!(
+        s.build(&queued).await["phase"],
+        "waiting",
+        "held back by the worker cap"
+    );
 
     // The queued one first: it leaves the queue and never runs.
-    let resp = s.req(reqwest::Method::DELETE, &format!("/api/v1/repository/demo/other/build/{queued}")).send().await.unwrap();
+    let resp = s
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/repository/demo/other/build/{queued}"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(s.build(&queued).await["phase"], "cancelled");
-    assert_eq!(s.manager().store().queue_state(queued.parse().unwrap()).await.unwrap(), None);
+    assert_eq!(
+        s.manager()
+            .store()
+            .queue_state(queued.parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
 
-    let resp = s.req(reqwest::Method::DELETE, &format!("/api/v1/repository/demo/cancel/build/{running}")).send().await.unwrap();
+    let resp = s
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/repository/demo/cancel/build/{running}"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.json::<Value>().await.unwrap(), "Okay");
     assert_eq!(s.build(&running).await["phase"], "cancelled");
-    let started = s.wait_report(|r| r["build_uuid"] == running.as_str() && r["event"] == "started", T).await;
+    let started = s
+        .wait_report(
+            |r| r["build_uuid"] == running.as_str() && r["event"] == "started",
+            T,
+        )
+        .await;
     wait_gone(started["pid"].as_u64().unwrap(), T).await;
-    assert_eq!(s.manager().store().queue_state(running.parse().unwrap()).await.unwrap(), None);
-    assert_eq!(phases(&s.logs("demo/cancel", &running).await).last().unwrap(), "cancelled");
+    assert_eq!(
+        s.manager()
+            .store()
+            .queue_state(running.parse().unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        phases(&s.logs("demo/cancel", &running).await)
+            .last()
+            .unwrap(),
+        "cancelled"
+    );
 
     // A finished build cannot be cancelled again.
-    let resp = s.req(reqwest::Method::DELETE, &format!("/api/v1/repository/demo/cancel/build/{running}")).send().await.unwrap();
+    let resp = s
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/repository/demo/cancel/build/{running}"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(events(&s.reports(), "started").iter().all(|r| r["build_uuid"] != queued.as_str()));
+    assert!(
+        events(&s.reports(), "started")
+            .iter()
+            .all(|r| r["build_uuid"] != queued.as_str())
+    );
     s.stop().await;
 }
 
@@ -194,14 +291,30 @@ async fn cancel_is_refused_while_pushing() {
         fast_timings(),
     )
     .await;
-    let id = s.submit("demo/push", &[]).await["id"].as_str().unwrap().to_string();
+    let id = s.submit("demo/push", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.wait_phase(&id, &["pushing"], T).await;
-    let resp = s.req(reqwest::Method::DELETE, &format!("/api/v1/repository/demo/push/build/{id}")).send().await.unwrap();
+    let resp = s
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/repository/demo/push/build/{id}"),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("pushing"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("pushing"),
+        "{body}"
+    );
     assert_eq!(s.build(&id).await["phase"], "pushing");
     let started = s.wait_report(|r| r["event"] == "started", T).await;
-    assert!(alive(started["pid"].as_u64().unwrap()), "the worker keeps pushing");
+    assert!(
+        alive(started["pid"].as_u64().unwrap()),
+        "the worker keeps pushing"
+    );
     s.stop().await;
 }

@@ -10,7 +10,10 @@ pub struct FileStore {
 }
 
 fn well_formed(file_id: &str) -> bool {
-    file_id.len() == 64 && file_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    file_id.len() == 64
+        && file_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl FileStore {

@@ -34,7 +34,8 @@ impl Manager {
             let Some((next, ttl)) = f(&current)? else {
                 return Ok(None);
             };
-            let value = serde_json::to_string(&next).map_err(|e| ManagerError::Internal(e.to_string()))?;
+            let value =
+                serde_json::to_string(&next).map_err(|e| ManagerError::Internal(e.to_string()))?;
             if orchestrator.compare_and_set(key, &raw, &value, ttl).await? {
                 return Ok(Some(next));
             }
@@ -69,8 +70,13 @@ impl Manager {
             Some(_) => {
                 // No retry left: the build ends here and shows as expired.
                 inner.store.complete_item(item).await?;
-                self.log(build, &[LogEntry::error("no retries left; the build will not run again")])
-                    .await;
+                self.log(
+                    build,
+                    &[LogEntry::error(
+                        "no retries left; the build will not run again",
+                    )],
+                )
+                .await;
             }
             None => {
                 inner.store.complete_item(item).await?;
@@ -84,7 +90,12 @@ impl Manager {
             if let (Some(name), Some(id)) = (&record.executor_name, &record.execution_id) {
                 manager.stop_worker(name, id).await;
             }
-            if let Err(e) = manager.inner.orchestrator.release_slot(&record.slot_holder).await {
+            if let Err(e) = manager
+                .inner
+                .orchestrator
+                .release_slot(&record.slot_holder)
+                .await
+            {
                 tracing::error!(build_id = %record.build_id, error = %e, "could not release the worker slot");
             }
             manager.inner.wake.notify_one();
@@ -100,7 +111,10 @@ impl Manager {
             .iter()
             .find(|e| e.config.name == executor_name)
         else {
-            tracing::error!(executor = executor_name, "cannot stop a worker of an unknown executor");
+            tracing::error!(
+                executor = executor_name,
+                "cannot stop a worker of an unknown executor"
+            );
             return;
         };
         let timeout = self.inner.settings.timings.stop_timeout;
@@ -109,7 +123,11 @@ impl Manager {
             Ok(Err(e)) => {
                 tracing::error!(executor = executor_name, execution_id, error = %e, "could not stop worker")
             }
-            Err(_) => tracing::error!(executor = executor_name, execution_id, "timed out stopping worker"),
+            Err(_) => tracing::error!(
+                executor = executor_name,
+                execution_id,
+                "timed out stopping worker"
+            ),
         }
     }
 
@@ -125,15 +143,27 @@ impl Manager {
     /// Cancels a build unless it is pushing or final; stops its worker if it has one.
     pub async fn cancel(&self, id: BuildId) -> Result<(), ManagerError> {
         let store = &self.inner.store;
-        let build = store.get_build(id).await?.ok_or(ManagerError::NotFound(id))?;
+        let build = store
+            .get_build(id)
+            .await?
+            .ok_or(ManagerError::NotFound(id))?;
         let cancellable: Vec<Phase> = Phase::ALL.into_iter().filter(|p| p.can_cancel()).collect();
-        if store.set_phase(id, Phase::Cancelled, &cancellable, None).await?.is_none() {
-            let phase = store.get_build(id).await?.map(|b| b.phase).unwrap_or(build.phase);
+        if store
+            .set_phase(id, Phase::Cancelled, &cancellable, None)
+            .await?
+            .is_none()
+        {
+            let phase = store
+                .get_build(id)
+                .await?
+                .map(|b| b.phase)
+                .unwrap_or(build.phase);
             return Err(ManagerError::Conflict(format!(
                 "build {id} is {phase} and can no longer be cancelled"
             )));
         }
-        self.log_phase(id, Phase::Cancelled, Default::default()).await;
+        self.log_phase(id, Phase::Cancelled, Default::default())
+            .await;
         match self.take_job(id).await? {
             Some(record) => self.finish_job(record, JobOutcome::Cancelled).await?,
             None => store.delete_item(id).await?,
@@ -151,9 +181,15 @@ impl Manager {
             if crate::unix_now() >= record.max_expiration {
                 // Retrying with the retry restored would loop forever on a build that
                 // always overruns, so this one spends it.
-                (JobOutcome::Expired, "the build ran longer than MACHINE_MAX_TIME".to_string())
+                (
+                    JobOutcome::Expired,
+                    "the build ran longer than MACHINE_MAX_TIME".to_string(),
+                )
             } else {
-                (JobOutcome::Incomplete, "the worker stopped sending heartbeats".to_string())
+                (
+                    JobOutcome::Incomplete,
+                    "the worker stopped sending heartbeats".to_string(),
+                )
             }
         } else if record.execution_id.is_some() {
             (
@@ -175,7 +211,8 @@ impl Manager {
             .await?
             .is_some()
         {
-            self.log_phase(build, Phase::InternalError, Default::default()).await;
+            self.log_phase(build, Phase::InternalError, Default::default())
+                .await;
             self.log(build, &[LogEntry::error(why)]).await;
         }
         self.finish_job(record, outcome).await
@@ -205,5 +242,6 @@ pub(crate) fn spawn_expiry_watcher(manager: Manager) -> tokio::task::JoinHandle<
 }
 
 fn parse_record(raw: &str) -> Result<JobRecord, ManagerError> {
-    serde_json::from_str(raw).map_err(|e| ManagerError::Internal(format!("unreadable job record: {e}")))
+    serde_json::from_str(raw)
+        .map_err(|e| ManagerError::Internal(format!("unreadable job record: {e}")))
 }

@@ -179,7 +179,10 @@ impl Manager {
         }
         let released = self.inner.store.release_all_claims(now()).await?;
         if released > 0 {
-            tracing::warn!(released, "returned builds claimed by an earlier run to the queue");
+            tracing::warn!(
+                released,
+                "returned builds claimed by an earlier run to the queue"
+            );
         }
         Ok(released)
     }

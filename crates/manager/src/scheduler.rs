@@ -113,7 +113,8 @@ async fn start_job(manager: &Manager, item: ClaimedItem, slot: String) -> Result
         executor_name: None,
         execution_id: None,
     };
-    let value = serde_json::to_string(&record).map_err(|e| ManagerError::Internal(e.to_string()))?;
+    let value =
+        serde_json::to_string(&record).map_err(|e| ManagerError::Internal(e.to_string()))?;
     if !inner
         .orchestrator
         .create(&key, &value, Some(s.job_registration_timeout))
@@ -157,7 +158,11 @@ async fn start_job(manager: &Manager, item: ClaimedItem, slot: String) -> Result
             record = current.clone();
             record.executor_name = Some(executor_name.clone());
             record.execution_id = Some(execution_id.clone());
-            let ttl = if record.registered() { s.timings.heartbeat_ttl } else { setup_time };
+            let ttl = if record.registered() {
+                s.timings.heartbeat_ttl
+            } else {
+                setup_time
+            };
             Ok(Some((record.clone(), Some(ttl))))
         })
         .await?;
@@ -169,7 +174,11 @@ async fn start_job(manager: &Manager, item: ClaimedItem, slot: String) -> Result
         return Ok(());
     }
     let from = [Phase::Waiting, Phase::InternalError, Phase::BuildScheduled];
-    match inner.store.set_phase(build.id, Phase::BuildScheduled, &from, None).await? {
+    match inner
+        .store
+        .set_phase(build.id, Phase::BuildScheduled, &from, None)
+        .await?
+    {
         Some(prev) if prev != Phase::BuildScheduled => {
             manager
                 .log_phase(build.id, Phase::BuildScheduled, Default::default())
@@ -186,7 +195,12 @@ async fn start_job(manager: &Manager, item: ClaimedItem, slot: String) -> Result
     }
     inner
         .store
-        .extend_item(&item, now(), setup_time + Duration::from_secs(60), Duration::ZERO)
+        .extend_item(
+            &item,
+            now(),
+            setup_time + Duration::from_secs(60),
+            Duration::ZERO,
+        )
         .await?;
     tracing::info!(build_id = %build.id, executor = %executor_name, execution_id = %execution_id, "worker started");
     Ok(())

@@ -62,7 +62,9 @@ pub struct KeyPair {
 
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPair").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,9 +72,13 @@ impl KeyPair {
     /// Generates a 2048-bit key pair; its `kid` is derived from the public key.
     pub fn generate() -> Result<Self, ManagerError> {
         use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-        let internal = |e: &dyn std::fmt::Display| ManagerError::Internal(format!("key generation: {e}"));
-        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| internal(&e))?;
-        let private_pem = private.to_pkcs8_pem(LineEnding::LF).map_err(|e| internal(&e))?;
+        let internal =
+            |e: &dyn std::fmt::Display| ManagerError::Internal(format!("key generation: {e}"));
+        let private =
+            rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| internal(&e))?;
+        let private_pem = private
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| internal(&e))?;
         let public_pem = private
             .to_public_key()
             .to_public_key_pem(LineEnding::LF)
@@ -160,7 +166,8 @@ impl TokenService {
         let mut keys = HashMap::new();
         keys.insert(
             signing.kid.clone(),
-            DecodingKey::from_rsa_pem(signing.public_pem.as_bytes()).map_err(|e| bad(&signing.kid, e))?,
+            DecodingKey::from_rsa_pem(signing.public_pem.as_bytes())
+                .map_err(|e| bad(&signing.kid, e))?,
         );
         for (kid, pem) in trusted {
             keys.insert(
@@ -211,12 +218,17 @@ impl TokenService {
     pub fn verify(&self, token: &str, expected: TokenType) -> Result<TokenContext, ManagerError> {
         let unauth = |m: String| ManagerError::Unauthenticated(m);
         if token.is_empty() {
-            return Err(unauth("no token: the request carries an empty job_jwt".into()));
+            return Err(unauth(
+                "no token: the request carries an empty job_jwt".into(),
+            ));
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| unauth(format!("malformed token: {e}")))?;
         if header.alg != Algorithm::RS256 {
-            return Err(unauth(format!("token algorithm {:?} is not RS256", header.alg)));
+            return Err(unauth(format!(
+                "token algorithm {:?} is not RS256",
+                header.alg
+            )));
         }
         let kid = header
             .kid
@@ -237,7 +249,9 @@ impl TokenService {
                 ErrorKind::ExpiredSignature => "token expired".to_string(),
                 ErrorKind::ImmatureSignature => "token not yet valid".to_string(),
                 ErrorKind::InvalidSignature => "token signature does not verify".to_string(),
-                ErrorKind::InvalidAudience => "token is for another build manager (audience)".to_string(),
+                ErrorKind::InvalidAudience => {
+                    "token is for another build manager (audience)".to_string()
+                }
                 _ => format!("invalid token: {e}"),
             })
         })?;
@@ -283,12 +297,27 @@ mod tests {
         assert_eq!(ctx.build_id, id);
         assert_eq!(ctx.job_id, "building/x");
         let err = new_service.verify(&t, TokenType::Registration).unwrap_err();
-        assert!(err.to_string().contains("a job token was presented"), "{err}");
+        assert!(
+            err.to_string().contains("a job token was presented"),
+            "{err}"
+        );
         let other = TokenService::new("other-aud", &new, &[]).unwrap();
         let t2 = new_service
             .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
             .unwrap();
-        assert!(other.verify(&t2, TokenType::Job).unwrap_err().to_string().contains("audience"));
-        assert!(old_service.verify(&t2, TokenType::Job).unwrap_err().to_string().contains("unknown key"));
+        assert!(
+            other
+                .verify(&t2, TokenType::Job)
+                .unwrap_err()
+                .to_string()
+                .contains("audience")
+        );
+        assert!(
+            old_service
+                .verify(&t2, TokenType::Job)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown key")
+        );
     }
 }

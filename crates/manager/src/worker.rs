@@ -77,14 +77,19 @@ impl Manager {
                 }
                 let mut next = record.clone();
                 next.last_heartbeat = Some(now);
-                Ok(Some((next, Some(heartbeat_ttl(s.timings.heartbeat_ttl, record)))))
+                Ok(Some((
+                    next,
+                    Some(heartbeat_ttl(s.timings.heartbeat_ttl, record)),
+                )))
             })
             .await?;
         let Some(_record) = registered else {
             return Err(ManagerError::Internal(format!(
                 "cannot start job for build {}: {}",
                 ctx.build_id,
-                refusal.unwrap_or("the job is not waiting for a worker (it expired, ended or was cancelled)")
+                refusal.unwrap_or(
+                    "the job is not waiting for a worker (it expired, ended or was cancelled)"
+                )
             )));
         };
         let build = self
@@ -99,18 +104,20 @@ impl Manager {
                 "{}/api/v1/filedrop/{file_id}",
                 s.public_url.trim_end_matches('/')
             )),
-            BuildSource::Git { url, sha, private_key } => PackageSource::Git {
+            BuildSource::Git {
+                url,
+                sha,
+                private_key,
+            } => PackageSource::Git {
                 url: url.clone(),
                 sha: sha.clone(),
                 private_key: private_key.clone().unwrap_or_default(),
             },
         };
-        let job_token = self.inner.tokens.issue(
-            TokenType::Job,
-            build.id,
-            &ctx.job_id,
-            s.machine_max_time,
-        )?;
+        let job_token =
+            self.inner
+                .tokens
+                .issue(TokenType::Job, build.id, &ctx.job_id, s.machine_max_time)?;
         tracing::info!(build_id = %build.id, "worker registered");
         Ok(Assignment {
             job_token,
@@ -142,7 +149,10 @@ impl Manager {
                 }
                 let mut next = record.clone();
                 next.last_heartbeat = Some(now);
-                Ok(Some((next, Some(heartbeat_ttl(s.timings.heartbeat_ttl, record)))))
+                Ok(Some((
+                    next,
+                    Some(heartbeat_ttl(s.timings.heartbeat_ttl, record)),
+                )))
             })
             .await?;
         let Some(record) = record else {
@@ -189,7 +199,8 @@ impl Manager {
             Phase::Building,
             Phase::Pushing,
         ];
-        let error = (to == Phase::Error).then_some("the worker reported an error; see the build log");
+        let error =
+            (to == Phase::Error).then_some("the worker reported an error; see the build log");
         match store.set_phase(build, to, &from, error).await? {
             Some(prev) if prev == to => return Ok(true),
             Some(_) => {}
@@ -263,7 +274,12 @@ impl LogStream {
     /// One LogMessage: `Ok(false)` refuses a sequence number not greater than the last one
     /// on this stream, or a line that is not a JSON object; an accepted line is appended
     /// to the build's log and counts as a heartbeat.
-    pub async fn message(&mut self, token: &str, sequence: i32, line: &str) -> Result<bool, ManagerError> {
+    pub async fn message(
+        &mut self,
+        token: &str,
+        sequence: i32,
+        line: &str,
+    ) -> Result<bool, ManagerError> {
         let ctx = match &self.verified {
             Some((t, ctx)) if t == token => ctx.clone(),
             _ => {
@@ -279,8 +295,15 @@ impl LogStream {
             return Ok(false);
         };
         self.last_sequence = Some(sequence);
-        self.manager.inner.store.append_logs(ctx.build_id, &[entry]).await?;
-        if self.last_heartbeat.is_none_or(|at| at.elapsed() >= LOG_HEARTBEAT_EVERY) {
+        self.manager
+            .inner
+            .store
+            .append_logs(ctx.build_id, &[entry])
+            .await?;
+        if self
+            .last_heartbeat
+            .is_none_or(|at| at.elapsed() >= LOG_HEARTBEAT_EVERY)
+        {
             self.last_heartbeat = Some(Instant::now());
             self.manager.heartbeat(&ctx).await?;
         }

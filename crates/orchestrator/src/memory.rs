@@ -319,7 +319,11 @@ mod tests {
         let start = Instant::now();
         orch.create("building/a", "v1", Some(5 * S)).await.unwrap();
         tokio::time::sleep(3 * S).await;
-        assert!(orch.compare_and_set("building/a", "v1", "v2", Some(5 * S)).await.unwrap());
+        assert!(
+            orch.compare_and_set("building/a", "v1", "v2", Some(5 * S))
+                .await
+                .unwrap()
+        );
         tokio::time::sleep(3 * S).await;
         assert_eq!(orch.get("building/a").await.unwrap().as_deref(), Some("v2"));
 
@@ -414,14 +418,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_on_an_existing_key_fails_and_a_swap_on_a_missing_or_changed_one_writes_nothing() {
+    async fn create_on_an_existing_key_fails_and_a_swap_on_a_missing_or_changed_one_writes_nothing()
+    {
         let orch = MemoryOrchestrator::new();
         let mut rx = orch.watch("");
         assert!(orch.create("k", "v1", None).await.unwrap());
         assert!(!orch.create("k", "v2", None).await.unwrap());
         assert_eq!(orch.get("k").await.unwrap().as_deref(), Some("v1"));
-        assert!(!orch.compare_and_set("missing", "", "v", Some(S)).await.unwrap());
-        assert!(!orch.compare_and_set("k", "stale", "v3", None).await.unwrap());
+        assert!(
+            !orch
+                .compare_and_set("missing", "", "v", Some(S))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !orch
+                .compare_and_set("k", "stale", "v3", None)
+                .await
+                .unwrap()
+        );
         assert_eq!(orch.get("missing").await.unwrap(), None);
 
         assert_eq!(rx.recv().await, Some(change(KeyEvent::Create, "k", "v1")));
@@ -484,7 +499,9 @@ mod tests {
 
         orch.create("building/a", "1", Some(S)).await.unwrap();
         orch.create("cancel/a", "2", None).await.unwrap();
-        orch.compare_and_set("cancel/a", "2", "3", None).await.unwrap();
+        orch.compare_and_set("cancel/a", "2", "3", None)
+            .await
+            .unwrap();
         orch.take("cancel/a").await.unwrap();
         tokio::time::sleep(2 * S).await;
 

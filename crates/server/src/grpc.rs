@@ -96,7 +96,10 @@ impl StreamHandler<pb::HeartbeatRequest, pb::HeartbeatResponse> for Heartbeats {
 
 #[tonic::async_trait]
 impl StreamHandler<pb::LogMessageRequest, pb::LogMessageResponse> for LogStream {
-    async fn handle(&mut self, req: pb::LogMessageRequest) -> Result<pb::LogMessageResponse, Status> {
+    async fn handle(
+        &mut self,
+        req: pb::LogMessageRequest,
+    ) -> Result<pb::LogMessageResponse, Status> {
         let success = self
             .message(&req.job_jwt, req.sequence_number, &req.log_message)
             .await
@@ -147,10 +150,9 @@ impl BuildManager for WorkerService {
             pull_token: a.pull_token,
             push_token: a.push_token,
             tag_names: a.tags,
-            base_image: a.base_image.map(|(username, password)| pb::build_pack::BaseImage {
-                username,
-                password,
-            }),
+            base_image: a
+                .base_image
+                .map(|(username, password)| pb::build_pack::BaseImage { username, password }),
         }))
     }
 
@@ -171,7 +173,10 @@ impl BuildManager for WorkerService {
         request: Request<pb::SetPhaseRequest>,
     ) -> Result<Response<pb::SetPhaseResponse>, Status> {
         let req = request.into_inner();
-        let ctx = self.manager.verify_job_token(&req.job_jwt).map_err(status)?;
+        let ctx = self
+            .manager
+            .verify_job_token(&req.job_jwt)
+            .map_err(status)?;
         let mut pull_metadata = serde_json::Map::new();
         if let Some(m) = req.pull_metadata {
             for (k, v) in [
@@ -211,7 +216,10 @@ impl BuildManager for WorkerService {
         request: Request<pb::CachedTagRequest>,
     ) -> Result<Response<pb::CachedTag>, Status> {
         let req = request.into_inner();
-        let ctx = self.manager.verify_job_token(&req.job_jwt).map_err(status)?;
+        let ctx = self
+            .manager
+            .verify_job_token(&req.job_jwt)
+            .map_err(status)?;
         let tag = self.manager.cached_tag(&ctx).await.map_err(status)?;
         Ok(Response::new(pb::CachedTag { cached_tag: tag }))
     }
@@ -233,7 +241,8 @@ pub async fn serve(
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert, tls.key);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "gRPC worker service listening");

@@ -80,7 +80,11 @@ pub fn router(manager: Manager, options: RestOptions) -> Router {
     let api = Api {
         manager,
         token_hashes: std::sync::Arc::new(
-            options.tokens.iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect(),
+            options
+                .tokens
+                .iter()
+                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .collect(),
         ),
         max_upload: options.max_upload,
     };
@@ -89,7 +93,10 @@ pub fn router(manager: Manager, options: RestOptions) -> Router {
         .route("/api/v1/filedrop/", post(create_filedrop))
         .route("/api/v1/filedrop/{file_id}", put(upload_file))
         .route(&format!("{repo}/"), post(create_build).get(list_builds))
-        .route(&format!("{repo}/{{id}}"), get(get_build).delete(cancel_build))
+        .route(
+            &format!("{repo}/{{id}}"),
+            get(get_build).delete(cancel_build),
+        )
         .route(&format!("{repo}/{{id}}/status"), get(get_build))
         .route(&format!("{repo}/{{id}}/logs"), get(build_logs))
         .route("/api/v1/build/{id}", get(get_build_by_id))
@@ -110,7 +117,11 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if api.token_hashes.contains(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes()))) => {
+        Some(token)
+            if api
+                .token_hashes
+                .contains(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes()))) =>
+        {
             next.run(request).await
         }
         Some(_) => ApiError(StatusCode::UNAUTHORIZED, "invalid API token".into()).into_response(),
@@ -141,10 +152,20 @@ async fn upload_file(
         .upload_paths(&file_id)
         .ok_or_else(|| bad_request("unknown file id: get one from POST /api/v1/filedrop/"))?;
     if final_path.exists() {
-        return Err(ApiError(StatusCode::CONFLICT, "this file id was already uploaded".into()));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "this file id was already uploaded".into(),
+        ));
     }
-    let internal = |e: std::io::Error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the upload: {e}"));
-    tokio::fs::create_dir_all(files.dir()).await.map_err(internal)?;
+    let internal = |e: std::io::Error| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the upload: {e}"),
+        )
+    };
+    tokio::fs::create_dir_all(files.dir())
+        .await
+        .map_err(internal)?;
     let mut file = tokio::fs::File::create(&part).await.map_err(internal)?;
     let mut stream = body.into_data_stream();
     let mut size: u64 = 0;
@@ -162,7 +183,9 @@ async fn upload_file(
         file.write_all(&chunk).await.map_err(internal)?;
     }
     file.flush().await.map_err(internal)?;
-    tokio::fs::rename(&part, &final_path).await.map_err(internal)?;
+    tokio::fs::rename(&part, &final_path)
+        .await
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,9 +218,15 @@ struct CreateBuild {
 /// A path inside the build context: absolute, without `..`.
 fn context_path(field: &str, value: &str) -> ApiResult<String> {
     if value.split('/').any(|c| c == "..") {
-        return Err(bad_request(format!("{field} must stay inside the build context (no `..`)")));
+        return Err(bad_request(format!(
+            "{field} must stay inside the build context (no `..`)"
+        )));
     }
-    Ok(if value.starts_with('/') { value.to_string() } else { format!("/{value}") })
+    Ok(if value.starts_with('/') {
+        value.to_string()
+    } else {
+        format!("/{value}")
+    })
 }
 
 async fn create_build(
@@ -217,7 +246,9 @@ async fn create_build(
     let source = match (req.archive_url, req.file_id) {
         (Some(url), None) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad_request("archive_url must be an http:// or https:// URL"));
+                return Err(bad_request(
+                    "archive_url must be an http:// or https:// URL",
+                ));
             }
             BuildSource::ArchiveUrl { url }
         }
@@ -237,7 +268,10 @@ async fn create_build(
     }
     let context = context_path(
         "context",
-        req.context.as_deref().or(req.subdirectory.as_deref()).unwrap_or("/"),
+        req.context
+            .as_deref()
+            .or(req.subdirectory.as_deref())
+            .unwrap_or("/"),
     )?;
     let dockerfile_path = match req.dockerfile_path {
         Some(p) => context_path("dockerfile_path", &p)?,
@@ -247,26 +281,29 @@ async fn create_build(
     let display_name = buildman_manager::FileStore::new_id()[..7].to_string();
     let build = api
         .manager
-        .submit(
-            NewBuild {
-                namespace,
-                repository,
-                source,
-                tags,
-                context,
-                dockerfile_path,
-                display_name,
-                manual_user: None,
-                pull_robot: req.pull_robot,
-            },
-        )
+        .submit(NewBuild {
+            namespace,
+            repository,
+            source,
+            tags,
+            context,
+            dockerfile_path,
+            display_name,
+            manual_user: None,
+            pull_robot: req.pull_robot,
+        })
         .await?;
     let location = format!(
         "/api/v1/repository/{}/{}/build/{}",
         build.namespace, build.repository, build.id
     );
     let view = view(&api.manager, &build).await?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -295,8 +332,12 @@ async fn list_builds(
 }
 
 fn parse_id(id: &str) -> ApiResult<BuildId> {
-    id.parse()
-        .map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("build {id:?} not found: not a build id")))
+    id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("build {id:?} not found: not a build id"),
+        )
+    })
 }
 
 /// A build of the repository in the path; 404 when it belongs to another one.
@@ -304,7 +345,10 @@ async fn repo_build(api: &Api, namespace: &str, repository: &str, id: &str) -> A
     let id = parse_id(id)?;
     match api.manager.store().get_build(id).await? {
         Some(b) if b.namespace == namespace && b.repository == repository => Ok(b),
-        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("build {id} not found"))),
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("build {id} not found"),
+        )),
     }
 }
 
@@ -355,12 +399,18 @@ async fn build_logs(
         .store()
         .read_logs(build.id, q.start.unwrap_or(0), LOG_PAGE)
         .await?;
-    Ok(Json(json!({ "start": page.start, "total": page.total, "logs": page.entries })))
+    Ok(Json(
+        json!({ "start": page.start, "total": page.total, "logs": page.entries }),
+    ))
 }
 
 /// Quay's build view. Secrets of the source (a git key) are never part of it.
 async fn view(manager: &Manager, b: &Build) -> ApiResult<Value> {
-    let phase = if manager.is_expired(b).await? { "expired" } else { b.phase.as_str() };
+    let phase = if manager.is_expired(b).await? {
+        "expired"
+    } else {
+        b.phase.as_str()
+    };
     let (archive_url, resource_key) = match &b.source {
         BuildSource::ArchiveUrl { url } => (Some(url.clone()), None),
         BuildSource::Uploaded { file_id } => (None, Some(file_id.clone())),
@@ -392,4 +442,3 @@ async fn view(manager: &Manager, b: &Build) -> ApiResult<Value> {
         "result_location": b.result_location,
     }))
 }
-

@@ -31,7 +31,11 @@ fn report(mut event: serde_json::Value) {
     event["build_uuid"] = std::env::var("BUILD_UUID").ok().into();
     if let Ok(path) = std::env::var("TEST_WORKER_REPORT") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{event}");
         }
     }
@@ -112,10 +116,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "context": pack.context, "dockerfile_path": pack.dockerfile_path,
     }));
 
-    let cancelled = spawn_heartbeats(client.clone(), jwt.clone(), heartbeat_every, scenario == "stop-heartbeats");
+    let cancelled = spawn_heartbeats(
+        client.clone(),
+        jwt.clone(),
+        heartbeat_every,
+        scenario == "stop-heartbeats",
+    );
 
     let mut seq = 0;
-    let mut phase = |client: &mut Client, phase: pb::Phase, meta: Option<pb::set_phase_request::PullMetadata>| {
+    let mut phase = |client: &mut Client,
+                     phase: pb::Phase,
+                     meta: Option<pb::set_phase_request::PullMetadata>| {
         seq += 1;
         let request = pb::SetPhaseRequest {
             job_jwt: jwt.clone(),
@@ -209,7 +220,13 @@ fn spawn_heartbeats(
         let mut replies = replies.into_inner();
         let mut refused = 0;
         loop {
-            if tx.send(pb::HeartbeatRequest { job_jwt: jwt.clone() }).await.is_err() {
+            if tx
+                .send(pb::HeartbeatRequest {
+                    job_jwt: jwt.clone(),
+                })
+                .await
+                .is_err()
+            {
                 break;
             }
             match replies.message().await {

@@ -59,7 +59,11 @@ pub fn popen(dir: &Path, name: &str, extra: &str) -> String {
 
 impl TestServer {
     /// Starts a manager with `config` (YAML), the test worker playing `scenario`.
-    pub async fn start(config: impl FnOnce(&Path) -> String, scenario: &str, timings: Timings) -> Self {
+    pub async fn start(
+        config: impl FnOnce(&Path) -> String,
+        scenario: &str,
+        timings: Timings,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         Self::start_in(dir, config, scenario, timings).await
     }
@@ -73,7 +77,8 @@ impl TestServer {
     ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let yaml = config(dir.path());
-        let loaded = Config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{yaml}"));
+        let loaded =
+            Config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{yaml}"));
         let report = dir.path().join("report.jsonl");
         let mut options = ServeOptions::from_config(loaded.config).expect("options");
         options.data_dir = dir.path().join("data");
@@ -146,12 +151,20 @@ impl TestServer {
     pub async fn submit(&self, repo: &str, tags: &[&str]) -> Value {
         let file_id = self.upload(b"FROM scratch\nCOPY hello /\n").await;
         let resp = self
-            .req(reqwest::Method::POST, &format!("/api/v1/repository/{repo}/build/"))
+            .req(
+                reqwest::Method::POST,
+                &format!("/api/v1/repository/{repo}/build/"),
+            )
             .json(&json!({"file_id": file_id, "docker_tags": tags}))
             .send()
             .await
             .expect("create build");
-        assert_eq!(resp.status(), 201, "create build: {}", resp.text().await.unwrap_or_default());
+        assert_eq!(
+            resp.status(),
+            201,
+            "create build: {}",
+            resp.text().await.unwrap_or_default()
+        );
         resp.json().await.expect("build view")
     }
 
@@ -174,7 +187,11 @@ impl TestServer {
             if phases.contains(&view["phase"].as_str().unwrap_or("")) {
                 return view;
             }
-            assert!(Instant::now() < deadline, "build {id} stuck in {} (wanted {phases:?})", view["phase"]);
+            assert!(
+                Instant::now() < deadline,
+                "build {id} stuck in {} (wanted {phases:?})",
+                view["phase"]
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -182,7 +199,10 @@ impl TestServer {
     /// The whole log of a build, paging from 0.
     pub async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
         let page: Value = self
-            .req(reqwest::Method::GET, &format!("/api/v1/repository/{repo}/build/{id}/logs?start=0"))
+            .req(
+                reqwest::Method::GET,
+                &format!("/api/v1/repository/{repo}/build/{id}/logs?start=0"),
+            )
             .send()
             .await
             .expect("logs")
@@ -208,7 +228,11 @@ impl TestServer {
             if let Some(r) = self.reports().into_iter().find(|r| pred(r)) {
                 return r;
             }
-            assert!(Instant::now() < deadline, "no such worker report; got {:?}", self.reports());
+            assert!(
+                Instant::now() < deadline,
+                "no such worker report; got {:?}",
+                self.reports()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -237,7 +261,10 @@ pub fn alive(pid: u64) -> bool {
 pub async fn wait_gone(pid: u64, within: Duration) {
     let deadline = Instant::now() + within;
     while alive(pid) {
-        assert!(Instant::now() < deadline, "worker process {pid} still running");
+        assert!(
+            Instant::now() < deadline,
+            "worker process {pid} still running"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
