@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use buildman_core::{BuildId, BuildSource, JobRecord, LogEntry, Phase};
 use serde_json::{Map, Value};
 
+use buildman_store::WorkerLine;
+
 use crate::jobs::JobOutcome;
 use crate::tokens::{TokenContext, TokenType};
 use crate::{Manager, ManagerError, unix_now};
@@ -273,7 +275,8 @@ impl LogStream {
 
     /// One LogMessage: `Ok(false)` refuses a sequence number not greater than the last one
     /// on this stream, or a line that is not a JSON object; an accepted line is appended
-    /// to the build's log and counts as a heartbeat.
+    /// to the build's log and counts as a heartbeat. A line the build's log already holds
+    /// (re-sent on a new stream after a reconnect) is acknowledged but not stored again.
     pub async fn message(
         &mut self,
         token: &str,

@@ -45,6 +45,14 @@ pub struct QueueState {
     pub processing_expires: Option<DateTime<Utc>>,
 }
 
+/// One log line a worker sent, with the sequence number it carried.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerLine {
+    pub build: BuildId,
+    pub sequence: i32,
+    pub entry: LogEntry,
+}
+
 /// A page of a build's log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogPage {
@@ -139,6 +147,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends entries to a build's log in one transaction; returns the new total.
     async fn append_logs(&self, id: BuildId, entries: &[LogEntry]) -> Result<u64>;
+
+    /// Appends lines workers sent, in one transaction (group commit over many builds),
+    /// skipping each line whose sequence number is not above the last one stored for its
+    /// build in this attempt: a line re-sent after a reconnect is stored once. Returns,
+    /// per line, whether it was stored.
+    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<bool>>;
 
     /// Entries from index `start` (at most `limit`), with the log's total length.
     async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage>;

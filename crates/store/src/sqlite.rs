@@ -10,6 +10,7 @@
 //! Times are stored as unix milliseconds, so they come back truncated to the millisecond.
 //! Parameters are written `$N`, which sqlx's SQLite driver and PostgreSQL both understand.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
@@ -27,7 +28,7 @@ use sqlx::sqlite::{
 use sqlx::{Decode, Row, Sqlite, Type};
 use uuid::Uuid;
 
-use crate::{LogPage, QueueState, Result, Store, StoreError};
+use crate::{LogPage, QueueState, Result, Store, StoreError, WorkerLine};
 
 /// The schema, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -433,6 +434,11 @@ impl Store for SqliteStore {
                 tx.rollback().await?;
                 continue;
             }
+            // A new attempt means a new worker, whose sequence numbers start afresh.
+            sqlx::query("UPDATE builds SET last_worker_sequence = NULL WHERE id = $1")
+                .bind(build.to_string())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             return Ok(Some(ClaimedItem {
                 item_id,
@@ -608,6 +614,67 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         log_total(next, id)
+    }
+
+    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<bool>> {
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = lines
+            .iter()
+            .map(|l| serde_json::to_string(&l.entry).map_err(unserialisable("log entry")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Per build in the batch: the next log index and the last stored sequence number.
+        let mut builds: HashMap<BuildId, (i64, Option<i32>)> = HashMap::new();
+        let mut stored = Vec::with_capacity(lines.len());
+        let mut rows: Vec<(String, i64, &str)> = Vec::with_capacity(lines.len());
+        for (line, json) in lines.iter().zip(&encoded) {
+            let state = match builds.entry(line.build) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let key = line.build.to_string();
+                    let last: Option<Option<i32>> =
+                        sqlx::query_scalar("SELECT last_worker_sequence FROM builds WHERE id = $1")
+                            .bind(&key)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let last = last.ok_or(StoreError::NotFound(line.build))?;
+                    let next: i64 = sqlx::query_scalar(LOG_TOTAL).bind(&key).fetch_one(&mut *tx).await?;
+                    e.insert((next, last))
+                }
+            };
+            if state.1.is_some_and(|last| line.sequence <= last) {
+                stored.push(false);
+                continue;
+            }
+            rows.push((line.build.to_string(), state.0, json));
+            state.0 += 1;
+            state.1 = Some(line.sequence);
+            stored.push(true);
+        }
+        for chunk in rows.chunks(LOG_CHUNK) {
+            let mut sql = String::from("INSERT INTO build_logs (build_id, idx, entry) VALUES ");
+            for i in 0..chunk.len() {
+                let p = 1 + 3 * i;
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(sql, "{sep}(${p}, ${}, ${})", p + 1, p + 2);
+            }
+            let mut insert = sqlx::query(&sql).persistent(false);
+            for (build, idx, json) in chunk {
+                insert = insert.bind(build).bind(*idx).bind(*json);
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        for (build, (_, last)) in &builds {
+            sqlx::query("UPDATE builds SET last_worker_sequence = $1 WHERE id = $2")
+                .bind(*last)
+                .bind(build.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 
     async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage> {

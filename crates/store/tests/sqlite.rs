@@ -800,3 +800,29 @@ async fn undecodable_rows_are_reported_as_corrupt() {
     ));
     raw.close().await;
 }
+
+#[tokio::test]
+async fn worker_lines_are_stored_once_per_attempt_across_builds() {
+    use buildman_store::WorkerLine;
+    let dir = tempfile::tempdir().unwrap();
+    let store = buildman_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let a = store.create_build(new_build("ns", "a"), 3, None).await.unwrap().id;
+    let b = store.create_build(new_build("ns", "b"), 3, None).await.unwrap().id;
+    let line = |build, sequence, m: &str| WorkerLine { build, sequence, entry: LogEntry::output(m) };
+    let stored = store
+        .append_worker_lines(&[line(a, 1, "a1"), line(b, 1, "b1"), line(a, 2, "a2"), line(a, 2, "a2 again")])
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, true, true, false]);
+    // A re-send after a reconnect: 2 is already stored, 3 is new.
+    let stored = store.append_worker_lines(&[line(a, 2, "a2"), line(a, 3, "a3")]).await.unwrap();
+    assert_eq!(stored, [false, true]);
+    let messages = |page: buildman_store::LogPage| page.entries.into_iter().map(|e| e.message).collect::<Vec<_>>();
+    assert_eq!(messages(store.read_logs(a, 0, 100).await.unwrap()), ["a1", "a2", "a3"]);
+    assert_eq!(messages(store.read_logs(b, 0, 100).await.unwrap()), ["b1"]);
+    // A new attempt (a new claim) starts the count afresh.
+    let claimed = store.claim(chrono::Utc::now(), std::time::Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(claimed.build_id, a);
+    assert_eq!(store.append_worker_lines(&[line(a, 1, "retry 1")]).await.unwrap(), [true]);
+    assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
+}

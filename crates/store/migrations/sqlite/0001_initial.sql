@@ -19,7 +19,10 @@ CREATE TABLE builds (
     created_at      BIGINT  NOT NULL,
     updated_at      BIGINT  NOT NULL,
     error           TEXT,
-    result_location TEXT
+    result_location TEXT,
+    -- The highest log sequence number stored from the current attempt's worker, so a line
+    -- re-sent after a reconnect is stored once. Reset by each claim (a new worker).
+    last_worker_sequence INTEGER
 );
 
 -- list_builds: one repository's builds, newest first.
