@@ -27,6 +27,11 @@ enum Command {
     /// With no --config it runs on embedded defaults: SQLite in the data dir, the in-memory
     /// orchestrator and the local-process executor.
     Serve(ServeArgs),
+    /// Run one build job as a worker (quay-builder compatible): reads TOKEN, SERVER,
+    /// INSECURE, TLS_CERT_PATH, CONTAINER_RUNTIME, BUILDAH_ISOLATION, DOCKER_HOST from the
+    /// environment, as executors set them. Exit code 0: complete; 1: the build failed or
+    /// the manager was unreachable; 3: cancelled by the manager.
+    Worker,
     /// Check a config.yaml and report every problem with its path in the file.
     CheckConfig {
         /// The config file to check.
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => run_serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::CheckConfig { file } => Ok(check_config(&file)),
+            Command::Worker => Ok(run_worker().await),
             Command::Submit(args) => user::submit(args).await,
             Command::Builds(args) => user::builds(args).await,
             Command::Logs(args) => user::logs(args).await,
@@ -179,6 +185,30 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+async fn run_worker() -> ExitCode {
+    use buildman_worker::job::{self, Outcome, WorkerEnv};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = match WorkerEnv::from_env(|k| std::env::var(k).ok()) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match job::run(&env).await {
+        Ok(Outcome::Complete) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed(why)) => {
+            eprintln!("build failed: {why}");
+            ExitCode::FAILURE
+        }
+        Ok(Outcome::Cancelled) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() -> std::io::Result<()> {

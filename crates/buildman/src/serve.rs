@@ -123,6 +123,17 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .with_context(|| format!("listening for workers on {}", options.grpc_listen))?;
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
 
+    // Without a registry, local workers write OCI layouts under the data dir.
+    let result_dir = match config.registry {
+        None => Some(std::path::absolute(data_dir.join("images")).context("resolving the data dir")?),
+        Some(_) => None,
+    };
+    let mut options = options.clone();
+    if let Some(dir) = &result_dir {
+        options
+            .worker_env
+            .push(("BUILDMAN_OUTPUT_DIR".into(), dir.display().to_string()));
+    }
     let executors = executors(&options)?;
     let settings = Settings {
         allowed_worker_count: bm.allowed_worker_count,
@@ -133,8 +144,13 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .unwrap_or_else(|| dialable(grpc_addr).to_string()),
         worker_insecure: config.grpc_tls.is_none(),
         registry: config.registry.clone().unwrap_or_default(),
-        pull_token: String::new(),
-        push_token: String::new(),
+        result_dir,
+        pull_token: config
+            .registry_pull_token
+            .clone()
+            .or_else(|| config.registry_push_token.clone())
+            .unwrap_or_default(),
+        push_token: config.registry_push_token.clone().unwrap_or_default(),
         public_url: config
             .public_url
             .clone()

@@ -217,6 +217,17 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
         "only the two accepted lines were stored"
     );
 
+    // A worker that reconnects re-sends its unacknowledged line on a new stream: it is
+    // acknowledged, and stored once.
+    let resent = r#"{"stream":"after reconnect\n"}"#;
+    assert_eq!(
+        log_lines(&mut client, &job, &[(8, line), (9, resent)]).await,
+        [true, true]
+    );
+    let logs = s.logs("demo/proto", &id).await;
+    assert_eq!(logs.len(), before_logs + 3, "the re-sent line was stored once");
+    assert_eq!(logs.last().unwrap()["message"], "after reconnect\n");
+
     // None of the refusals moved the build.
     assert_eq!(s.build(&id).await["phase"], "unpacking");
     assert!(

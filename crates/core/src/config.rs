@@ -54,6 +54,12 @@ pub struct Config {
     pub max_queued_builds_per_namespace: Option<u32>,
     /// BUILDMAN_REGISTRY: registry host workers push to; `None` means write OCI layouts locally.
     pub registry: Option<String>,
+    /// BUILDMAN_REGISTRY_PUSH_TOKEN: the password workers log in to the registry with as
+    /// user `$token`, Quay's scheme (redacted in Debug).
+    pub registry_push_token: Option<String>,
+    /// BUILDMAN_REGISTRY_PULL_TOKEN: likewise for pulling the cache image; defaults to the
+    /// push token (redacted in Debug).
+    pub registry_pull_token: Option<String>,
     /// BUILDMAN_CONTROLLER_PORT (environment only): Quay's metrics/controller port, default 8686.
     pub controller_port: u16,
 }
@@ -535,6 +541,8 @@ impl Config {
             signing_key: None,
             trusted_keys: Vec::new(),
             api_tokens: Vec::new(),
+            registry_push_token: None,
+            registry_pull_token: None,
             max_queued_builds_per_namespace: None,
             registry: None,
             controller_port: DEFAULT_CONTROLLER_PORT,
@@ -682,7 +690,7 @@ debug_redacting!(Config {
     feature_build_support, server_hostname, buildman_hostname, build_manager, data_dir,
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
     max_queued_builds_per_namespace, registry, controller_port,
-} secret { database_url, api_tokens });
+} secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 debug_redacting!(RedisConfig {
     host, port, ssl, db, skip_keyspace_event_setup, extra,
 } secret { password });
@@ -1125,6 +1133,8 @@ fn parse_config(s: &mut Section) -> Config {
         max_queued_builds_per_namespace: s
             .u32_at_least("BUILDMAN_MAX_QUEUED_BUILDS_PER_NAMESPACE", 1),
         registry: s.string("BUILDMAN_REGISTRY").filter(|h| !h.is_empty()),
+        registry_push_token: s.string("BUILDMAN_REGISTRY_PUSH_TOKEN").filter(|t| !t.is_empty()),
+        registry_pull_token: s.string("BUILDMAN_REGISTRY_PULL_TOKEN").filter(|t| !t.is_empty()),
         controller_port: base.controller_port,
     };
     for (i, token) in config.api_tokens.iter().enumerate() {

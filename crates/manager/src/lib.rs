@@ -119,6 +119,8 @@ pub struct Settings {
     pub worker_insecure: bool,
     /// The registry host to push to; "" writes results locally.
     pub registry: String,
+    /// Where local workers write OCI layouts when `registry` is "" (one per repository).
+    pub result_dir: Option<std::path::PathBuf>,
     /// Credentials handed to workers for pulling and pushing (Quay's `$token` login).
     pub pull_token: String,
     pub push_token: String,

@@ -211,7 +211,10 @@ impl Manager {
         self.log_phase(build, to, report.pull_metadata).await;
         tracing::info!(build_id = %build, phase = %to, "phase");
         let outcome = match to {
-            Phase::Complete => JobOutcome::Complete,
+            Phase::Complete => {
+                self.record_result_location(&current).await;
+                JobOutcome::Complete
+            }
             Phase::Error => JobOutcome::Error,
             _ => return Ok(true),
         };
@@ -219,6 +222,19 @@ impl Manager {
             self.finish_job(record, outcome).await?;
         }
         Ok(true)
+    }
+
+    /// With no registry, a local worker wrote the image as an OCI layout: say where.
+    async fn record_result_location(&self, build: &buildman_core::Build) {
+        let s = &self.inner.settings;
+        let Some(dir) = s.result_dir.as_ref().filter(|_| s.registry.is_empty()) else {
+            return;
+        };
+        let layout = dir.join(&build.namespace).join(&build.repository);
+        let location = format!("oci:{}", layout.display());
+        if let Err(e) = self.inner.store.set_result_location(build.id, &location).await {
+            tracing::warn!(build_id = %build.id, error = %e, "could not record where the image went");
+        }
     }
 
     /// DetermineCachedTag: the first of this build's tags that an earlier complete build of
@@ -298,11 +314,12 @@ impl LogStream {
             return Ok(false);
         };
         self.last_sequence = Some(sequence);
-        self.manager
-            .inner
-            .store
-            .append_logs(ctx.build_id, &[entry])
-            .await?;
+        let line = WorkerLine {
+            build: ctx.build_id,
+            sequence,
+            entry,
+        };
+        self.manager.inner.store.append_worker_lines(&[line]).await?;
         if self
             .last_heartbeat
             .is_none_or(|at| at.elapsed() >= LOG_HEARTBEAT_EVERY)

@@ -7,3 +7,5 @@
 
 pub mod backend;
 pub mod context;
+pub mod job;
+pub mod session;

@@ -1,0 +1,386 @@
+//! The worker's side of the protocol, as quay-builder speaks it, and resilient to a
+//! dropped connection: unary calls are retried, the heartbeat and log streams are reopened,
+//! and log lines not yet acknowledged are re-sent with their original sequence numbers
+//! (the manager stores each once). The endpoint is dialled again each time, so a load
+//! balancer in front of several managers may route the worker to another one.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use buildman_proto as pb;
+use pb::build_manager_client::BuildManagerClient;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+type Client = BuildManagerClient<Channel>;
+
+/// How the worker reaches its manager (quay-builder's SERVER, INSECURE, TLS_CERT_PATH).
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `host:port`.
+    pub server: String,
+    /// Plaintext gRPC.
+    pub insecure: bool,
+    /// A CA bundle (PEM) to trust instead of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// How long the worker keeps trying to get back to its manager before it gives up.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(600);
+/// quay-builder's heartbeat period.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// quay-builder's connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The manager could not be reached for [`RECONNECT_FOR`].
+    #[error("lost the build manager at {server}: {status}")]
+    Unreachable { server: String, status: String },
+    /// The manager answered with an error.
+    #[error("the build manager refused {call}: {message}")]
+    Refused { call: &'static str, message: String },
+    /// The endpoint is malformed or TLS could not be set up.
+    #[error("bad endpoint {0}")]
+    Endpoint(String),
+}
+
+impl Target {
+    fn channel(&self) -> Result<Channel, SessionError> {
+        let scheme = if self.insecure { "http" } else { "https" };
+        let bad = |e: &dyn std::fmt::Display| SessionError::Endpoint(format!("{}: {e}", self.server));
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.server))
+            .map_err(|e| bad(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if !self.insecure {
+            let tls = match &self.ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
+        }
+        // Lazy: the channel dials on first use and again after every failure.
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+/// True for failures of the connection rather than answers of the manager.
+fn transient(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+}
+
+/// Retries `call` on connection failures with a capped exponential backoff.
+async fn retry<T, F, Fut>(server: &str, call: &'static str, mut f: F) -> Result<T, SessionError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(s) if transient(&s) && started.elapsed() < RECONNECT_FOR => {
+                tracing::warn!(call, error = %s.message(), "manager unreachable; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(s) if transient(&s) => {
+                return Err(SessionError::Unreachable {
+                    server: server.to_string(),
+                    status: s.message().to_string(),
+                });
+            }
+            Err(s) => {
+                return Err(SessionError::Refused {
+                    call,
+                    message: s.message().to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// A registered job: the BuildPack, and the handles to report on it.
+pub struct Session {
+    client: Client,
+    server: String,
+    job_jwt: String,
+    phase_sequence: i32,
+    log: mpsc::Sender<LogCommand>,
+    cancelled: watch::Receiver<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+enum LogCommand {
+    Line(pb::LogMessageRequest),
+    Flush(oneshot::Sender<()>),
+}
+
+impl Session {
+    /// Pings the manager, opens the log stream, registers with the registration token and
+    /// starts heartbeating, in quay-builder's order.
+    pub async fn register(target: &Target, token: &str) -> Result<(Session, pb::BuildPack), SessionError> {
+        let client = Client::new(target.channel()?);
+        let server = target.server.clone();
+        retry(&server, "Ping", || {
+            let mut c = client.clone();
+            async move { c.ping(pb::PingRequest {}).await }
+        })
+        .await?;
+        let (log_tx, log_rx) = mpsc::channel(1024);
+        let pack = retry(&server, "RegisterBuildJob", || {
+            let mut c = client.clone();
+            let register_jwt = token.to_string();
+            async move { c.register_build_job(pb::BuildJobArgs { register_jwt }).await }
+        })
+        .await?
+        .into_inner();
+        let job_jwt = pack.job_jwt.clone();
+        let (cancel_tx, cancelled) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(log_stream(client.clone(), log_rx)),
+            tokio::spawn(heartbeats(client.clone(), job_jwt.clone(), cancel_tx)),
+        ];
+        Ok((
+            Session {
+                client,
+                server,
+                job_jwt,
+                phase_sequence: 0,
+                log: log_tx,
+                cancelled,
+                tasks,
+            },
+            pack,
+        ))
+    }
+
+    /// Reports a phase; an error when the manager refuses the transition.
+    pub async fn set_phase(
+        &mut self,
+        phase: pb::Phase,
+        pull_metadata: Option<pb::set_phase_request::PullMetadata>,
+    ) -> Result<(), SessionError> {
+        self.phase_sequence += 1;
+        let request = pb::SetPhaseRequest {
+            job_jwt: self.job_jwt.clone(),
+            sequence_number: self.phase_sequence,
+            phase: phase as i32,
+            pull_metadata,
+        };
+        let reply = retry(&self.server, "SetPhase", || {
+            let (mut c, r) = (self.client.clone(), request.clone());
+            async move { c.set_phase(r).await }
+        })
+        .await?
+        .into_inner();
+        if !reply.success || reply.sequence_number != request.sequence_number {
+            return Err(SessionError::Refused {
+                call: "SetPhase",
+                message: format!("phase {} was not accepted", phase.as_str_name()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Asks which tag to prime the cache from ("" for none).
+    pub async fn cached_tag(&self, base_image: &str, base_tag: &str) -> Result<String, SessionError> {
+        let request = pb::CachedTagRequest {
+            job_jwt: self.job_jwt.clone(),
+            base_image_name: base_image.to_string(),
+            base_image_tag: base_tag.to_string(),
+            base_image_id: String::new(),
+        };
+        Ok(retry(&self.server, "DetermineCachedTag", || {
+            let (mut c, r) = (self.client.clone(), request.clone());
+            async move { c.determine_cached_tag(r).await }
+        })
+        .await?
+        .into_inner()
+        .cached_tag)
+    }
+
+    /// A sender for build-output lines: each is a Docker build-stream JSON object.
+    pub fn logger(&self, phase: &str) -> Logger {
+        Logger {
+            tx: self.log.clone(),
+            jwt: self.job_jwt.clone(),
+            phase: phase.to_string(),
+        }
+    }
+
+    /// Waits until every log line sent so far was acknowledged.
+    pub async fn flush_logs(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.log.send(LogCommand::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A future that resolves when the manager no longer knows the job (heartbeat answered
+    /// `false` three times in a row): the build was cancelled or timed out, and the worker
+    /// must stop.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.cancelled.clone();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+}
+
+/// Sends log lines for one phase; lines are numbered in the order they are sent.
+#[derive(Clone)]
+pub struct Logger {
+    tx: mpsc::Sender<LogCommand>,
+    jwt: String,
+    phase: String,
+}
+
+impl Logger {
+    /// Queues an output line (`{"stream": line}`).
+    pub async fn stream(&self, line: &str) {
+        self.raw(serde_json::json!({ "stream": line }).to_string()).await;
+    }
+
+    /// Queues an error line (`{"error": ..., "errorDetail": {"message": ...}}`).
+    pub async fn error(&self, message: &str) {
+        self.raw(serde_json::json!({ "error": message, "errorDetail": { "message": message } }).to_string())
+            .await;
+    }
+
+    async fn raw(&self, log_message: String) {
+        let request = pb::LogMessageRequest {
+            job_jwt: self.jwt.clone(),
+            sequence_number: 0,
+            log_message,
+            phase: self.phase.clone(),
+        };
+        let _ = self.tx.send(LogCommand::Line(request)).await;
+    }
+}
+
+/// Sends queued lines one at a time, each awaiting its acknowledgement (quay-builder's
+/// pattern). When the stream breaks it is reopened and the unacknowledged line re-sent
+/// with the same sequence number.
+async fn log_stream(client: Client, mut commands: mpsc::Receiver<LogCommand>) {
+    let mut next_sequence = 1;
+    let mut pending: VecDeque<pb::LogMessageRequest> = VecDeque::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    'reconnect: loop {
+        let (tx, rx) = mpsc::channel(1);
+        let mut c = client.clone();
+        let mut replies = match c.log_message(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "log stream: cannot open; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            if pending.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                match commands.recv().await {
+                    Some(LogCommand::Line(mut line)) => {
+                        line.sequence_number = next_sequence;
+                        next_sequence += 1;
+                        pending.push_back(line);
+                    }
+                    Some(LogCommand::Flush(f)) => {
+                        flushes.push(f);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let Some(line) = pending.front().cloned() else { continue };
+            if tx.send(line.clone()).await.is_err() {
+                continue 'reconnect;
+            }
+            match replies.message().await {
+                Ok(Some(reply)) if reply.sequence_number == line.sequence_number => {
+                    backoff = Duration::from_millis(100);
+                    if !reply.success {
+                        tracing::warn!(sequence = line.sequence_number, "log line refused by the manager");
+                    }
+                    pending.pop_front();
+                }
+                Ok(Some(reply)) => {
+                    tracing::warn!(sent = line.sequence_number, got = reply.sequence_number, "log ack out of order");
+                    pending.pop_front();
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!("log stream broke; reconnecting in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue 'reconnect;
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeats every [`HEARTBEAT_EVERY`], awaiting each reply; reopens the stream when it
+/// breaks. Three `false` replies in a row (each retried at once) mean the job is gone.
+async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut refused = 0;
+    loop {
+        let (tx, rx) = mpsc::channel(1);
+        let mut c = client.clone();
+        let mut replies = match c.heartbeat(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "heartbeat stream: cannot open; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            if tx.send(pb::HeartbeatRequest { job_jwt: jwt.clone() }).await.is_err() {
+                break;
+            }
+            match replies.message().await {
+                Ok(Some(r)) if r.reply => {
+                    refused = 0;
+                    backoff = Duration::from_millis(100);
+                }
+                Ok(Some(_)) => {
+                    refused += 1;
+                    if refused >= 3 {
+                        tracing::warn!("the manager no longer knows this job; stopping");
+                        let _ = cancelled.send(true);
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) | Err(_) => break,
+            }
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
+        }
+        tracing::warn!("heartbeat stream broke; reconnecting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
