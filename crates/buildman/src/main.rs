@@ -27,10 +27,11 @@ enum Command {
     /// With no --config it runs on embedded defaults: SQLite in the data dir, the in-memory
     /// orchestrator and the local-process executor.
     Serve(ServeArgs),
-    /// Run one build job as a worker (quay-builder compatible): reads TOKEN, SERVER,
-    /// INSECURE, TLS_CERT_PATH, CONTAINER_RUNTIME, BUILDAH_ISOLATION, DOCKER_HOST from the
-    /// environment, as executors set them. Exit code 0: complete; 1: the build failed or
-    /// the manager was unreachable; 3: cancelled by the manager.
+    /// Run one build job as a worker (quay-builder compatible).
+    ///
+    /// Reads TOKEN, SERVER, INSECURE, TLS_CERT_PATH, CONTAINER_RUNTIME, BUILDAH_ISOLATION and
+    /// DOCKER_HOST from the environment, as executors set them. Exit code 0: complete;
+    /// 1: the build failed or the manager was unreachable; 3: cancelled by the manager.
     Worker,
     /// Check a config.yaml and report every problem with its path in the file.
     CheckConfig {
@@ -38,10 +39,14 @@ enum Command {
         file: PathBuf,
     },
     /// Submit a build and follow it to the end.
+    ///
+    /// Exit code 0: complete; 1: the command failed (bad arguments, upload refused, manager
+    /// unreachable); 10: the build ended in error; 11: internalerror or expired;
+    /// 12: cancelled.
     Submit(user::SubmitArgs),
     /// List a repository's builds.
     Builds(user::BuildsArgs),
-    /// Print (or follow) a build's log.
+    /// Print (or follow, with -f) a build's log; following exits like `submit`.
     Logs(user::LogsArgs),
     /// Cancel a build.
     Cancel(user::CancelArgs),

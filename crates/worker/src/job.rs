@@ -274,6 +274,12 @@ async fn build(
             request.build_args.push((var.to_string(), v));
         }
     }
+    if !pack.registry.is_empty() && !pack.pull_token.is_empty() {
+        // Cache lookups in the job's own repository use Quay's pull token.
+        request
+            .registry_creds
+            .insert(pack.registry.clone(), Credentials::token(pack.pull_token.clone()));
+    }
     if let (Some(creds), Some(base)) = (&base_creds, bases.first()) {
         request.registry_creds.insert(split_image(base).0, creds.clone());
     }
