@@ -222,9 +222,15 @@ async fn build(
             pull_username: base_creds.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
         };
         session.set_phase(pb::Phase::Pulling, Some(meta)).await?;
+        // A base image on the job's own registry is pulled with Quay's pull token.
+        let creds = if registry == pack.registry && !pack.pull_token.is_empty() {
+            Some(Credentials::token(pack.pull_token.clone()))
+        } else {
+            base_creds.clone()
+        };
         let (out, task) = forward(logger.clone());
         let pulled = backend
-            .pull(base, base_creds.as_ref(), is_loopback_registry(&registry), &out)
+            .pull(base, creds.as_ref(), is_loopback_registry(&registry), &out)
             .await;
         drop(out);
         let _ = task.await;

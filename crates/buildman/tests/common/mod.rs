@@ -57,6 +57,21 @@ pub fn popen(dir: &Path, name: &str, extra: &str) -> String {
     )
 }
 
+/// One popen executor running the real worker (`buildman worker`, through a wrapper script
+/// because BUILDER_BINARY_LOCATION names a program without arguments).
+pub fn real_worker(dir: &Path, extra: &str) -> String {
+    let script = dir.join("buildman-worker");
+    if !script.exists() {
+        let buildman = env!("CARGO_BIN_EXE_buildman");
+        std::fs::write(&script, format!("#!/bin/sh\nexec {buildman} worker \"$@\"\n")).expect("wrapper");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    format!(
+        "  - EXECUTOR: popen\n    NAME: real\n    BUILDER_BINARY_LOCATION: {}\n{extra}",
+        script.display()
+    )
+}
+
 impl TestServer {
     /// Starts a manager with `config` (YAML), the test worker playing `scenario`.
     pub async fn start(
@@ -85,7 +100,10 @@ impl TestServer {
         options.http_listen = "127.0.0.1:0".parse().expect("addr");
         options.grpc_listen = "127.0.0.1:0".parse().expect("addr");
         options.timings = timings;
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).expect("work dir");
         options.worker_env = vec![
+            ("TMPDIR".into(), work.display().to_string()),
             ("TEST_WORKER_SCENARIO".into(), scenario.into()),
             ("TEST_WORKER_REPORT".into(), report.display().to_string()),
             ("TEST_WORKER_HEARTBEAT_MS".into(), "200".into()),
@@ -149,7 +167,12 @@ impl TestServer {
 
     /// Submits a build of an uploaded lone Dockerfile; returns the build view.
     pub async fn submit(&self, repo: &str, tags: &[&str]) -> Value {
-        let file_id = self.upload(b"FROM scratch\nCOPY hello /\n").await;
+        self.submit_bytes(repo, tags, b"FROM scratch\nCOPY hello /\n").await
+    }
+
+    /// Submits a build of an uploaded context (an archive or a Dockerfile).
+    pub async fn submit_bytes(&self, repo: &str, tags: &[&str], context: &[u8]) -> Value {
+        let file_id = self.upload(context).await;
         let resp = self
             .req(
                 reqwest::Method::POST,

@@ -1,0 +1,225 @@
+//! The real worker end to end: manager + local executor + `buildman worker` + buildah +
+//! the distribution registry, all on this machine. Needs buildah, runc, docker-registry and
+//! busybox-static (`.ci/run` installs them).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use buildman_testkit::{Buildah, Registry, TOKEN};
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(180);
+
+/// A gzipped tar of `(path, contents)` entries; paths are written raw, so hostile names
+/// survive.
+fn tar_gz(entries: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    // Links first, so later entries can try to write through them.
+    for (path, target) in links {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        builder.append_link(&mut header, path, target).unwrap();
+    }
+    for (path, data) in entries {
+        let mut header = tar::Header::new_old();
+        let name = &mut header.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A registry with a busybox base image pushed as `base:latest`.
+async fn registry_with_base(scratch: &Path) -> Registry {
+    let registry = Registry::start().await;
+    let buildah = Buildah { storage: None };
+    let local = format!("localhost/buildman-test-base-{}", std::process::id());
+    buildah.make_base_image(&local, scratch);
+    buildah.push(&local, &format!("{}/base:latest", registry.addr));
+    registry
+}
+
+fn registry_config(dir: &Path, registry: &Registry, token: &str) -> String {
+    let mut yaml = config_yaml("ALLOWED_WORKER_COUNT: 2", &real_worker(dir, ""));
+    yaml.push_str(&format!(
+        "BUILDMAN_REGISTRY: {}\nBUILDMAN_REGISTRY_PUSH_TOKEN: {token}\n",
+        registry.addr
+    ));
+    yaml
+}
+
+fn messages(logs: &[Value], kind: &str) -> Vec<String> {
+    logs.iter()
+        .filter(|e| e["type"] == kind)
+        .map(|e| e["message"].as_str().unwrap().trim_end().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_build_pushes_every_tag_to_the_registry() {
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = registry_with_base(scratch.path()).await;
+    let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
+    let dockerfile = format!(
+        "FROM {}/base\nRUN echo built-by-buildman > /result.txt\nCOPY file.txt /file.txt\n",
+        registry.addr
+    );
+    let context = tar_gz(&[("Dockerfile", dockerfile.as_bytes()), ("file.txt", b"hello\n")], &[]);
+    let id = s.submit_bytes("demo/app", &["v1", "latest"], &context).await["id"].as_str().unwrap().to_string();
+    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    let logs = s.logs("demo/app", &id).await;
+    assert_eq!(view["phase"], "complete", "{view}\n{logs:#?}");
+
+    for tag in ["v1", "latest"] {
+        let config = registry.image_config("demo/app", tag).await;
+        let history = config["history"].to_string();
+        assert!(history.contains("echo built-by-buildman > /result.txt"), "{tag}: {history}");
+    }
+    assert_eq!(
+        phases(&logs),
+        ["build-scheduled", "unpacking", "pulling", "building", "pushing", "complete"]
+    );
+    let pulling = logs.iter().find(|e| e["message"] == "pulling").unwrap();
+    assert_eq!(pulling["data"]["registry_url"], registry.addr.as_str());
+    assert_eq!(pulling["data"]["base_image"], "base");
+    let steps = messages(&logs, "command");
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert!(steps[0].starts_with("Step 1/3 : FROM"), "{steps:?}");
+    assert!(steps[1].starts_with("Step 2/3 : RUN echo built-by-buildman"), "{steps:?}");
+    // The work dir went with the build.
+    let work = s.dir.path().join("work");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0, "work dir left behind");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_push_token_ends_in_error_with_the_registrys_refusal() {
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = registry_with_base(scratch.path()).await;
+    let s = TestServer::start(|d| registry_config(d, &registry, "wrong-token"), "", fast_timings()).await;
+    let dockerfile = format!("FROM {}/base\nRUN true\n", registry.addr);
+    let id = s.submit_bytes("demo/denied", &[], dockerfile.as_bytes()).await["id"].as_str().unwrap().to_string();
+    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    assert_eq!(view["phase"], "error", "{view}");
+    let logs = s.logs("demo/denied", &id).await;
+    let errors = messages(&logs, "error").join("\n");
+    assert!(errors.contains("unauthorized") || errors.contains("authentication required"), "{errors}");
+    assert!(!serde_json::to_string(&logs).unwrap().contains("wrong-token"), "the token leaked into the log");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_context_builds_the_requested_commit() {
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = registry_with_base(scratch.path()).await;
+    let repo = scratch.path().join("src");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q"]);
+    for version in ["one", "two"] {
+        let dockerfile = format!("FROM {}/base\nRUN echo version-{version}\n", registry.addr);
+        std::fs::write(repo.join("Dockerfile"), dockerfile).unwrap();
+        git(&["add", "Dockerfile"]);
+        git(&["commit", "-q", "-m", version]);
+    }
+    let older = git(&["rev-parse", "HEAD~1"]);
+    let bare = scratch.path().join("src.git");
+    let out = std::process::Command::new("git").args(["clone", "-q", "--bare"]).arg(&repo).arg(&bare).output().unwrap();
+    assert!(out.status.success());
+
+    let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
+    let build = s
+        .manager()
+        .submit(buildman_core::NewBuild {
+            namespace: "demo".into(),
+            repository: "git".into(),
+            source: buildman_core::BuildSource::Git {
+                url: format!("file://{}", bare.display()),
+                sha: older,
+                private_key: None,
+            },
+            tags: vec!["old".into()],
+            context: "/".into(),
+            dockerfile_path: "/Dockerfile".into(),
+            display_name: "git".into(),
+            manual_user: None,
+            pull_robot: None,
+        })
+        .await
+        .unwrap();
+    let id = build.id.to_string();
+    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    assert_eq!(view["phase"], "complete", "{view}\n{:#?}", s.logs("demo/git", &id).await);
+    let history = registry.image_config("demo/git", "old").await["history"].to_string();
+    assert!(history.contains("version-one"), "{history}");
+    assert!(!history.contains("version-two"), "{history}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_end_in_error_and_touch_nothing_outside_the_work_dir() {
+    let s = TestServer::start(|d| config_yaml("ALLOWED_WORKER_COUNT: 2", &real_worker(d, "")), "", fast_timings()).await;
+    // The worker's work dirs are made in <test>/work; a canary sits beside them.
+    let work = s.dir.path().join("work");
+    let canary = work.join("canary");
+    std::fs::write(&canary, "untouched").unwrap();
+    let dockerfile: &[u8] = b"FROM scratch\n";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("dotdot", tar_gz(&[("Dockerfile", dockerfile), ("../../canary", b"overwritten")], &[]), ".."),
+        ("absolute", tar_gz(&[("Dockerfile", dockerfile), ("/tmp/buildman-escaped", b"x")], &[]), "absolute"),
+        ("symlink", tar_gz(&[("Dockerfile", dockerfile), ("out/canary", b"overwritten")], &[("out", "../..")]), "outside"),
+    ];
+    for (name, archive, reason) in cases {
+        let id = s.submit_bytes(&format!("demo/{name}"), &[], &archive).await["id"].as_str().unwrap().to_string();
+        let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+        assert_eq!(view["phase"], "error", "{name}: {view}");
+        let errors = messages(&s.logs(&format!("demo/{name}"), &id).await, "error").join("\n");
+        assert!(errors.contains(reason), "{name}: {errors}");
+    }
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "untouched");
+    assert!(!Path::new("/tmp/buildman-escaped").exists());
+    let left: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("canary")], "only the canary remains");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_registry_the_image_is_written_as_an_oci_layout() {
+    let scratch = tempfile::tempdir().unwrap();
+    let s = TestServer::start(|d| config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, "")), "", fast_timings()).await;
+    std::fs::copy(buildman_testkit::busybox(), scratch.path().join("busybox")).unwrap();
+    let busybox = std::fs::read(scratch.path().join("busybox")).unwrap();
+    let dockerfile: &[u8] =
+        b"FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo hi > /hi\"]\n";
+    let context = tar_gz(&[("Dockerfile", dockerfile), ("busybox", &busybox)], &[]);
+    let id = s.submit_bytes("demo/local", &["v1"], &context).await["id"].as_str().unwrap().to_string();
+    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    assert_eq!(view["phase"], "complete", "{view}\n{:#?}", messages(&s.logs("demo/local", &id).await, "error"));
+    let location = view["result_location"].as_str().expect("the view says where the image is");
+    let dir = Path::new(location.strip_prefix("oci:").unwrap());
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert!(index.to_string().contains("\"v1\""), "{index}");
+    s.stop().await;
+}
