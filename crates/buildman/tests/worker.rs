@@ -223,3 +223,119 @@ async fn without_a_registry_the_image_is_written_as_an_oci_layout() {
     assert!(index.to_string().contains("\"v1\""), "{index}");
     s.stop().await;
 }
+
+/// A TCP proxy between the worker and the manager's gRPC port that a test can cut: while
+/// cut, live connections are dropped and new ones refused.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (target, target_rx) = tokio::sync::watch::channel(None);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut listener = Some(listener);
+            let mut links = tokio::task::JoinSet::new();
+            let mut cut_rx = cut_rx;
+            loop {
+                if *cut_rx.borrow() {
+                    links.abort_all();
+                    listener = None;
+                    let _ = cut_rx.wait_for(|c| !c).await;
+                    continue;
+                }
+                let l = match &listener {
+                    Some(l) => l,
+                    None => {
+                        listener = Some(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+                        continue;
+                    }
+                };
+                tokio::select! {
+                    _ = cut_rx.changed() => {}
+                    accepted = l.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let Some(to) = *target_rx.borrow() else { continue };
+                        links.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Proxy { port, cut, target, accepted }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_doubled() {
+    let proxy = Proxy::start().await;
+    let port = proxy.port;
+    let s = TestServer::start(
+        |d| {
+            let mut yaml = config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, ""));
+            // Workers dial the proxy; BUILDMAN_HOSTNAME is what executors hand them.
+            yaml.push_str(&format!("BUILDMAN_HOSTNAME: 127.0.0.1:{port}\n"));
+            yaml
+        },
+        "",
+        fast_timings(),
+    )
+    .await;
+    let grpc: std::net::SocketAddr = s.grpc.trim_start_matches("http://").parse().unwrap();
+    proxy.target.send_replace(Some(grpc));
+
+    let busybox = std::fs::read(buildman_testkit::busybox()).unwrap();
+    let dockerfile: &[u8] = b"FROM scratch\nCOPY busybox /bin/busybox\n\
+        RUN [\"/bin/busybox\", \"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do echo line-$i; /bin/busybox sleep 0.5; done\"]\n\
+        RUN [\"/bin/busybox\", \"echo\", \"after\"]\n";
+    let context = tar_gz(&[("Dockerfile", dockerfile), ("busybox", &busybox)], &[]);
+    let id = s.submit_bytes("demo/flaky", &[], &context).await["id"].as_str().unwrap().to_string();
+
+    // Mid-build (while the loop prints), the connection is cut for 3 seconds.
+    s.wait_phase(&id, &["building"], T).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = proxy.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    proxy.cut.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.cut.send_replace(false);
+
+    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    let logs = s.logs("demo/flaky", &id).await;
+    assert_eq!(view["phase"], "complete", "{view}\n{logs:#?}");
+    assert!(
+        proxy.accepted.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the worker dialled again after the cut"
+    );
+    let lines: Vec<String> = logs
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .map(|m| m.trim_end().to_string())
+        .filter(|m| m.starts_with("line-") || m.starts_with("Step "))
+        .collect();
+    let expected: Vec<String> = ["Step 1/4", "Step 2/4", "Step 3/4"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain((1..=8).map(|i| format!("line-{i}")))
+        .chain(["Step 4/4".to_string()])
+        .collect();
+    let got: Vec<String> = lines
+        .iter()
+        .map(|l| l.split(" :").next().unwrap_or(l).to_string())
+        .collect();
+    assert_eq!(got, expected, "every line exactly once, in order");
+    assert_eq!(phases(&logs), ["build-scheduled", "unpacking", "pulling", "building", "pushing", "complete"]);
+    s.stop().await;
+}
