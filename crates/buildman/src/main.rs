@@ -66,6 +66,10 @@ struct ServeArgs {
     /// gRPC worker service address (overrides BUILDMAN_GRPC_LISTEN; default 127.0.0.1:50051).
     #[arg(long)]
     grpc_listen: Option<std::net::SocketAddr>,
+    /// Allow `EXECUTOR: bench`, which hands registration tokens to a load generator
+    /// (buildman-bench) instead of starting workers. For benchmarks only.
+    #[arg(long)]
+    allow_bench_executor: bool,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A worker's stderr is read into the manager's log: colour only for a person.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -171,6 +177,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(a) = args.grpc_listen {
         options.grpc_listen = a;
     }
+    options.allow_bench_executor = args.allow_bench_executor;
     let running = serve::start(options.clone()).await?;
     if let Some(token) = &running.new_admin_token {
         println!(

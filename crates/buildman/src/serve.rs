@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use buildman_core::config::{
     Config, ExecutorKind, ExecutorSpecific, Lifecycle, OrchestratorConfig,
 };
+use buildman_executor::bench::BenchExecutor;
 use buildman_executor::local::{LocalExecutor, LocalSettings};
 use buildman_manager::{
     ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
@@ -38,6 +39,9 @@ pub struct ServeOptions {
     pub timings: Timings,
     /// Extra environment for local workers (used by tests to script a test worker).
     pub worker_env: Vec<(String, String)>,
+    /// Allows `EXECUTOR: bench` (`--allow-bench-executor`): it hands registration tokens
+    /// to whoever listens at its callback URL, so it must never run by accident.
+    pub allow_bench_executor: bool,
 }
 
 impl ServeOptions {
@@ -53,6 +57,7 @@ impl ServeOptions {
             grpc_listen: config.grpc_listen.unwrap_or(DEFAULT_GRPC_LISTEN.parse()?),
             timings: Timings::default(),
             worker_env: Vec::new(),
+            allow_bench_executor: false,
             config,
         })
     }
@@ -101,6 +106,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             "BUILD_MANAGER is `external`: builds run elsewhere and this manager has nothing to do"
         );
     }
+    refuse_bench_executor(&options)?;
     let data_dir = &options.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
@@ -125,7 +131,9 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
 
     // Without a registry, local workers write OCI layouts under the data dir.
     let result_dir = match config.registry {
-        None => Some(std::path::absolute(data_dir.join("images")).context("resolving the data dir")?),
+        None => {
+            Some(std::path::absolute(data_dir.join("images")).context("resolving the data dir")?)
+        }
         Some(_) => None,
     };
     let mut options = options.clone();
@@ -133,6 +141,14 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         options
             .worker_env
             .push(("BUILDMAN_OUTPUT_DIR".into(), dir.display().to_string()));
+    }
+    // With TLS on, local workers trust the manager's own certificate (quay-builder's
+    // TLS_CERT_PATH), which covers a self-signed one.
+    if let Some(tls) = &config.grpc_tls {
+        let cert = std::path::absolute(&tls.cert).context("resolving BUILDMAN_GRPC_TLS.CERT")?;
+        options
+            .worker_env
+            .push(("TLS_CERT_PATH".into(), cert.display().to_string()));
     }
     let executors = executors(&options)?;
     let settings = Settings {
@@ -209,6 +225,23 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         tasks: vec![grpc_task, http_task],
         _background: background,
     })
+}
+
+/// Refuses a bench executor unless the command line allowed it: checked before anything is
+/// opened, so the refusal is the only thing that happens.
+fn refuse_bench_executor(options: &ServeOptions) -> anyhow::Result<()> {
+    if options.allow_bench_executor {
+        return Ok(());
+    }
+    if let Some(e) =
+        (options.config.build_manager.executors.iter()).find(|e| e.kind == ExecutorKind::Bench)
+    {
+        bail!(
+            "executor {:?} is a bench executor: it hands registration tokens to a load generator instead of starting workers, for benchmarks only; start with `buildman serve --allow-bench-executor` to run it",
+            e.name
+        );
+    }
+    Ok(())
 }
 
 /// An address a local client can dial: a wildcard listen address becomes loopback.
@@ -328,6 +361,16 @@ fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEntry>> {
                     ..LocalSettings::default()
                 }))
             }
+            (ExecutorKind::Bench, ExecutorSpecific::Bench(b)) => {
+                // `start` refused it already unless allowed; checked again so no other
+                // caller can get here by accident.
+                refuse_bench_executor(options)?;
+                tracing::warn!(executor = %config.name, callback = %b.callback_url, "bench executor: registration tokens go to a load generator");
+                Arc::new(
+                    BenchExecutor::new(&b.callback_url)
+                        .with_context(|| format!("executor {:?}", config.name))?,
+                )
+            }
             _ => {
                 tracing::error!(executor = %config.name, "executor kind is not available in this version; skipped");
                 continue;
@@ -342,4 +385,26 @@ fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEntry>> {
         bail!("no usable executor: configure a popen executor (the only kind this version runs)");
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bench_executor_needs_the_flag() {
+        let yaml = "FEATURE_BUILD_SUPPORT: true\nBUILD_MANAGER:\n- ephemeral\n- EXECUTORS:\n  - EXECUTOR: bench\n    NAME: load\n    BENCH_CALLBACK_URL: http://127.0.0.1:9/worker\n";
+        let config = Config::parse(yaml).expect("valid config").config;
+        let dir =
+            std::env::temp_dir().join(format!("buildman-bench-refused-{}", std::process::id()));
+        let mut options = ServeOptions::from_config(config).unwrap();
+        options.data_dir = dir.clone();
+        let Err(e) = start(options).await else {
+            panic!("a bench executor started without --allow-bench-executor");
+        };
+        let message = e.to_string();
+        assert!(message.contains("--allow-bench-executor"), "{message}");
+        assert!(message.contains("\"load\""), "{message}");
+        assert!(!dir.exists(), "nothing is created before the refusal");
+    }
 }

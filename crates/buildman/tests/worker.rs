@@ -339,3 +339,43 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
     assert_eq!(phases(&logs), ["build-scheduled", "unpacking", "pulling", "building", "pushing", "complete"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_talk_tls_to_a_manager_with_a_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        // A server certificate, not a CA: rustls refuses a CA certificate as a server's.
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = TestServer::start(
+        |d| {
+            let mut yaml = config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, ""));
+            yaml.push_str(&format!("BUILDMAN_GRPC_TLS:\n  CERT: {}\n  KEY: {}\n", cert.display(), key.display()));
+            yaml
+        },
+        "",
+        fast_timings(),
+    )
+    .await;
+    // A plaintext client is refused: the listener speaks TLS only.
+    let plain = buildman_proto::build_manager_client::BuildManagerClient::connect(s.grpc.clone()).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut c) => c.ping(buildman_proto::PingRequest {}).await.is_err(),
+    };
+    assert!(refused, "plaintext gRPC must not work against a TLS listener");
+
+    let context = tar_gz(&[("Dockerfile", b"FROM scratch\nCOPY f /f\n"), ("f", b"x")], &[]);
+    let id = s.submit_bytes("demo/tls", &[], &context).await["id"].as_str().unwrap().to_string();
+    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    assert_eq!(view["phase"], "complete", "{view}\n{:#?}", s.logs("demo/tls", &id).await);
+    s.stop().await;
+}
