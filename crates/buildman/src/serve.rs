@@ -15,7 +15,9 @@ use buildman_manager::{
     ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
 };
 use buildman_orchestrator::memory::MemoryOrchestrator;
+use buildman_orchestrator::redis::{RedisOrchestrator, RedisOrchestratorConfig};
 use buildman_server::rest::RestOptions;
+use buildman_store::postgres::PostgresStore;
 use buildman_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -114,8 +116,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let store = open_store(config, data_dir).await?;
     let orchestrator: Arc<dyn buildman_orchestrator::Orchestrator> = match &bm.orchestrator {
         OrchestratorConfig::Memory => Arc::new(MemoryOrchestrator::new()),
-        OrchestratorConfig::Redis(_) => bail!(
-            "BUILD_MANAGER[1].ORCHESTRATOR: the Redis orchestrator is not available in this version; remove the REDIS_* keys to use the in-memory one"
+        OrchestratorConfig::Redis(r) => Arc::new(
+            RedisOrchestrator::connect(redis_config(r, &bm.orchestrator_prefix, bm.machine_max_time))
+                .await
+                .context("connecting to the Redis orchestrator (BUILD_MANAGER[1].ORCHESTRATOR)")?,
         ),
     };
     let tokens = token_service(config, data_dir)?;
@@ -244,6 +248,23 @@ fn refuse_bench_executor(options: &ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Redis orchestrator's settings from Quay's ORCHESTRATOR keys.
+fn redis_config(
+    r: &buildman_core::config::RedisConfig,
+    prefix: &str,
+    machine_max_time: std::time::Duration,
+) -> RedisOrchestratorConfig {
+    let mut c = RedisOrchestratorConfig::new(r.host.clone(), r.port, prefix);
+    c.password = r.password.clone();
+    c.db = r.db;
+    c.tls = r.ssl;
+    c.tls_ca_cert = r.extra.get("ca_cert").map(PathBuf::from);
+    c.skip_keyspace_event_setup = r.skip_keyspace_event_setup;
+    // A slot must outlive the longest job plus the time to stop its worker.
+    c.slot_ttl = machine_max_time + std::time::Duration::from_secs(3600);
+    c
+}
+
 /// An address a local client can dial: a wildcard listen address becomes loopback.
 fn dialable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -268,9 +289,12 @@ async fn open_store(
                 || "opening BUILDMAN_DATABASE_URL".to_string(),
             )?))
         }
-        Some(_) => bail!(
-            "BUILDMAN_DATABASE_URL: PostgreSQL is not available in this version; use a sqlite: URL or leave it unset"
-        ),
+        Some(url) => Ok(Arc::new(
+            PostgresStore::connect(url)
+                .await
+                // The URL may hold a password: name the key, not the value.
+                .context("connecting to PostgreSQL (BUILDMAN_DATABASE_URL)")?,
+        )),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod memory;
+pub mod redis;
 
 /// What went wrong in the orchestrator.
 #[derive(Debug, thiserror::Error)]

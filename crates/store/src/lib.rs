@@ -1,8 +1,8 @@
 //! The durable state of buildman: builds, the queue and build logs.
 //!
 //! [`Store`] is what the manager and the servers use; each backend is one module
-//! ([`sqlite`] embedded, PostgreSQL later). The store is the source of truth for what
-//! happened: the orchestrator may forget, the store may not.
+//! ([`sqlite`] embedded, [`postgres`] for several managers sharing a database). The store is
+//! the source of truth for what happened: the orchestrator may forget, the store may not.
 
 use std::time::Duration;
 
@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase};
 use chrono::{DateTime, Utc};
 
+mod common;
+pub mod postgres;
 pub mod sqlite;
 
 /// What went wrong in the store.

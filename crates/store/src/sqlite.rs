@@ -25,9 +25,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Decode, Row, Sqlite, Type};
 use uuid::Uuid;
 
+use crate::common::{
+    after, build_id, column, corrupt, duration_millis, log_total, millis, now_stored, retries,
+    time, unserialisable,
+};
 use crate::{LogPage, QueueState, Result, Store, StoreError, WorkerLine};
 
 /// The schema, embedded in the binary.
@@ -137,67 +140,9 @@ impl SqliteStore {
     }
 }
 
-/// A [`StoreError::Corrupt`] saying what was wrong.
-fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(what.into())
-}
-
-/// Reads one column, reporting a value of the wrong type as corrupt.
-fn column<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T>
-where
-    T: Decode<'r, Sqlite> + Type<Sqlite>,
-{
-    row.try_get(name)
-        .map_err(|e| corrupt(format!("column {name}: {e}")))
-}
-
-/// A time as stored: unix milliseconds.
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-/// A duration in milliseconds, saturating.
-fn duration_millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// `t + d` as stored, clamped to the last time chrono can represent so it reads back.
-fn after(t: DateTime<Utc>, d: Duration) -> i64 {
-    millis(t)
-        .saturating_add(duration_millis(d))
-        .min(DateTime::<Utc>::MAX_UTC.timestamp_millis())
-}
-
-/// A stored time back as a `DateTime`.
-fn time(ms: i64, what: &str) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| corrupt(format!("{what}: {ms} is not a time in milliseconds")))
-}
-
-/// The current time, truncated to what the database keeps.
-fn now_stored() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
-}
-
-/// A stored retry count back as a `u32`.
-fn retries(n: i64, item: i64) -> Result<u32> {
-    u32::try_from(n).map_err(|_| corrupt(format!("queue item {item}: retries_remaining {n}")))
-}
-
-/// A stored build id back as a [`BuildId`].
-fn build_id(text: &str) -> Result<BuildId> {
-    BuildId::from_str(text).map_err(|e| corrupt(format!("build id {text:?}: {e}")))
-}
-
-/// The error for a value that would not serialise into a JSON column.
-fn unserialisable(what: &str) -> impl FnOnce(serde_json::Error) -> StoreError + '_ {
-    move |e| corrupt(format!("cannot serialise {what}: {e}"))
-}
-
 /// A row of `builds` (selected as [`BUILD_COLUMNS`]) as a [`Build`].
 fn build_from_row(row: &SqliteRow) -> Result<Build> {
-    let id = build_id(&column::<String>(row, "id")?)?;
+    let id = build_id(&column::<String, _>(row, "id")?)?;
     let phase: String = column(row, "phase")?;
     let phase = Phase::from_str(&phase).map_err(|e| corrupt(format!("build {id}: {e}")))?;
     let source: String = column(row, "source")?;
@@ -236,11 +181,6 @@ fn insert_logs_sql(rows: usize) -> String {
         let _ = write!(sql, "{sep}($1, ${p}, ${})", p + 1);
     }
     sql
-}
-
-/// A stored log length back as a `u64`.
-fn log_total(n: i64, id: BuildId) -> Result<u64> {
-    u64::try_from(n).map_err(|_| corrupt(format!("build {id}: log index {n}")))
 }
 
 #[async_trait]
@@ -415,7 +355,7 @@ impl Store for SqliteStore {
             };
             let item_id: i64 = column(&row, "id")?;
             let old_state: String = column(&row, "state_id")?;
-            let build = build_id(&column::<String>(&row, "build_id")?)?;
+            let build = build_id(&column::<String, _>(&row, "build_id")?)?;
             let queue_name: String = column(&row, "queue_name")?;
             let left = retries(column(&row, "retries_remaining")?, item_id)?;
             let state_id = Uuid::new_v4().to_string();
@@ -640,7 +580,10 @@ impl Store for SqliteStore {
                             .fetch_optional(&mut *tx)
                             .await?;
                     let last = last.ok_or(StoreError::NotFound(line.build))?;
-                    let next: i64 = sqlx::query_scalar(LOG_TOTAL).bind(&key).fetch_one(&mut *tx).await?;
+                    let next: i64 = sqlx::query_scalar(LOG_TOTAL)
+                        .bind(&key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                     e.insert((next, last))
                 }
             };

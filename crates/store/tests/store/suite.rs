@@ -1,27 +1,76 @@
-//! The SQLite store against the [`Store`] contract, on database files in a temporary directory.
+//! The tests every backend must pass, written once against [`Backend`]; `store_suite!`
+//! instantiates them as `#[tokio::test]`s for one backend.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use buildman_core::queue::queue_name;
 use buildman_core::{BuildId, BuildSource, LogEntry, NewBuild, Phase};
-use buildman_store::sqlite::SqliteStore;
-use buildman_store::{Store, StoreError};
+use buildman_store::{LogPage, Store, StoreError, WorkerLine};
 use chrono::{DateTime, TimeDelta, Utc};
-use tempfile::TempDir;
 
-const LEASE: Duration = Duration::from_secs(530);
-
-/// A store on a fresh file; keep the directory alive as long as the store.
-async fn store() -> (TempDir, PathBuf, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested").join("buildman.db");
-    let store = SqliteStore::open(&path).await.unwrap();
-    (dir, path, store)
+/// A database for one test, and how to open handles on it.
+#[async_trait]
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// The store type of the backend.
+    type Store: Store + Clone;
+    /// A fresh, empty database.
+    async fn fresh() -> Self;
+    /// A new handle on the database with its own connections, as another manager would have.
+    async fn open(&self) -> Self::Store;
+    /// Closes a handle's connections.
+    async fn close(store: &Self::Store);
 }
 
-fn new_build(namespace: &str, repository: &str) -> NewBuild {
+/// Generates one `#[tokio::test]` per suite test for a [`Backend`] type.
+macro_rules! store_suite {
+    ($backend:ty) => {
+        $crate::suite::store_suite!(@tests $backend:
+            create_get_and_list,
+            claims_oldest_first_one_per_repository,
+            an_expired_lease_is_claimable_again_and_costs_a_retry,
+            exhausted_retries_are_not_claimable,
+            returned_items_wait_and_may_get_their_retry_back,
+            a_lost_claim_cannot_be_used,
+            extensions_write_only_past_the_minimum,
+            delete_item_ignores_the_claim,
+            release_all_claims_returns_every_claim,
+            concurrent_claimers_never_share_an_item,
+            a_full_namespace_refuses_new_builds,
+            concurrent_submissions_respect_the_queue_limit,
+            set_phase_is_a_compare_and_set,
+            logs_append_in_batches_and_read_in_pages,
+            concurrent_appends_keep_indices_dense,
+            worker_lines_are_stored_once_per_attempt_across_builds,
+            concurrent_worker_lines_are_stored_once,
+            data_survives_reopening,
+            concurrent_opens_migrate_once,
+        );
+    };
+    (@tests $backend:ty: $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                $crate::suite::$test::<$backend>().await;
+            }
+        )*
+    };
+}
+pub(crate) use store_suite;
+
+/// The lease of most claims in the tests.
+pub const LEASE: Duration = Duration::from_secs(530);
+
+/// A database and one handle on it; keep the database alive as long as the handle.
+async fn store<B: Backend>() -> (B, B::Store) {
+    let db = B::fresh().await;
+    let store = db.open().await;
+    (db, store)
+}
+
+/// A new build of `namespace/repository` with every field set.
+pub fn new_build(namespace: &str, repository: &str) -> NewBuild {
     NewBuild {
         namespace: namespace.to_string(),
         repository: repository.to_string(),
@@ -39,18 +88,23 @@ fn new_build(namespace: &str, repository: &str) -> NewBuild {
 
 /// Some time after every build created so far became available, in whole milliseconds as
 /// the store keeps times.
-fn soon() -> DateTime<Utc> {
+pub fn soon() -> DateTime<Utc> {
     let now = Utc::now() + TimeDelta::seconds(1);
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap()
 }
 
+/// `s` seconds.
 fn secs(s: i64) -> TimeDelta {
     TimeDelta::seconds(s)
 }
 
-#[tokio::test]
-async fn create_get_and_list() {
-    let (_dir, _path, store) = store().await;
+/// The messages of a page of log.
+fn messages(page: LogPage) -> Vec<String> {
+    page.entries.into_iter().map(|e| e.message).collect()
+}
+
+pub async fn create_get_and_list<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let mut git = new_build("acme", "web");
     git.source = BuildSource::Git {
         url: "git@example.com:acme/web.git".to_string(),
@@ -116,20 +170,8 @@ async fn create_get_and_list() {
     assert_eq!(state.processing_expires, None);
 }
 
-#[tokio::test]
-async fn in_memory_store_works() {
-    let store = SqliteStore::open_url("sqlite::memory:").await.unwrap();
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
-    assert_eq!(store.get_build(build.id).await.unwrap(), Some(build));
-    assert!(store.claim(soon(), LEASE).await.unwrap().is_some());
-}
-
-#[tokio::test]
-async fn claims_oldest_first_one_per_repository() {
-    let (_dir, _path, store) = store().await;
+pub async fn claims_oldest_first_one_per_repository<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let a1 = store
         .create_build(new_build("acme", "a"), 3, None)
         .await
@@ -168,9 +210,8 @@ async fn claims_oldest_first_one_per_repository() {
     assert_eq!(third.build_id, a2.id);
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_claimable_again_and_costs_a_retry() {
-    let (_dir, _path, store) = store().await;
+pub async fn an_expired_lease_is_claimable_again_and_costs_a_retry<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 2, None)
         .await
@@ -213,9 +254,8 @@ async fn an_expired_lease_is_claimable_again_and_costs_a_retry() {
     assert_eq!(state.retries_remaining, 0);
 }
 
-#[tokio::test]
-async fn exhausted_retries_are_not_claimable() {
-    let (_dir, _path, store) = store().await;
+pub async fn exhausted_retries_are_not_claimable<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 1, None)
         .await
@@ -243,9 +283,8 @@ async fn exhausted_retries_are_not_claimable() {
     assert!(store.queue_state(none_at_all.id).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn returned_items_wait_and_may_get_their_retry_back() {
-    let (_dir, _path, store) = store().await;
+pub async fn returned_items_wait_and_may_get_their_retry_back<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -299,9 +338,8 @@ async fn returned_items_wait_and_may_get_their_retry_back() {
     assert_eq!(item.retries_remaining, 1);
 }
 
-#[tokio::test]
-async fn a_lost_claim_cannot_be_used() {
-    let (_dir, _path, store) = store().await;
+pub async fn a_lost_claim_cannot_be_used<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -344,9 +382,8 @@ async fn a_lost_claim_cannot_be_used() {
     );
 }
 
-#[tokio::test]
-async fn extensions_write_only_past_the_minimum() {
-    let (_dir, _path, store) = store().await;
+pub async fn extensions_write_only_past_the_minimum<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -390,9 +427,8 @@ async fn extensions_write_only_past_the_minimum() {
     assert!(store.complete_item(&item).await.unwrap());
 }
 
-#[tokio::test]
-async fn delete_item_ignores_the_claim() {
-    let (_dir, _path, store) = store().await;
+pub async fn delete_item_ignores_the_claim<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -408,10 +444,57 @@ async fn delete_item_ignores_the_claim() {
     assert!(store.get_build(build.id).await.unwrap().is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_claimers_never_share_an_item() {
-    let (_dir, path, first) = store().await;
-    let second = SqliteStore::open(&path).await.unwrap();
+pub async fn release_all_claims_returns_every_claim<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let a = store
+        .create_build(new_build("acme", "a"), 3, None)
+        .await
+        .unwrap();
+    let b = store
+        .create_build(new_build("acme", "b"), 3, None)
+        .await
+        .unwrap();
+    let waiting = store
+        .create_build(new_build("acme", "c"), 3, None)
+        .await
+        .unwrap();
+    let now = soon();
+    let first = store.claim(now, LEASE).await.unwrap().unwrap();
+    let second = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!((first.build_id, second.build_id), (a.id, b.id));
+    let before = store.queue_state(waiting.id).await.unwrap().unwrap();
+
+    let later = now + secs(5);
+    assert_eq!(store.release_all_claims(later).await.unwrap(), 2);
+    for build in [a.id, b.id] {
+        let state = store.queue_state(build).await.unwrap().unwrap();
+        assert!(state.available);
+        assert_eq!(state.retries_remaining, 3, "the retry is restored");
+        assert_eq!(state.available_after, later);
+        assert_eq!(state.processing_expires, None);
+    }
+    // The unclaimed item is untouched, and the old claims are gone.
+    assert_eq!(
+        store.queue_state(waiting.id).await.unwrap().unwrap(),
+        before
+    );
+    assert!(!store.complete_item(&first).await.unwrap());
+    assert!(
+        !store
+            .extend_item(&second, later, LEASE, Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.release_all_claims(later).await.unwrap(), 0);
+    // Claimable again, oldest first.
+    let again = store.claim(later, LEASE).await.unwrap().unwrap();
+    assert_eq!(again.build_id, a.id);
+    assert_ne!(again.state_id, first.state_id);
+}
+
+pub async fn concurrent_claimers_never_share_an_item<B: Backend>() {
+    let (db, first) = store::<B>().await;
+    let second = db.open().await;
     const ITEMS: usize = 60;
     let mut builds = HashSet::new();
     for i in 0..ITEMS {
@@ -439,29 +522,36 @@ async fn concurrent_claimers_never_share_an_item() {
     assert_eq!(items.len(), ITEMS);
 
     // The same with tasks on both threads, racing for items of a single repository: only
-    // one claim may hold at a time.
+    // one claim may hold at a time, and it is the oldest item's.
+    let mut single = Vec::new();
     for _ in 0..10 {
-        first
+        let build = first
             .create_build(new_build("acme", "single"), 3, None)
             .await
             .unwrap();
+        single.push(build.id);
     }
-    for _ in 0..10 {
-        let (a, b) = (first.clone(), second.clone());
-        let (a, b) = tokio::join!(
-            tokio::spawn(async move { a.claim(now, LEASE).await.unwrap() }),
-            tokio::spawn(async move { b.claim(now, LEASE).await.unwrap() }),
-        );
-        let won: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    for expected in single {
+        let claimers: Vec<_> = [&first, &second, &first, &second]
+            .into_iter()
+            .map(|store| {
+                let store = store.clone();
+                tokio::spawn(async move { store.claim(now, LEASE).await.unwrap() })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for claimer in claimers {
+            won.extend(claimer.await.unwrap());
+        }
         assert_eq!(won.len(), 1, "exactly one claim per round: {won:?}");
+        assert_eq!(won[0].build_id, expected, "oldest first");
         assert!(first.complete_item(&won[0]).await.unwrap());
     }
     assert_eq!(first.claim(now, LEASE).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn a_full_namespace_refuses_new_builds() {
-    let (_dir, _path, store) = store().await;
+pub async fn a_full_namespace_refuses_new_builds<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     for repository in ["a", "b"] {
         store
             .create_build(new_build("acme", repository), 3, Some(2))
@@ -507,9 +597,50 @@ async fn a_full_namespace_refuses_new_builds() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn set_phase_is_a_compare_and_set() {
-    let (_dir, _path, store) = store().await;
+pub async fn concurrent_submissions_respect_the_queue_limit<B: Backend>() {
+    let (db, first) = store::<B>().await;
+    let second = db.open().await;
+    const LIMIT: u32 = 5;
+    for round in 0..3 {
+        // Twenty submissions at once, from two handles, into a namespace with room for five.
+        let namespace = format!("ns{round}");
+        let submissions: Vec<_> = (0..20)
+            .map(|i| {
+                let store = if i % 2 == 0 {
+                    first.clone()
+                } else {
+                    second.clone()
+                };
+                let build = new_build(&namespace, &format!("repo{i}"));
+                tokio::spawn(async move { store.create_build(build, 3, Some(LIMIT)).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        for submission in submissions {
+            match submission.await.unwrap() {
+                Ok(_) => accepted += 1,
+                Err(StoreError::QueueFull { limit: LIMIT, .. }) => {}
+                Err(e) => panic!("unexpected error: {e:?}"),
+            }
+        }
+        assert_eq!(accepted, LIMIT, "round {round}");
+        let mut stored = 0;
+        for i in 0..20 {
+            let builds = first
+                .list_builds(&namespace, &format!("repo{i}"), 10, None)
+                .await
+                .unwrap();
+            stored += builds.len();
+        }
+        assert_eq!(
+            stored, LIMIT as usize,
+            "round {round}: refused builds are not stored"
+        );
+    }
+}
+
+pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -594,9 +725,8 @@ async fn set_phase_is_a_compare_and_set() {
     ));
 }
 
-#[tokio::test]
-async fn logs_append_in_batches_and_read_in_pages() {
-    let (_dir, _path, store) = store().await;
+pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
+    let (_db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -654,15 +784,14 @@ async fn logs_append_in_batches_and_read_in_pages() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_keep_indices_dense() {
-    let (_dir, path, first) = store().await;
-    let second = SqliteStore::open(&path).await.unwrap();
+pub async fn concurrent_appends_keep_indices_dense<B: Backend>() {
+    let (db, first) = store::<B>().await;
+    let second = db.open().await;
     let build = first
         .create_build(new_build("acme", "web"), 3, None)
         .await
         .unwrap();
-    let writer = |store: SqliteStore, name: &'static str| {
+    let writer = |store: B::Store, name: &'static str| {
         tokio::spawn(async move {
             for batch in 0..20 {
                 let entries: Vec<_> = (0..7)
@@ -687,9 +816,134 @@ async fn concurrent_appends_keep_indices_dense() {
     }
 }
 
-#[tokio::test]
-async fn data_survives_reopening() {
-    let (_dir, path, store) = store().await;
+pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let a = store
+        .create_build(new_build("ns", "a"), 3, None)
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .create_build(new_build("ns", "b"), 3, None)
+        .await
+        .unwrap()
+        .id;
+    let line = |build, sequence, m: &str| WorkerLine {
+        build,
+        sequence,
+        entry: LogEntry::output(m),
+    };
+    assert!(store.append_worker_lines(&[]).await.unwrap().is_empty());
+    let stored = store
+        .append_worker_lines(&[
+            line(a, 1, "a1"),
+            line(b, 1, "b1"),
+            line(a, 2, "a2"),
+            line(a, 2, "a2 again"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, true, true, false]);
+    // A re-send after a reconnect: 2 is already stored, 3 is new.
+    let stored = store
+        .append_worker_lines(&[line(a, 2, "a2"), line(a, 3, "a3")])
+        .await
+        .unwrap();
+    assert_eq!(stored, [false, true]);
+    assert_eq!(
+        messages(store.read_logs(a, 0, 100).await.unwrap()),
+        ["a1", "a2", "a3"]
+    );
+    assert_eq!(messages(store.read_logs(b, 0, 100).await.unwrap()), ["b1"]);
+    // Worker lines and other entries share one log with dense indices.
+    assert_eq!(
+        store
+            .append_logs(b, &[LogEntry::output("b phase")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .append_worker_lines(&[line(b, 2, "b2")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(
+        messages(store.read_logs(b, 0, 100).await.unwrap()),
+        ["b1", "b phase", "b2"]
+    );
+    // A new attempt (a new claim) starts the count afresh.
+    let claimed = store.claim(Utc::now(), LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.build_id, a);
+    assert_eq!(
+        store
+            .append_worker_lines(&[line(a, 1, "retry 1")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
+    // A line for a build that does not exist refuses the whole batch.
+    let missing = BuildId::new();
+    assert!(matches!(
+        store
+            .append_worker_lines(&[line(a, 2, "a retry 2"), line(missing, 1, "x")])
+            .await,
+        Err(StoreError::NotFound(id)) if id == missing
+    ));
+    assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
+}
+
+pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
+    // Two connections of one worker (a reconnect while the old stream still delivers) send
+    // the same lines of two builds at once, in batches of different sizes: every line is
+    // stored exactly once, in sequence order, at dense indices.
+    let (db, first) = store::<B>().await;
+    let second = db.open().await;
+    let x = first
+        .create_build(new_build("ns", "x"), 3, None)
+        .await
+        .unwrap()
+        .id;
+    let y = first
+        .create_build(new_build("ns", "y"), 3, None)
+        .await
+        .unwrap()
+        .id;
+    const LINES: i32 = 120;
+    let sender = move |store: B::Store, batch: usize| {
+        tokio::spawn(async move {
+            let sequences: Vec<i32> = (1..=LINES).collect();
+            for chunk in sequences.chunks(batch) {
+                let lines: Vec<_> = chunk
+                    .iter()
+                    .flat_map(|&sequence| {
+                        [x, y].map(|build| WorkerLine {
+                            build,
+                            sequence,
+                            entry: LogEntry::output(format!("{build} {sequence}")),
+                        })
+                    })
+                    .collect();
+                store.append_worker_lines(&lines).await.unwrap();
+            }
+        })
+    };
+    let (a, b) = tokio::join!(sender(first.clone(), 5), sender(second, 7));
+    a.unwrap();
+    b.unwrap();
+    for build in [x, y] {
+        let page = first.read_logs(build, 0, 1000).await.unwrap();
+        let expected: Vec<_> = (1..=LINES).map(|s| format!("{build} {s}")).collect();
+        assert_eq!(page.total, expected.len() as u64);
+        assert_eq!(messages(page), expected);
+    }
+}
+
+pub async fn data_survives_reopening<B: Backend>() {
+    let (db, store) = store::<B>().await;
     let build = store
         .create_build(new_build("acme", "web"), 3, None)
         .await
@@ -704,10 +958,10 @@ async fn data_survives_reopening() {
         .append_logs(build.id, &[LogEntry::output("hello")])
         .await
         .unwrap();
-    store.close().await;
+    B::close(&store).await;
     assert!(store.get_build(build.id).await.is_err());
 
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = db.open().await;
     let stored = store.get_build(build.id).await.unwrap().unwrap();
     assert_eq!(stored.phase, Phase::Building);
     assert_eq!(stored.created_at, build.created_at);
@@ -732,97 +986,23 @@ async fn data_survives_reopening() {
     );
 }
 
-#[tokio::test]
-async fn undecodable_rows_are_reported_as_corrupt() {
-    let (_dir, path, store) = store().await;
-    let build = store
+pub async fn concurrent_opens_migrate_once<B: Backend>() {
+    // Managers starting together on a new database both bring it up to date.
+    let db = B::fresh().await;
+    let (first, second) = tokio::join!(db.open(), db.open());
+    let build = first
         .create_build(new_build("acme", "web"), 3, None)
         .await
         .unwrap();
-    store
-        .append_logs(build.id, &[LogEntry::output("fine")])
-        .await
-        .unwrap();
-
-    // A second, raw connection, with foreign keys off so it can write anything.
-    let raw = sqlx::SqlitePool::connect_with(
-        sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .foreign_keys(false),
-    )
-    .await
-    .unwrap();
-    let tamper = |sql: &'static str| {
-        let raw = raw.clone();
-        async move {
-            sqlx::query(sql).execute(&raw).await.unwrap();
-        }
-    };
-
-    tamper("UPDATE builds SET phase = 'expired'").await;
-    let err = store.get_build(build.id).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(what) if what.contains("expired")),
-        "{err:?}"
+    assert_eq!(second.get_build(build.id).await.unwrap(), Some(build));
+    // And opening an up-to-date database changes nothing.
+    let third = db.open().await;
+    assert_eq!(
+        third
+            .list_builds("acme", "web", 10, None)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
-    assert!(matches!(
-        store.set_phase(build.id, Phase::Error, &[], None).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    tamper("UPDATE builds SET phase = 'waiting', source = '{\"kind\":\"ftp\"}'").await;
-    assert!(matches!(
-        store.list_builds("acme", "web", 10, None).await,
-        Err(StoreError::Corrupt(what)) if what.contains("source")
-    ));
-    tamper("UPDATE builds SET source = '{\"kind\":\"uploaded\",\"file_id\":\"f\"}', tags = 'x'")
-        .await;
-    assert!(matches!(
-        store.get_build(build.id).await,
-        Err(StoreError::Corrupt(what)) if what.contains("tags")
-    ));
-    tamper("UPDATE builds SET tags = '[]', created_at = 'yesterday'").await;
-    assert!(matches!(
-        store.get_build(build.id).await,
-        Err(StoreError::Corrupt(what)) if what.contains("created_at")
-    ));
-    tamper("UPDATE builds SET created_at = 0").await;
-    assert!(store.get_build(build.id).await.unwrap().is_some());
-
-    tamper("UPDATE build_logs SET entry = 'not json'").await;
-    assert!(matches!(
-        store.read_logs(build.id, 0, 10).await,
-        Err(StoreError::Corrupt(what)) if what.contains("log entry 0")
-    ));
-    tamper("UPDATE queue_items SET build_id = 'nonsense'").await;
-    assert!(matches!(
-        store.claim(soon(), LEASE).await,
-        Err(StoreError::Corrupt(what)) if what.contains("nonsense")
-    ));
-    raw.close().await;
-}
-
-#[tokio::test]
-async fn worker_lines_are_stored_once_per_attempt_across_builds() {
-    use buildman_store::WorkerLine;
-    let dir = tempfile::tempdir().unwrap();
-    let store = buildman_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap();
-    let a = store.create_build(new_build("ns", "a"), 3, None).await.unwrap().id;
-    let b = store.create_build(new_build("ns", "b"), 3, None).await.unwrap().id;
-    let line = |build, sequence, m: &str| WorkerLine { build, sequence, entry: LogEntry::output(m) };
-    let stored = store
-        .append_worker_lines(&[line(a, 1, "a1"), line(b, 1, "b1"), line(a, 2, "a2"), line(a, 2, "a2 again")])
-        .await
-        .unwrap();
-    assert_eq!(stored, [true, true, true, false]);
-    // A re-send after a reconnect: 2 is already stored, 3 is new.
-    let stored = store.append_worker_lines(&[line(a, 2, "a2"), line(a, 3, "a3")]).await.unwrap();
-    assert_eq!(stored, [false, true]);
-    let messages = |page: buildman_store::LogPage| page.entries.into_iter().map(|e| e.message).collect::<Vec<_>>();
-    assert_eq!(messages(store.read_logs(a, 0, 100).await.unwrap()), ["a1", "a2", "a3"]);
-    assert_eq!(messages(store.read_logs(b, 0, 100).await.unwrap()), ["b1"]);
-    // A new attempt (a new claim) starts the count afresh.
-    let claimed = store.claim(chrono::Utc::now(), std::time::Duration::from_secs(60)).await.unwrap().unwrap();
-    assert_eq!(claimed.build_id, a);
-    assert_eq!(store.append_worker_lines(&[line(a, 1, "retry 1")]).await.unwrap(), [true]);
-    assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
 }
