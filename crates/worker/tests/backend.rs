@@ -15,63 +15,23 @@ use buildman_worker::backend::{
     Backend, BackendConfig, BackendError, BuildRequest, Credentials, LineSink, Tool, find_on_path,
     from_env, normalize_step_line, select_tool,
 };
+use buildman_testkit::{Buildah, Registry, TOKEN};
 use tokio::sync::mpsc;
 
-/// The push/pull token the test registry accepts for user `$token`.
-const TOKEN: &str = "push-token-0123456789";
-
-/// A running registry; killed when dropped.
-struct Registry {
-    /// `127.0.0.1:PORT`.
-    addr: String,
-    /// Kept for kill_on_drop.
-    _child: tokio::process::Child,
-    /// Config, htpasswd and blob storage.
-    _dir: tempfile::TempDir,
-}
-
-/// Everything a backend test needs, or `None` (after a notice) when a tool is missing.
+/// Everything a backend test needs: a registry and a temp dir for storage, contexts and
+/// exports. buildah, docker-registry and busybox-static must be installed (`.ci/run` does).
 struct Env {
     registry: Registry,
-    /// Temp dir for storage, contexts and exports.
     tmp: tempfile::TempDir,
-    /// The buildah executable (also used to make base images for podman).
-    buildah: PathBuf,
-    /// The static busybox that goes into base images.
-    busybox: PathBuf,
 }
 
 impl Env {
-    /// Starts a registry and a temp dir, or says what's missing and returns `None`.
-    async fn start(test: &str) -> Option<Env> {
-        let mut missing = Vec::new();
-        let buildah = find_on_path("buildah");
-        let registry = find_on_path("docker-registry").or_else(|| find_on_path("registry"));
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        if buildah.is_none() {
-            missing.push("buildah");
+    /// Starts a registry and a temp dir.
+    async fn start() -> Env {
+        Env {
+            registry: Registry::start().await,
+            tmp: tempfile::tempdir().unwrap(),
         }
-        if registry.is_none() {
-            missing.push("docker-registry");
-        }
-        if busybox.is_none() {
-            missing.push("busybox-static");
-        }
-        let (Some(buildah), Some(registry), Some(busybox)) = (buildah, registry, busybox) else {
-            eprintln!("SKIP {test}: not installed: {}", missing.join(", "));
-            return None;
-        };
-        let registry = start_registry(&registry).await;
-        let tmp = tempfile::tempdir().unwrap();
-        Some(Env {
-            registry,
-            tmp,
-            buildah,
-            busybox,
-        })
     }
 
     /// A backend config for `tool` using this test's private storage.
@@ -82,22 +42,16 @@ impl Env {
         config
     }
 
+    /// buildah with this test's storage.
+    fn buildah_cli(&self) -> Buildah {
+        Buildah {
+            storage: Some((self.tmp.path().join("storage"), self.tmp.path().join("run"))),
+        }
+    }
+
     /// Runs buildah with this test's storage; returns stdout, panics on failure.
     fn buildah(&self, args: &[&str]) -> String {
-        let output = std::process::Command::new(&self.buildah)
-            .arg("--root")
-            .arg(self.tmp.path().join("storage"))
-            .arg("--runroot")
-            .arg(self.tmp.path().join("run"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "buildah {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.buildah_cli().run(args)
     }
 
     /// Local image names (`name:tag`) in this test's storage.
@@ -108,20 +62,9 @@ impl Env {
             .collect()
     }
 
-    /// Commits a busybox-only image as `name` (`buildah from scratch` + copy + config +
-    /// commit): the only way to get a base image without the internet.
+    /// Commits a busybox-only base image as `name`.
     fn make_base_image(&self, name: &str) {
-        let rootfs = self.tmp.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::copy(&self.busybox, rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "cat", "ls", "sleep", "true"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let container = self.buildah(&["from", "scratch"]).trim().to_string();
-        self.buildah(&["copy", &container, rootfs.to_str().unwrap(), "/"]);
-        self.buildah(&["config", "--cmd", "/bin/sh", &container]);
-        self.buildah(&["commit", "--quiet", &container, name]);
-        self.buildah(&["rm", &container]);
+        self.buildah_cli().make_base_image(name, self.tmp.path());
     }
 
     /// Makes a base image and pushes it to the registry as `base:latest`.
@@ -180,77 +123,6 @@ fn collect() -> (LineSink, tokio::task::JoinHandle<Vec<String>>) {
     (tx, handle)
 }
 
-/// Starts `docker-registry serve` on a free loopback port with htpasswd auth for `$token`.
-async fn start_registry(program: &Path) -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    // Cost 4 (the minimum) keeps hashing and every request's check fast.
-    let hash = bcrypt::hash(TOKEN, 4).unwrap();
-    std::fs::write(dir.path().join("htpasswd"), format!("$token:{hash}\n")).unwrap();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n\
-         http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
-        data = dir.path().join("data").display(),
-        htpasswd = dir.path().join("htpasswd").display(),
-    );
-    let config_path = dir.path().join("config.yml");
-    std::fs::write(&config_path, config).unwrap();
-    let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-    let child = tokio::process::Command::new(program)
-        .arg("serve")
-        .arg(&config_path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = http_client();
-    for _ in 0..100 {
-        if let Ok(resp) = client.get(format!("http://{addr}/v2/")).send().await {
-            assert_eq!(resp.status(), 401, "the registry must ask for credentials");
-            return Registry {
-                addr,
-                _child: child,
-                _dir: dir,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "registry did not come up: {}",
-        std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
-    );
-}
-
-/// An HTTP client (reqwest is built without a default rustls provider).
-fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-/// GETs a registry API path with the token, as JSON.
-async fn registry_json(addr: &str, path: &str) -> serde_json::Value {
-    let resp = http_client()
-        .get(format!("http://{addr}/v2/{path}"))
-        .basic_auth("$token", Some(TOKEN))
-        .header(
-            "Accept",
-            "application/vnd.docker.distribution.manifest.v2+json, \
-             application/vnd.oci.image.manifest.v1+json",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    let bytes = resp.bytes().await.unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 /// Builds, pushes, checks the pushed config, exports and removes: the worker's whole path.
 async fn round_trip(env: &Env, backend: &dyn Backend) {
     let addr = env.registry.addr.clone();
@@ -291,7 +163,7 @@ async fn round_trip(env: &Env, backend: &dyn Backend) {
         .push(tag, &dest, Some(&Credentials::token(TOKEN)), true, &tx)
         .await
         .unwrap();
-    let manifest = registry_json(&addr, "ns/repo/manifests/v1").await;
+    let manifest = env.registry.json("ns/repo/manifests/v1").await;
     assert_eq!(
         manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json",
         "--format docker pushes Docker v2s2: {manifest}"
@@ -301,7 +173,7 @@ async fn round_trip(env: &Env, backend: &dyn Backend) {
         format!("sha256:{}", digest.trim_start_matches("sha256:")),
         id
     );
-    let config = registry_json(&addr, &format!("ns/repo/blobs/{digest}")).await;
+    let config = env.registry.json(&format!("ns/repo/blobs/{digest}")).await;
     let history: Vec<&str> = config["history"]
         .as_array()
         .unwrap()
@@ -366,9 +238,7 @@ async fn round_trip(env: &Env, backend: &dyn Backend) {
 
 #[tokio::test]
 async fn backend_buildah_builds_pushes_exports_and_removes() {
-    let Some(env) = Env::start("backend_buildah_builds_pushes_exports_and_removes").await else {
-        return;
-    };
+    let env = Env::start().await;
     let backend = env.config(Tool::Buildah).into_backend();
     round_trip(&env, backend.as_ref()).await;
 }
@@ -379,9 +249,7 @@ async fn backend_podman_builds_pushes_exports_and_removes() {
         eprintln!("SKIP backend_podman_builds_pushes_exports_and_removes: podman not installed");
         return;
     }
-    let Some(env) = Env::start("backend_podman_builds_pushes_exports_and_removes").await else {
-        return;
-    };
+    let env = Env::start().await;
     let backend = env.config(Tool::Podman).into_backend();
     assert_eq!(backend.tool(), Tool::Podman);
     round_trip(&env, backend.as_ref()).await;
@@ -389,9 +257,7 @@ async fn backend_podman_builds_pushes_exports_and_removes() {
 
 #[tokio::test]
 async fn backend_buildah_pull_needs_the_right_credentials() {
-    let Some(env) = Env::start("backend_buildah_pull_needs_the_right_credentials").await else {
-        return;
-    };
+    let env = Env::start().await;
     let backend = env.config(Tool::Buildah).into_backend();
     let base = env.push_base(backend.as_ref()).await;
     env.buildah(&["rmi", "localhost/base-src:latest"]);
@@ -417,9 +283,7 @@ async fn backend_buildah_pull_needs_the_right_credentials() {
 
 #[tokio::test]
 async fn backend_buildah_failed_step_reports_its_output() {
-    let Some(env) = Env::start("backend_buildah_failed_step_reports_its_output").await else {
-        return;
-    };
+    let env = Env::start().await;
     let backend = env.config(Tool::Buildah).into_backend();
     let addr = env.registry.addr.clone();
     env.push_base(backend.as_ref()).await;
@@ -447,9 +311,7 @@ async fn backend_buildah_failed_step_reports_its_output() {
 
 #[tokio::test]
 async fn backend_buildah_cancelled_build_leaves_no_process() {
-    let Some(env) = Env::start("backend_buildah_cancelled_build_leaves_no_process").await else {
-        return;
-    };
+    let env = Env::start().await;
     let backend = env.config(Tool::Buildah).into_backend();
     let addr = env.registry.addr.clone();
     env.push_base(backend.as_ref()).await;
