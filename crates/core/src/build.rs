@@ -172,6 +172,29 @@ pub struct NewBuild {
     pub pull_robot: Option<String>,
 }
 
+impl NewBuild {
+    /// The build as first stored: `waiting`, created and updated `now`.
+    pub fn into_build(self, id: BuildId, now: DateTime<Utc>) -> Build {
+        Build {
+            id,
+            namespace: self.namespace,
+            repository: self.repository,
+            phase: Phase::Waiting,
+            source: self.source,
+            tags: self.tags,
+            context: self.context,
+            dockerfile_path: self.dockerfile_path,
+            display_name: self.display_name,
+            manual_user: self.manual_user,
+            pull_robot: self.pull_robot,
+            created_at: now,
+            updated_at: now,
+            error: None,
+            result_location: None,
+        }
+    }
+}
+
 /// A build as stored: what was asked, and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Build {

@@ -244,23 +244,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Build {
-            id,
-            namespace: new.namespace,
-            repository: new.repository,
-            phase: Phase::Waiting,
-            source: new.source,
-            tags: new.tags,
-            context: new.context,
-            dockerfile_path: new.dockerfile_path,
-            display_name: new.display_name,
-            manual_user: new.manual_user,
-            pull_robot: new.pull_robot,
-            created_at: now,
-            updated_at: now,
-            error: None,
-            result_location: None,
-        })
+        Ok(new.into_build(id, now))
     }
 
     async fn get_build(&self, id: BuildId) -> Result<Option<Build>> {
