@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use buildman_core::config::{
     Config, ExecutorKind, ExecutorSpecific, Lifecycle, OrchestratorConfig,
 };
@@ -215,6 +216,13 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         let stop = stopped(shutdown.subscribe());
         tokio::spawn(async move {
             tracing::info!(address = %http_addr, "REST API listening");
+            // Small requests and answers: Nagle's algorithm would hold answers back for
+            // the client's delayed ACK.
+            let http = http.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY on an API connection");
+                }
+            });
             if let Err(e) = axum::serve(http, rest).with_graceful_shutdown(stop).await {
                 tracing::error!(error = %e, "REST API server failed");
             }

@@ -69,6 +69,10 @@ async fn one_worker_at_a_time_in_repository_order_without_losing_retries() {
     }
 
     // Never two workers at once: each worker's life ends before the next one's starts.
+    // (A worker reports its exit just after its build completed: wait for the last one.)
+    for started in events(&s.reports(), "started") {
+        wait_gone(started["pid"].as_u64().unwrap(), T).await;
+    }
     let reports = s.reports();
     let started = events(&reports, "started");
     let exits = events(&reports, "exiting");
@@ -213,14 +217,7 @@ async fn cancel_stops_a_building_worker_and_dequeues_a_waiting_build() {
     );
 
     // The queued one first: it leaves the queue and never runs.
-    let resp = s
-        .req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/repository/demo/other/build/{queued}"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let resp = s.cancel("demo/other", &queued).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(s.build(&queued).await["phase"], "cancelled");
     assert_eq!(
@@ -232,14 +229,7 @@ async fn cancel_stops_a_building_worker_and_dequeues_a_waiting_build() {
         None
     );
 
-    let resp = s
-        .req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/repository/demo/cancel/build/{running}"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let resp = s.cancel("demo/cancel", &running).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.json::<Value>().await.unwrap(), "Okay");
     assert_eq!(s.build(&running).await["phase"], "cancelled");
@@ -266,14 +256,7 @@ async fn cancel_stops_a_building_worker_and_dequeues_a_waiting_build() {
     );
 
     // A finished build cannot be cancelled again.
-    let resp = s
-        .req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/repository/demo/cancel/build/{running}"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let resp = s.cancel("demo/cancel", &running).await;
     assert_eq!(resp.status(), 400);
     assert!(
         events(&s.reports(), "started")
@@ -296,14 +279,7 @@ async fn cancel_is_refused_while_pushing() {
         .unwrap()
         .to_string();
     s.wait_phase(&id, &["pushing"], T).await;
-    let resp = s
-        .req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/repository/demo/push/build/{id}"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let resp = s.cancel("demo/push", &id).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert!(

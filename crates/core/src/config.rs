@@ -173,15 +173,19 @@ pub enum ExecutorKind {
     KubernetesPodman,
     /// `ec2`: an EC2 instance running the worker.
     Ec2,
+    /// `bench`: no worker at all; the registration token goes to a load generator
+    /// (buildman's own, benchmarks only; `serve` refuses it without `--allow-bench-executor`).
+    Bench,
 }
 
 impl ExecutorKind {
     /// Every kind, in the order of their config names.
-    pub const ALL: [ExecutorKind; 4] = [
+    pub const ALL: [ExecutorKind; 5] = [
         ExecutorKind::Popen,
         ExecutorKind::Kubernetes,
         ExecutorKind::KubernetesPodman,
         ExecutorKind::Ec2,
+        ExecutorKind::Bench,
     ];
 
     /// The kind's name in the EXECUTOR key.
@@ -191,6 +195,7 @@ impl ExecutorKind {
             ExecutorKind::Kubernetes => "kubernetes",
             ExecutorKind::KubernetesPodman => "kubernetesPodman",
             ExecutorKind::Ec2 => "ec2",
+            ExecutorKind::Bench => "bench",
         }
     }
 
@@ -286,6 +291,7 @@ impl ExecutorConfig {
                     ExecutorSpecific::Kubernetes(KubernetesConfig::default())
                 }
                 ExecutorKind::Ec2 => ExecutorSpecific::Ec2(Ec2Config::default()),
+                ExecutorKind::Bench => ExecutorSpecific::Bench(BenchConfig::default()),
             },
         }
     }
@@ -323,6 +329,8 @@ pub enum ExecutorSpecific {
     Kubernetes(KubernetesConfig),
     /// ec2.
     Ec2(Ec2Config),
+    /// bench.
+    Bench(BenchConfig),
 }
 
 /// The popen executor's keys.
@@ -344,6 +352,13 @@ impl Default for PopenConfig {
             insecure: false,
         }
     }
+}
+
+/// The bench executor's keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// BENCH_CALLBACK_URL (required): where the load generator takes start requests.
+    pub callback_url: String,
 }
 
 /// KUBERNETES_DISTRIBUTION.
@@ -798,6 +813,15 @@ fn to_string(r: &Report, path: &str, value: &Value) -> Option<String> {
             None
         }
     }
+}
+
+/// An http(s) URL, as given.
+fn http_url(r: &Report, path: &str, value: &Value) -> Option<String> {
+    let url = plain(value).filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+    if url.is_none() {
+        r.expected(path, "a URL starting with http:// or https://", value);
+    }
+    url
 }
 
 fn to_path(r: &Report, path: &str, value: &Value) -> Option<PathBuf> {
@@ -1416,6 +1440,11 @@ fn parse_executor(kind: ExecutorKind, s: &mut Section) -> ExecutorConfig {
             }),
             ExecutorSpecific::Kubernetes(d) => ExecutorSpecific::Kubernetes(parse_kubernetes(s, d)),
             ExecutorSpecific::Ec2(d) => ExecutorSpecific::Ec2(parse_ec2(s, d)),
+            ExecutorSpecific::Bench(d) => ExecutorSpecific::Bench(BenchConfig {
+                callback_url: s
+                    .required("BENCH_CALLBACK_URL", http_url)
+                    .unwrap_or(d.callback_url),
+            }),
         },
     }
 }
@@ -2511,6 +2540,36 @@ BUILDMAN_HOSTNAME: buildman.example.com:443
         };
         assert_eq!(d("").to_string(), "broken");
         assert_eq!(d("A.B").to_string(), "A.B: broken");
+    }
+
+    #[test]
+    fn bench_executor() {
+        let bm = load(&executor(
+            "EXECUTOR: bench, BENCH_CALLBACK_URL: 'http://127.0.0.1:9000/start', SETUP_TIME: 60",
+        ))
+        .config
+        .build_manager;
+        let mut expected = ExecutorConfig::with_defaults(ExecutorKind::Bench);
+        expected.setup_time = Duration::from_secs(60);
+        expected.specific = ExecutorSpecific::Bench(BenchConfig {
+            callback_url: "http://127.0.0.1:9000/start".into(),
+        });
+        assert_eq!(bm.executors, vec![expected]);
+        assert_eq!(
+            errors(&executor("EXECUTOR: bench")),
+            ["BUILD_MANAGER[1].EXECUTORS[0]: missing required key BENCH_CALLBACK_URL"]
+        );
+        assert_eq!(
+            errors(&executor("EXECUTOR: bench, BENCH_CALLBACK_URL: 'ftp://x'")),
+            [
+                r#"BUILD_MANAGER[1].EXECUTORS[0].BENCH_CALLBACK_URL: expected a URL starting with http:// or https://, got "ftp://x""#
+            ]
+        );
+        // Another kind does not know the key.
+        assert_eq!(
+            warnings(&executor("EXECUTOR: popen, BENCH_CALLBACK_URL: 'http://x'")),
+            ["BUILD_MANAGER[1].EXECUTORS[0].BENCH_CALLBACK_URL: unknown key, ignored"]
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ pub fn job_key(build: BuildId) -> String {
     format!("building/{build}")
 }
 
-/// The key that asks whichever manager holds a job to cancel it.
+/// The key that asks the manager that started a job's worker to stop it (its value is the
+/// job's record, see [`JobRecord::manager_id`]).
 pub fn cancel_key(build: BuildId) -> String {
     format!("cancel/{build}")
 }
@@ -35,6 +36,10 @@ pub struct JobRecord {
     pub executor_name: Option<String>,
     /// The executor's id for the worker (process id, Job name, instance id).
     pub execution_id: Option<String>,
+    /// The manager whose executor started the worker, the only one that can stop it (a
+    /// local worker is its child process); `None` in records of managers without ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_id: Option<String>,
 }
 
 impl JobRecord {

@@ -1,5 +1,6 @@
 //! Executors: the control planes that start a worker for a job and stop it afterwards
-//! (a local process; Kubernetes and EC2 later). Each is one module implementing [`Executor`].
+//! (a local process; Kubernetes and EC2 later; a load generator's callback for
+//! benchmarks). Each is one module implementing [`Executor`].
 //!
 //! An executor knows how to run a worker and nothing about queues, phases or tokens beyond
 //! the values handed to it in a [`StartRequest`].
@@ -7,6 +8,7 @@
 use async_trait::async_trait;
 use buildman_core::BuildId;
 
+pub mod bench;
 pub mod local;
 
 /// Why a worker could not be started or stopped.

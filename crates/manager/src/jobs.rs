@@ -1,11 +1,12 @@
 //! The end of a job. Whoever takes a job's record out of the orchestrator (a final phase,
 //! an expiry, a cancel) finishes it, so each job is finished exactly once, by any manager:
 //! the worker is stopped, the queue item completed or returned per Quay's rules, and the
-//! worker slot given back.
+//! worker slot given back. Only the manager that started a worker can stop it (a local
+//! worker is its child): another manager hands the stop over through the job's cancel key.
 
 use std::time::Duration;
 
-use buildman_core::job::job_key;
+use buildman_core::job::{cancel_key, job_key};
 use buildman_core::{BuildId, JobRecord, LogEntry, Phase};
 use buildman_orchestrator::KeyEvent;
 
@@ -60,6 +61,7 @@ impl Manager {
         let inner = &self.inner;
         let build = record.build_id;
         tracing::info!(build_id = %build, outcome = outcome.as_str(), "job finished");
+        self.forget_lease(build);
         let item = &record.queue_item;
         match outcome.requeue() {
             Some(restore) if restore || item.retries_remaining > 0 => {
@@ -87,20 +89,74 @@ impl Manager {
         // the caller need not wait for it.
         let manager = self.clone();
         tokio::spawn(async move {
-            if let (Some(name), Some(id)) = (&record.executor_name, &record.execution_id) {
-                manager.stop_worker(name, id).await;
+            if record.execution_id.is_some() && !manager.started(&record) {
+                manager.hand_over_stop(record).await;
+            } else {
+                manager.stop_and_release(&record).await;
             }
-            if let Err(e) = manager
-                .inner
-                .orchestrator
-                .release_slot(&record.slot_holder)
-                .await
-            {
-                tracing::error!(build_id = %record.build_id, error = %e, "could not release the worker slot");
-            }
-            manager.inner.wake.notify_one();
         });
         Ok(())
+    }
+
+    /// Whether this manager started the job's worker (a record without a manager id counts
+    /// as this manager's, as before managers had ids).
+    fn started(&self, record: &JobRecord) -> bool {
+        record
+            .manager_id
+            .as_deref()
+            .is_none_or(|id| id == self.inner.id)
+    }
+
+    /// Stops the job's worker, then gives its slot back.
+    async fn stop_and_release(&self, record: &JobRecord) {
+        if let (Some(name), Some(id)) = (&record.executor_name, &record.execution_id) {
+            self.stop_worker(name, id).await;
+        }
+        self.release_slot(record).await;
+    }
+
+    /// Gives a job's worker slot back and wakes the scheduler.
+    async fn release_slot(&self, record: &JobRecord) {
+        if let Err(e) = self
+            .inner
+            .orchestrator
+            .release_slot(&record.slot_holder)
+            .await
+        {
+            tracing::error!(build_id = %record.build_id, error = %e, "could not release the worker slot");
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Asks the manager that started a job's worker to stop it, with the job's cancel key:
+    /// that manager takes the key, stops the worker and gives the slot back. A key nobody
+    /// takes within a heartbeat TTL (its manager is gone, and its workers with their
+    /// connections) expires, and whoever claims the expiry gives the slot back.
+    async fn hand_over_stop(&self, record: JobRecord) {
+        let build = record.build_id;
+        let ttl = self.inner.settings.timings.heartbeat_ttl;
+        let created = match serde_json::to_string(&record) {
+            Ok(value) => self
+                .inner
+                .orchestrator
+                .create(&cancel_key(build), &value, Some(ttl))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match created {
+            Ok(true) => {
+                tracing::info!(build_id = %build, manager = ?record.manager_id, "asked the manager that started the worker to stop it");
+            }
+            Ok(false) => {
+                tracing::error!(build_id = %build, manager = ?record.manager_id, "a stop of this build is already pending; giving the slot back, the worker may still run");
+                self.release_slot(&record).await;
+            }
+            Err(e) => {
+                tracing::error!(build_id = %build, manager = ?record.manager_id, error = %e, "could not ask for the worker to be stopped; giving the slot back, the worker may still run");
+                self.release_slot(&record).await;
+            }
+        }
     }
 
     /// Stops a worker through the executor that started it; failures are logged.
@@ -237,6 +293,50 @@ pub(crate) fn spawn_expiry_watcher(manager: Manager) -> tokio::task::JoinHandle<
                     tracing::error!(key = %change.key, error = %e, "could not clean up an expired job");
                 }
             });
+        }
+    })
+}
+
+/// Carries out the stops other managers hand to this one (see `Manager::hand_over_stop`),
+/// and gives back the slot of a stop whose manager did not take it in time.
+pub(crate) fn spawn_stop_watcher(manager: Manager) -> tokio::task::JoinHandle<()> {
+    let mut events = manager.inner.orchestrator.watch("cancel/");
+    tokio::spawn(async move {
+        while let Some(change) = events.recv().await {
+            let record = match parse_record(&change.value) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(key = %change.key, error = %e, "ignoring a cancel key");
+                    continue;
+                }
+            };
+            let manager = manager.clone();
+            match change.event {
+                KeyEvent::Create if manager.started(&record) => {
+                    tokio::spawn(async move {
+                        // Taking it makes this call the one to act (an expiry racing it may
+                        // have taken it already).
+                        match manager.inner.orchestrator.take(&change.key).await {
+                            Ok(Some(_)) => manager.stop_and_release(&record).await,
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::error!(key = %change.key, error = %e, "could not take a stop handed over")
+                            }
+                        }
+                    });
+                }
+                KeyEvent::Expire => {
+                    tokio::spawn(async move {
+                        if manager.started(&record) {
+                            manager.stop_and_release(&record).await;
+                        } else {
+                            tracing::warn!(build_id = %record.build_id, manager = ?record.manager_id, "the manager that started the worker did not stop it in time; giving its slot back");
+                            manager.release_slot(&record).await;
+                        }
+                    });
+                }
+                _ => {}
+            }
         }
     })
 }

@@ -6,15 +6,17 @@
 //! - [`scheduler`]: the event-driven loop that claims queue items and starts workers;
 //! - [`jobs`]: the end of a job (completion, expiry, cancel) and what it does to the queue;
 //! - [`worker`]: what a worker's calls (register, heartbeat, phase, log) do;
-//! - [`tokens`]: the JWTs workers present.
+//! - [`tokens`]: the JWTs workers present;
+//! - `logwriter`: group commit of worker log lines.
 
 pub mod files;
 pub mod jobs;
+mod logwriter;
 pub mod scheduler;
 pub mod tokens;
 pub mod worker;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use buildman_core::config::ExecutorConfig;
@@ -147,6 +149,14 @@ struct Inner {
     settings: Settings,
     /// Wakes the scheduler: a build was submitted, a slot was freed, an item came back.
     wake: Notify,
+    /// This manager among those sharing the orchestrator: job records name the manager
+    /// that started their worker, the only one that can stop it.
+    id: String,
+    /// The group-commit writer of worker log lines, started on first use (it needs a
+    /// runtime, which `new` may not have).
+    log_writer: OnceLock<logwriter::LogWriter>,
+    /// The queue leases this manager last wrote, per job (see `Manager::extend_lease`).
+    leases: Mutex<worker::Leases>,
 }
 
 impl Manager {
@@ -168,8 +178,27 @@ impl Manager {
                 files,
                 settings,
                 wake: Notify::new(),
+                id: uuid::Uuid::new_v4().to_string(),
+                log_writer: OnceLock::new(),
+                leases: Mutex::default(),
             }),
         }
+    }
+
+    /// The log writer, started on first use.
+    fn log_writer(&self) -> &logwriter::LogWriter {
+        self.inner
+            .log_writer
+            .get_or_init(|| logwriter::LogWriter::spawn(self.inner.store.clone()))
+    }
+
+    /// The lease marks; each critical section is one map operation, so a poisoned map is
+    /// still consistent.
+    fn leases(&self) -> MutexGuard<'_, worker::Leases> {
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes the store consistent with a fresh orchestrator: with a process-local one, the
@@ -189,11 +218,18 @@ impl Manager {
         Ok(released)
     }
 
-    /// Starts the scheduler and the job-expiry watcher; they stop when the handle is dropped.
+    /// Starts the scheduler, the job-expiry watcher and the watcher of stops handed over by
+    /// other managers; they stop when the handle is dropped.
     pub fn start(&self) -> Background {
         let watcher = jobs::spawn_expiry_watcher(self.clone());
+        let stops = jobs::spawn_stop_watcher(self.clone());
         let scheduler = tokio::spawn(scheduler::run(self.clone()));
-        Background(vec![watcher, scheduler])
+        Background(vec![watcher, stops, scheduler])
+    }
+
+    /// This manager's id (see [`buildman_core::JobRecord::manager_id`]).
+    pub fn id(&self) -> &str {
+        &self.inner.id
     }
 
     /// The store, for read-only views (lists, logs, queue state).

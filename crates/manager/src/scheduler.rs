@@ -112,6 +112,7 @@ async fn start_job(manager: &Manager, item: ClaimedItem, slot: String) -> Result
         last_heartbeat: None,
         executor_name: None,
         execution_id: None,
+        manager_id: Some(manager.id().to_string()),
     };
     let value =
         serde_json::to_string(&record).map_err(|e| ManagerError::Internal(e.to_string()))?;
@@ -186,11 +187,15 @@ async fn start_job(manager: &Manager, item: ClaimedItem, slot: String) -> Result
         }
         Some(_) => {}
         None => {
-            // Cancelled in the meantime.
-            if let Some(record) = manager.take_job(build.id).await? {
-                manager.finish_job(record, JobOutcome::Cancelled).await?;
+            // Either the worker registered (which marks the build scheduled) and already
+            // reported a later phase, or the build was cancelled or ended meanwhile.
+            let current = inner.store.get_build(build.id).await?.map(|b| b.phase);
+            if current.is_none_or(|p| p.is_final()) {
+                if let Some(record) = manager.take_job(build.id).await? {
+                    manager.finish_job(record, JobOutcome::Cancelled).await?;
+                }
+                return Ok(());
             }
-            return Ok(());
         }
     }
     inner

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use buildman_core::BuildId;
@@ -149,7 +150,90 @@ pub struct TokenService {
     audience: String,
     kid: String,
     signing: EncodingKey,
+    /// The signing key as ring holds it. The manager signs two tokens per build, and ring's
+    /// RSA takes a fraction of the time of the pure-Rust `rsa` crate jsonwebtoken uses.
+    /// `None` for a key ring refuses (fewer than 2048 bits): jsonwebtoken signs then.
+    fast_signing: Option<ring::signature::RsaKeyPair>,
+    rng: ring::rand::SystemRandom,
     trusted: HashMap<String, DecodingKey>,
+    /// Job tokens verified before, so that the calls of a job (each carries its token)
+    /// cost one signature check rather than one each.
+    verified: Mutex<VerifiedTokens>,
+}
+
+/// Successful verifications of job tokens, by SHA-256 of the token: the context and until
+/// when (unix seconds, clock skew included) the token is valid. Only a token whose hash
+/// matches (that is, the same token) is answered from here.
+#[derive(Default)]
+struct VerifiedTokens(HashMap<[u8; 32], (TokenContext, u64)>);
+
+/// At most this many verified tokens are remembered; past it, the expired ones go, and if
+/// that is not enough all of them (they are checked again on their next use).
+const VERIFIED_TOKENS_MAX: usize = 32 * 1024;
+
+impl VerifiedTokens {
+    fn get(&self, hash: &[u8; 32], expected: TokenType, now: u64) -> Option<(TokenContext, u64)> {
+        let (context, valid_until) = self.0.get(hash)?;
+        (context.token_type == expected && now <= *valid_until)
+            .then(|| (context.clone(), *valid_until))
+    }
+
+    fn insert(&mut self, hash: [u8; 32], context: TokenContext, valid_until: u64, now: u64) {
+        if self.0.len() >= VERIFIED_TOKENS_MAX {
+            self.0.retain(|_, (_, until)| now <= *until);
+            if self.0.len() >= VERIFIED_TOKENS_MAX {
+                self.0.clear();
+            }
+        }
+        self.0.insert(hash, (context, valid_until));
+    }
+}
+
+/// `key` as ring's RSA key pair, if ring takes it.
+fn ring_key(private_pem: &str) -> Option<ring::signature::RsaKeyPair> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    let private = rsa::RsaPrivateKey::from_pkcs8_pem(private_pem)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(private_pem))
+        .ok()?;
+    let der = private.to_pkcs8_der().ok()?;
+    match ring::signature::RsaKeyPair::from_pkcs8(der.as_bytes()) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!(error = %e, "the signing key cannot be used with ring; signing tokens the slow way");
+            None
+        }
+    }
+}
+
+/// An RS256 JWT exactly as `jsonwebtoken::encode` makes it (base64url JSON header and
+/// claims, PKCS#1 v1.5 SHA-256 signature), signed by ring.
+fn sign_with_ring(
+    key: &ring::signature::RsaKeyPair,
+    rng: &ring::rand::SystemRandom,
+    header: &Header,
+    claims: &Claims,
+) -> Result<String, ManagerError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let internal =
+        |what: &dyn std::fmt::Display| ManagerError::Internal(format!("signing a token: {what}"));
+    let header = serde_json::to_vec(header).map_err(|e| internal(&e))?;
+    let claims = serde_json::to_vec(claims).map_err(|e| internal(&e))?;
+    let mut token = b64.encode(header);
+    token.push('.');
+    b64.encode_string(claims, &mut token);
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        rng,
+        token.as_bytes(),
+        &mut signature,
+    )
+    .map_err(|e| internal(&e))?;
+    token.push('.');
+    b64.encode_string(signature, &mut token);
+    Ok(token)
 }
 
 impl TokenService {
@@ -180,7 +264,10 @@ impl TokenService {
             kid: signing.kid.clone(),
             signing: EncodingKey::from_rsa_pem(signing.private_pem.as_bytes())
                 .map_err(|e| bad(&signing.kid, e))?,
+            fast_signing: ring_key(&signing.private_pem),
+            rng: ring::rand::SystemRandom::new(),
             trusted: keys,
+            verified: Mutex::default(),
         })
     }
 
@@ -209,13 +296,49 @@ impl TokenService {
         };
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.signing)
-            .map_err(|e| ManagerError::Internal(format!("signing a token: {e}")))
+        match &self.fast_signing {
+            Some(key) => sign_with_ring(key, &self.rng, &header, &claims),
+            None => jsonwebtoken::encode(&header, &claims, &self.signing)
+                .map_err(|e| ManagerError::Internal(format!("signing a token: {e}"))),
+        }
     }
 
     /// Checks signature, audience, issuer, time and kind; returns the token's context.
     /// Errors say why, for the worker's operator; they never echo the token.
     pub fn verify(&self, token: &str, expected: TokenType) -> Result<TokenContext, ManagerError> {
+        self.verify_until(token, expected)
+            .map(|(context, _)| context)
+    }
+
+    /// Like [`TokenService::verify`], and also says until when (unix seconds, clock skew
+    /// included) the token stays valid, so a caller may reuse the result until then.
+    pub fn verify_until(
+        &self,
+        token: &str,
+        expected: TokenType,
+    ) -> Result<(TokenContext, u64), ManagerError> {
+        use sha2::Digest;
+        if expected == TokenType::Registration {
+            // Presented once: nothing to gain from remembering it.
+            return self.verify_signed(token, expected);
+        }
+        let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        let lock = || self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = lock().get(&hash, expected, now) {
+            return Ok(hit);
+        }
+        let (context, valid_until) = self.verify_signed(token, expected)?;
+        lock().insert(hash, context.clone(), valid_until, now);
+        Ok((context, valid_until))
+    }
+
+    /// The full check: signature, claims, time and kind.
+    fn verify_signed(
+        &self,
+        token: &str,
+        expected: TokenType,
+    ) -> Result<(TokenContext, u64), ManagerError> {
         let unauth = |m: String| ManagerError::Unauthenticated(m);
         if token.is_empty() {
             return Err(unauth(
@@ -255,6 +378,7 @@ impl TokenService {
                 _ => format!("invalid token: {e}"),
             })
         })?;
+        let valid_until = data.claims.exp.saturating_add(LEEWAY_S);
         let context = data.claims.context;
         if context.token_type != expected {
             let what = |t| match t {
@@ -267,7 +391,7 @@ impl TokenService {
                 what(expected)
             )));
         }
-        Ok(context)
+        Ok((context, valid_until))
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a worker's calls do: registration, heartbeats, phase changes, log lines and the
 //! cached-tag question. The gRPC server is a thin adapter over these.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use buildman_core::{BuildId, BuildSource, JobRecord, LogEntry, Phase};
@@ -100,6 +101,22 @@ impl Manager {
             .get_build(ctx.build_id)
             .await?
             .ok_or(ManagerError::NotFound(ctx.build_id))?;
+        if matches!(build.phase, Phase::Waiting | Phase::InternalError) {
+            // The worker called in before the scheduler marked the build scheduled (an
+            // executor whose worker starts before `start` returns): registration is the
+            // latest point a build is scheduled, so the worker's phases are accepted.
+            let from = [Phase::Waiting, Phase::InternalError];
+            if let Some(prev) = self
+                .inner
+                .store
+                .set_phase(build.id, Phase::BuildScheduled, &from, None)
+                .await?
+                && prev != Phase::BuildScheduled
+            {
+                self.log_phase(build.id, Phase::BuildScheduled, Default::default())
+                    .await;
+            }
+        }
         let source = match &build.source {
             BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
             BuildSource::Uploaded { file_id } => PackageSource::Url(format!(
@@ -140,6 +157,30 @@ impl Manager {
         self.inner.tokens.verify(token, TokenType::Job)
     }
 
+    /// Checks a job token, reusing `cache` when it holds the same token and that token is
+    /// still valid: a stream repeats its token on every message, and an RS256 check costs
+    /// more than everything else a heartbeat does.
+    fn verify_job_token_cached(
+        &self,
+        cache: &mut Option<VerifiedToken>,
+        token: &str,
+    ) -> Result<TokenContext, ManagerError> {
+        let now = u64::try_from(unix_now()).unwrap_or(0);
+        if let Some(v) = cache.as_ref()
+            && v.token == token
+            && now <= v.valid_until
+        {
+            return Ok(v.context.clone());
+        }
+        let (context, valid_until) = self.inner.tokens.verify_until(token, TokenType::Job)?;
+        *cache = Some(VerifiedToken {
+            token: token.to_string(),
+            context: context.clone(),
+            valid_until,
+        });
+        Ok(context)
+    }
+
     /// Heartbeat: `true` when the job exists and its expiry was pushed out.
     pub async fn heartbeat(&self, ctx: &TokenContext) -> Result<bool, ManagerError> {
         let s = &self.inner.settings;
@@ -160,17 +201,50 @@ impl Manager {
         let Some(record) = record else {
             return Ok(false);
         };
-        let rules = &s.queue_rules;
-        self.inner
-            .store
-            .extend_item(
-                &record.queue_item,
-                crate::now(),
-                s.timings.heartbeat_lease,
-                rules.minimum_extension,
-            )
-            .await?;
+        self.extend_lease(&record).await?;
         Ok(true)
+    }
+
+    /// Pushes a live job's queue lease out to `heartbeat_lease` from now when that moves
+    /// it by more than the queue's minimum extension. That is the store's own rule, but the
+    /// store needs a read to apply it; remembering what this manager last wrote skips the
+    /// store altogether for most heartbeats. The remembered expiry never exceeds the real
+    /// one, so the lease is always at least `heartbeat_lease - minimum_extension` ahead
+    /// after a heartbeat, as before. Another manager remembers nothing of these writes and
+    /// simply writes itself when its own rule says so.
+    async fn extend_lease(&self, record: &JobRecord) -> Result<(), ManagerError> {
+        let s = &self.inner.settings;
+        let now = crate::now();
+        let lease_ms = i64::try_from(s.timings.heartbeat_lease.as_millis()).unwrap_or(i64::MAX);
+        let minimum_ms =
+            i64::try_from(s.queue_rules.minimum_extension.as_millis()).unwrap_or(i64::MAX);
+        let wanted = now.timestamp_millis().saturating_add(lease_ms);
+        let item = &record.queue_item;
+        if self
+            .leases()
+            .is_fresh(record.build_id, &item.state_id, wanted, minimum_ms)
+        {
+            return Ok(());
+        }
+        // No minimum: the store writes unless the lease is already further out, so after
+        // this call it ends at `wanted` or later.
+        let held = self
+            .inner
+            .store
+            .extend_item(item, now, s.timings.heartbeat_lease, Duration::ZERO)
+            .await?;
+        let mut leases = self.leases();
+        if held {
+            leases.remember(record.build_id, &item.state_id, wanted);
+        } else {
+            leases.forget(record.build_id);
+        }
+        Ok(())
+    }
+
+    /// Forgets what this manager wrote of a job's lease (the job ended).
+    pub(crate) fn forget_lease(&self, build: BuildId) {
+        self.leases().forget(build);
     }
 
     /// SetPhase: records a worker's phase change. `Ok(false)` refuses it: the job is gone,
@@ -232,7 +306,12 @@ impl Manager {
         };
         let layout = dir.join(&build.namespace).join(&build.repository);
         let location = format!("oci:{}", layout.display());
-        if let Err(e) = self.inner.store.set_result_location(build.id, &location).await {
+        if let Err(e) = self
+            .inner
+            .store
+            .set_result_location(build.id, &location)
+            .await
+        {
             tracing::warn!(build_id = %build.id, error = %e, "could not record where the image went");
         }
     }
@@ -260,6 +339,75 @@ impl Manager {
     }
 }
 
+/// A job token checked on a stream, with the context it carries, valid until
+/// `valid_until` (unix seconds, clock skew included).
+struct VerifiedToken {
+    token: String,
+    context: TokenContext,
+    valid_until: u64,
+}
+
+/// The queue leases this manager last wrote, per build: the claim (`state_id`) and the
+/// expiry (unix ms) it wrote.
+#[derive(Default)]
+pub(crate) struct Leases {
+    marks: HashMap<BuildId, (String, i64)>,
+    /// Marks are pruned of lapsed leases when the map reaches this size (jobs finished by
+    /// another manager leave theirs behind).
+    prune_at: usize,
+}
+
+/// The fewest marks before pruning is considered.
+const LEASES_PRUNE_MIN: usize = 4096;
+
+impl Leases {
+    /// True when this claim's lease, as last written here, is already within `minimum`
+    /// (ms) of `wanted` (unix ms).
+    fn is_fresh(&self, build: BuildId, state_id: &str, wanted: i64, minimum: i64) -> bool {
+        self.marks
+            .get(&build)
+            .is_some_and(|(claim, expires)| claim == state_id && wanted - expires <= minimum)
+    }
+
+    fn remember(&mut self, build: BuildId, state_id: &str, expires: i64) {
+        if self.marks.len() >= self.prune_at.max(LEASES_PRUNE_MIN) {
+            let now = crate::now().timestamp_millis();
+            self.marks.retain(|_, (_, e)| *e > now);
+            self.prune_at = 2 * self.marks.len();
+        }
+        self.marks.insert(build, (state_id.to_string(), expires));
+    }
+
+    fn forget(&mut self, build: BuildId) {
+        self.marks.remove(&build);
+    }
+}
+
+/// The state of one Heartbeat stream: the token verified on it.
+pub struct HeartbeatStream {
+    manager: Manager,
+    verified: Option<VerifiedToken>,
+}
+
+impl HeartbeatStream {
+    /// A new stream.
+    pub fn new(manager: Manager) -> Self {
+        HeartbeatStream {
+            manager,
+            verified: None,
+        }
+    }
+
+    /// One heartbeat: `Ok(true)` when the job exists and its expiry was pushed out; an
+    /// error for a bad token.
+    pub async fn beat(&mut self, token: &str) -> Result<bool, ManagerError> {
+        let ctx = self
+            .manager
+            .verify_job_token_cached(&mut self.verified, token)?;
+        self.manager.heartbeat(&ctx).await
+    }
+}
+
 /// A job's TTL after a heartbeat: the heartbeat TTL, cut short by MACHINE_MAX_TIME.
 fn heartbeat_ttl(ttl: Duration, record: &JobRecord) -> Duration {
     let left = (record.max_expiration - unix_now()).max(1) as u64;
@@ -271,12 +419,14 @@ fn heartbeat_ttl(ttl: Duration, record: &JobRecord) -> Duration {
 pub struct LogStream {
     manager: Manager,
     last_sequence: Option<i32>,
-    verified: Option<(String, TokenContext)>,
+    verified: Option<VerifiedToken>,
     last_heartbeat: Option<Instant>,
 }
 
-/// How often log lines count as heartbeats; more often would only repeat the same write.
-const LOG_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often log lines count as heartbeats. A heartbeat keeps the job for 60 s, and the
+/// heartbeat stream sends one every 2 s anyway: counting a line every 10 s keeps a job
+/// alive on log lines alone with a wide margin, without a job-record write per line.
+const LOG_HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
 impl LogStream {
     /// A new stream.
@@ -299,14 +449,9 @@ impl LogStream {
         sequence: i32,
         line: &str,
     ) -> Result<bool, ManagerError> {
-        let ctx = match &self.verified {
-            Some((t, ctx)) if t == token => ctx.clone(),
-            _ => {
-                let ctx = self.manager.verify_job_token(token)?;
-                self.verified = Some((token.to_string(), ctx.clone()));
-                ctx
-            }
-        };
+        let ctx = self
+            .manager
+            .verify_job_token_cached(&mut self.verified, token)?;
         if self.last_sequence.is_some_and(|last| sequence <= last) {
             return Ok(false);
         }
@@ -319,7 +464,8 @@ impl LogStream {
             sequence,
             entry,
         };
-        self.manager.inner.store.append_worker_lines(&[line]).await?;
+        // Written with whatever other streams' lines are waiting (group commit).
+        self.manager.log_writer().append(line).await?;
         if self
             .last_heartbeat
             .is_none_or(|at| at.elapsed() >= LOG_HEARTBEAT_EVERY)
@@ -332,6 +478,6 @@ impl LogStream {
 
     /// The build this stream writes to, once a message was accepted.
     pub fn build(&self) -> Option<BuildId> {
-        self.verified.as_ref().map(|(_, c)| c.build_id)
+        self.verified.as_ref().map(|v| v.context.build_id)
     }
 }

@@ -1,5 +1,6 @@
 //! The Redis orchestrator against a real `redis-server` (Debian package `redis-server`), one
-//! per test on a free port, without persistence, killed when the test ends. Mirrors the memory
+//! per test on a free port, without persistence, killed when the test ends
+//! (`buildman_testkit::redis`). Mirrors the memory
 //! backend's behavioural tests in real time, and adds what only Redis has: several managers,
 //! Quay's layout and events, missed notifications, outages.
 
@@ -9,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use buildman_orchestrator::redis::{RedisOrchestrator, RedisOrchestratorConfig};
 use buildman_orchestrator::{KeyChange, KeyEvent, Orchestrator, OrchestratorError};
+use buildman_testkit::free_port;
+use buildman_testkit::redis::RedisServer;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const PREFIX: &str = "buildman/production/";
@@ -21,85 +24,21 @@ const S: Duration = Duration::from_secs(1);
 /// Long enough that only keyspace notifications (or accesses) can deliver an expiry.
 const NO_SWEEP: Duration = Duration::from_secs(3600);
 
-/// A `redis-server` of this test's own.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
+/// The orchestrator's view of a test server (`buildman_testkit::redis`).
+trait OrchestratorServer {
+    /// A config for this server below [`PREFIX`], swept every second.
+    fn config(&self) -> RedisOrchestratorConfig;
+    /// An orchestrator with [`OrchestratorServer::config`].
+    async fn orchestrator(&self) -> RedisOrchestrator;
+    /// An orchestrator with `config`.
+    async fn orchestrator_with(&self, config: RedisOrchestratorConfig) -> RedisOrchestrator;
+    /// A plain connection, to look at what the orchestrator wrote.
+    async fn raw(&self) -> MultiplexedConnection;
 }
 
-impl RedisServer {
-    async fn start() -> Self {
-        let mut dir = tempfile::tempdir().expect("temp dir");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir,
-            };
-            if server.spawn().await {
-                return server;
-            }
-            dir = server.dir;
-        }
-        panic!("redis-server did not start on any of 5 free ports");
-    }
-
-    /// Starts the server on `self.port`; false when it exits instead (port taken).
-    async fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server is not installed: install the Debian package redis-server \
-                 (apt-get install -y redis-server)"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
-        let deadline = Instant::now() + 10 * S;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if let Ok(mut conn) = self.try_raw().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                self.child = Some(child);
-                return true;
-            }
-            tokio::time::sleep(20 * MS).await;
-        }
-        panic!(
-            "redis-server on port {} did not answer within 10s",
-            self.port
-        );
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill redis-server");
-        }
-    }
-
-    /// Starts it again on the same port, empty (no persistence).
-    async fn restart(&mut self) {
-        assert!(self.spawn().await, "redis-server did not restart");
-    }
-
+impl OrchestratorServer for RedisServer {
     fn config(&self) -> RedisOrchestratorConfig {
-        let mut config = RedisOrchestratorConfig::new("127.0.0.1", self.port, PREFIX);
+        let mut config = RedisOrchestratorConfig::new("127.0.0.1", self.port(), PREFIX);
         config.sweep_interval = S;
         config
     }
@@ -112,20 +51,13 @@ impl RedisServer {
         RedisOrchestrator::connect(config).await.expect("connect")
     }
 
-    async fn try_raw(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
-        client.get_multiplexed_async_connection().await
-    }
-
-    /// A plain connection, to look at what the orchestrator wrote.
     async fn raw(&self) -> MultiplexedConnection {
-        self.try_raw().await.expect("raw connection")
+        let client = redis::Client::open(self.url()).expect("redis URL");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("raw connection")
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr").port()
 }
 
 fn change(event: KeyEvent, key: &str, value: &str) -> KeyChange {
@@ -560,8 +492,7 @@ async fn an_expiry_notification_reaches_exactly_one_of_three_managers() {
 async fn events_are_published_on_quays_channel_in_quays_shape() {
     let server = RedisServer::start().await;
     let orch = server.orchestrator().await;
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).expect("client");
+    let client = redis::Client::open(server.url()).expect("client");
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub
         .subscribe(format!("{PREFIX}orchestrator_events"))
@@ -760,7 +691,7 @@ async fn a_dead_redis_fails_calls_cleanly_and_everything_recovers() {
     orch.create("building/old", "v", None).await.unwrap();
 
     server.stop().await;
-    let address = format!("redis://127.0.0.1:{}/0", server.port);
+    let address = format!("redis://127.0.0.1:{}/0", server.port());
     let expect_unavailable = |result: Result<(), OrchestratorError>, what: &str| match result {
         Err(OrchestratorError::Unavailable(msg)) => {
             assert!(msg.contains(&address), "{msg}");

@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use crate::generated::build_manager_server::{BuildManager, BuildManagerServer};
 use buildman_core::Phase;
-use buildman_manager::worker::{LogStream, PackageSource, PhaseReport};
+use buildman_manager::worker::{HeartbeatStream, LogStream, PackageSource, PhaseReport};
 use buildman_manager::{Manager, ManagerError};
 use buildman_proto as pb;
 use futures::Stream;
-use pb::build_manager_server::{BuildManager, BuildManagerServer};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Maps a manager error to the gRPC status the protocol names.
@@ -53,43 +53,42 @@ trait StreamHandler<Req, Rep>: Send + 'static {
     async fn handle(&mut self, request: Req) -> Result<Rep, Status>;
 }
 
-/// Runs a handler over an inbound stream and returns the outbound one.
+/// Runs a handler over an inbound stream and returns the outbound one. The handler runs
+/// when the reply stream is polled, inside the task the connection already has for the
+/// call: a message costs no task switch or channel of its own, and an open stream no task
+/// of its own (a worker holds two open for its whole build). The stream ends with the
+/// inbound one, on an inbound error, or after the first error reply.
 fn reply_stream<Req, Rep>(
-    mut inbound: Streaming<Req>,
-    mut handler: impl StreamHandler<Req, Rep>,
+    inbound: Streaming<Req>,
+    handler: impl StreamHandler<Req, Rep>,
 ) -> ReplyStream<Rep>
 where
     Req: Send + 'static,
     Rep: Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        loop {
+    Box::pin(futures::stream::unfold(
+        Some((inbound, handler)),
+        |state| async move {
+            let (mut inbound, mut handler) = state?;
             let request = match inbound.message().await {
                 Ok(Some(r)) => r,
-                Ok(None) => break,
+                Ok(None) => return None,
                 Err(e) => {
                     tracing::debug!(error = %e, "worker stream closed with an error");
-                    break;
+                    return None;
                 }
             };
             let reply = handler.handle(request).await;
-            let failed = reply.is_err();
-            if tx.send(reply).await.is_err() || failed {
-                break;
-            }
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
+            let next = reply.is_ok().then_some((inbound, handler));
+            Some((reply, next))
+        },
+    ))
 }
 
-struct Heartbeats(Manager);
-
 #[tonic::async_trait]
-impl StreamHandler<pb::HeartbeatRequest, pb::HeartbeatResponse> for Heartbeats {
+impl StreamHandler<pb::HeartbeatRequest, pb::HeartbeatResponse> for HeartbeatStream {
     async fn handle(&mut self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
-        let ctx = self.0.verify_job_token(&req.job_jwt).map_err(status)?;
-        let reply = self.0.heartbeat(&ctx).await.map_err(status)?;
+        let reply = self.beat(&req.job_jwt).await.map_err(status)?;
         Ok(pb::HeartbeatResponse { reply })
     }
 }
@@ -164,7 +163,7 @@ impl BuildManager for WorkerService {
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         Ok(Response::new(reply_stream(
             request.into_inner(),
-            Heartbeats(self.manager.clone()),
+            HeartbeatStream::new(self.manager.clone()),
         )))
     }
 
@@ -246,8 +245,105 @@ pub async fn serve(
     }
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "gRPC worker service listening");
+    // Every exchange is a small request awaiting a small answer: with Nagle's algorithm
+    // on, an answer written in two pieces waits for the worker's delayed ACK (tens of ms).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(conn) = &conn
+            && let Err(e) = conn.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a worker connection");
+        }
+        conn
+    });
+    // Connections end with this function's future (see `Severable`), not only when their
+    // streams do.
+    let (_server_alive, alive) = tokio::sync::watch::channel(());
+    let incoming = incoming.map(move |conn| conn.map(|io| Severable::new(io, alive.clone())));
     builder
         .add_service(BuildManagerServer::new(WorkerService { manager }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// A worker connection that is cut once the server that accepted it is gone.
+///
+/// tonic runs every connection in a task of its own, and its graceful shutdown waits for the
+/// streams on them to end, which a worker's heartbeat stream never does; the caller then
+/// drops (aborts) the server. Without this, the connections, and the manager their handlers
+/// hold, would outlive it: the worker would go on heartbeating into a manager that was
+/// stopped, and its job would never expire for another manager to take over.
+struct Severable {
+    io: tokio::net::TcpStream,
+    /// Resolves once the sender kept by `serve` is dropped.
+    server_gone: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    severed: bool,
+}
+
+impl Severable {
+    fn new(io: tokio::net::TcpStream, mut alive: tokio::sync::watch::Receiver<()>) -> Self {
+        Severable {
+            io,
+            server_gone: Box::pin(async move { while alive.changed().await.is_ok() {} }),
+            severed: false,
+        }
+    }
+
+    /// An error once the server is gone; otherwise wakes the connection when it goes.
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+        if !self.severed && std::future::Future::poll(self.server_gone.as_mut(), cx).is_ready() {
+            self.severed = true;
+        }
+        if self.severed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the gRPC server stopped",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl tonic::transport::server::Connected for Severable {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::Connected::connect_info(&self.io)
+    }
+}
+
+impl tokio::io::AsyncRead for Severable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        tokio::io::AsyncRead::poll_read(Pin::new(&mut self.io), cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Severable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.io), cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        tokio::io::AsyncWrite::poll_flush(Pin::new(&mut self.io), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        tokio::io::AsyncWrite::poll_shutdown(Pin::new(&mut self.io), cx)
+    }
 }

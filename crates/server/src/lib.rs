@@ -2,5 +2,12 @@
 //! ([`grpc`]) and the REST API users talk to ([`rest`]). Neither holds state or rules of
 //! its own; they translate requests and errors.
 
+mod codec;
 pub mod grpc;
 pub mod rest;
+
+/// The worker service's server side, generated with the compact codec (see build.rs).
+mod generated {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("buildman_pb");
+}

@@ -1,10 +1,24 @@
 //! Test support: a throwaway distribution registry (Debian's `docker-registry`) on
 //! 127.0.0.1 with htpasswd auth for Quay's `$token` user, and busybox base images built with
 //! buildah and no network. Tests need `buildah`, `docker-registry` and `busybox-static`
-//! installed (`.ci/run` installs them).
+//! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
+//! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
+//! [`redis`] (a `redis-server` per test).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub mod postgres;
+pub mod redis;
+
+/// A port on 127.0.0.1 that was free a moment ago (a server may still lose it to a race:
+/// callers retry on another).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
 
 /// The password the test registry accepts for user `$token`.
 pub const TOKEN: &str = "push-token-0123456789";
@@ -44,13 +58,10 @@ impl Registry {
     /// Starts `docker-registry serve` on a free loopback port with htpasswd auth for
     /// `$token` / [`TOKEN`].
     pub async fn start() -> Registry {
-        let program = which(&["docker-registry", "registry"]).expect("docker-registry is installed");
+        let program =
+            which(&["docker-registry", "registry"]).expect("docker-registry is installed");
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
         // Cost 4 (the minimum) keeps every request's password check fast.
         let hash = bcrypt::hash(TOKEN, 4).expect("bcrypt");
         std::fs::write(dir.path().join("htpasswd"), format!("$token:{hash}\n")).expect("htpasswd");
@@ -110,7 +121,10 @@ impl Registry {
     /// The image config of `repo:tag`, through its manifest.
     pub async fn image_config(&self, repo: &str, tag: &str) -> serde_json::Value {
         let manifest = self.json(&format!("{repo}/manifests/{tag}")).await;
-        let digest = manifest["config"]["digest"].as_str().expect("a config digest").to_string();
+        let digest = manifest["config"]["digest"]
+            .as_str()
+            .expect("a config digest")
+            .to_string();
         self.json(&format!("{repo}/blobs/{digest}")).await
     }
 }
@@ -147,7 +161,12 @@ impl Buildah {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
         }
         let container = self.run(&["from", "scratch"]).trim().to_string();
-        self.run(&["copy", &container, rootfs.to_str().expect("utf-8 path"), "/"]);
+        self.run(&[
+            "copy",
+            &container,
+            rootfs.to_str().expect("utf-8 path"),
+            "/",
+        ]);
         self.run(&["config", "--cmd", "/bin/sh", &container]);
         self.run(&["commit", "--quiet", &container, name]);
         self.run(&["rm", &container]);
@@ -156,6 +175,13 @@ impl Buildah {
     /// Pushes a local image to the test registry (plain http, `$token` login).
     pub fn push(&self, image: &str, destination: &str) {
         let creds = format!("$token:{TOKEN}");
-        self.run(&["push", "--tls-verify=false", "--creds", &creds, image, &format!("docker://{destination}")]);
+        self.run(&[
+            "push",
+            "--tls-verify=false",
+            "--creds",
+            &creds,
+            image,
+            &format!("docker://{destination}"),
+        ]);
     }
 }

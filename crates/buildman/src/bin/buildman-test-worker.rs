@@ -6,7 +6,9 @@
 //! Environment: quay-builder's `TOKEN`, `SERVER`, `INSECURE`; plus
 //! `TEST_WORKER_SCENARIO` (`happy` by default, `never-register`, `stop-heartbeats`,
 //! `hold-building`, `hold-pushing`, `hold-registered`), `TEST_WORKER_REPORT` (a file that
-//! gets one JSON line per event, for tests to read) and `TEST_WORKER_HEARTBEAT_MS`.
+//! gets one JSON line per event, for tests to read), `TEST_WORKER_HEARTBEAT_MS` and
+//! `TEST_WORKER_BUILD_MS` (when set, the building phase takes that long, between a
+//! `building` and a `built` report, so that the runs of several workers overlap).
 
 use std::time::Duration;
 
@@ -190,6 +192,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     log(" ---> Running in test worker\n").await?;
     log("Step 2/2 : COPY hello /\n").await?;
     log("Successfully built 0123456789ab\n").await?;
+    if let Some(ms) = std::env::var("TEST_WORKER_BUILD_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        report(serde_json::json!({ "event": "building" }));
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        report(serde_json::json!({ "event": "built" }));
+    }
     if scenario == "hold-building" {
         return wait_for_cancel(cancelled).await;
     }

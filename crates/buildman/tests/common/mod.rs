@@ -63,8 +63,13 @@ pub fn real_worker(dir: &Path, extra: &str) -> String {
     let script = dir.join("buildman-worker");
     if !script.exists() {
         let buildman = env!("CARGO_BIN_EXE_buildman");
-        std::fs::write(&script, format!("#!/bin/sh\nexec {buildman} worker \"$@\"\n")).expect("wrapper");
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nexec {buildman} worker \"$@\"\n"),
+        )
+        .expect("wrapper");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
     }
     format!(
         "  - EXECUTOR: popen\n    NAME: real\n    BUILDER_BINARY_LOCATION: {}\n{extra}",
@@ -83,12 +88,35 @@ impl TestServer {
         Self::start_in(dir, config, scenario, timings).await
     }
 
+    /// Like [`TestServer::start`], with more environment for the test worker (its knobs,
+    /// such as `TEST_WORKER_BUILD_MS`).
+    pub async fn start_with_env(
+        config: impl FnOnce(&Path) -> String,
+        scenario: &str,
+        timings: Timings,
+        worker_env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in_with_env(dir, config, scenario, timings, worker_env).await
+    }
+
     /// Like [`TestServer::start`] on an existing data dir (to restart a manager).
     pub async fn start_in(
         dir: tempfile::TempDir,
         config: impl FnOnce(&Path) -> String,
         scenario: &str,
         timings: Timings,
+    ) -> Self {
+        Self::start_in_with_env(dir, config, scenario, timings, &[]).await
+    }
+
+    /// Like [`TestServer::start_in`], with more environment for the test worker.
+    pub async fn start_in_with_env(
+        dir: tempfile::TempDir,
+        config: impl FnOnce(&Path) -> String,
+        scenario: &str,
+        timings: Timings,
+        worker_env: &[(&str, &str)],
     ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let yaml = config(dir.path());
@@ -108,6 +136,11 @@ impl TestServer {
             ("TEST_WORKER_REPORT".into(), report.display().to_string()),
             ("TEST_WORKER_HEARTBEAT_MS".into(), "200".into()),
         ];
+        options.worker_env.extend(
+            worker_env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
         let running = serve::start(options.clone()).await.expect("manager starts");
         let token = std::fs::read_to_string(options.data_dir.join("admin-token"))
             .expect("admin token")
@@ -167,7 +200,8 @@ impl TestServer {
 
     /// Submits a build of an uploaded lone Dockerfile; returns the build view.
     pub async fn submit(&self, repo: &str, tags: &[&str]) -> Value {
-        self.submit_bytes(repo, tags, b"FROM scratch\nCOPY hello /\n").await
+        self.submit_bytes(repo, tags, b"FROM scratch\nCOPY hello /\n")
+            .await
     }
 
     /// Submits a build of an uploaded context (an archive or a Dockerfile).
@@ -189,6 +223,17 @@ impl TestServer {
             resp.text().await.unwrap_or_default()
         );
         resp.json().await.expect("build view")
+    }
+
+    /// Asks to cancel a build (DELETE on Quay's build resource).
+    pub async fn cancel(&self, repo: &str, id: &str) -> reqwest::Response {
+        self.req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/repository/{repo}/build/{id}"),
+        )
+        .send()
+        .await
+        .expect("cancel")
     }
 
     /// The build view.

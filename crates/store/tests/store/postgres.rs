@@ -1,5 +1,5 @@
 //! The suite on fresh databases of a PostgreSQL server started by the tests
-//! (`support::postgres`), and PostgreSQL's own tests.
+//! (`buildman_testkit::postgres`), and PostgreSQL's own tests.
 
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
@@ -9,7 +9,7 @@ use buildman_store::{Store, StoreError};
 use sqlx::Connection;
 
 use crate::suite::{Backend, LEASE, new_build, soon, store_suite};
-use crate::support::postgres::fresh_database;
+use buildman_testkit::postgres::fresh_database;
 
 /// A database of its own on the test server.
 pub struct Postgres {

@@ -2,7 +2,7 @@
 //! (`podman build` is buildah's imagebuildah). The differences: the build subcommand
 //! (`buildah bud` — also spelled `build` since 1.24, `bud` works on every version — vs
 //! `podman build`), where `--runtime` goes (a `bud` flag for buildah, a global flag for
-//! podman), and `rmi -f` of a missing image (buildah exits 125 "image not known", podman 0).
+//! podman), and `rmi` of a missing image (buildah exits 125 "image not known", podman 0).
 
 use std::path::Path;
 
@@ -219,8 +219,11 @@ impl Backend for OciBackend {
     }
 
     async fn remove(&self, image: &str) -> Result<(), BackendError> {
+        // No -f: workers on one host share storage, and two builds with the same content
+        // share an image id. A plain rmi only untags a name the image still has others
+        // for, and leaves alone an image a running build uses.
         let mut cmd = self.command("rmi");
-        cmd.arg("-f").arg(image);
+        cmd.arg(image);
         match run(cmd, &self.label("rmi"), None, &[]).await {
             // Nothing to remove (the build failed before tagging): the goal is met.
             Err(e) if is_image_unknown(&e) => Ok(()),

@@ -1,5 +1,5 @@
-//! A real PostgreSQL server for the tests: one per test binary, started on first use, and a
-//! fresh database for each test.
+//! A real PostgreSQL server for tests: one per test binary, started on first use, and a
+//! fresh database for each caller ([`fresh_database`]).
 //!
 //! The server runs from a data directory in the temp dir, on 127.0.0.1 and a free port, as
 //! the `postgres` user when the tests run as root (PostgreSQL refuses to run as root). Its
@@ -19,7 +19,6 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -198,13 +197,13 @@ fn tell_watchdog(pid: i32) {
 /// Initialises a data directory and starts the server; called once per test binary.
 fn start() -> Result<Server, String> {
     let bin = bindir().ok_or(
-        "PostgreSQL is not installed: the PostgreSQL store tests need its server programs \
+        "PostgreSQL is not installed: the PostgreSQL tests need its server programs \
          (initdb, postgres). Install it (Debian/Ubuntu: `apt-get install postgresql`; CI \
          does), or set BUILDMAN_PG_BINDIR to the directory holding them.",
     )?;
     let user = server_user()?;
     let dir = std::env::temp_dir().join(format!(
-        "buildman-store-pg-{}",
+        "buildman-test-pg-{}",
         uuid::Uuid::new_v4().simple()
     ));
     let data = dir.join("data");
@@ -246,10 +245,7 @@ fn start() -> Result<Server, String> {
     let log_path = dir.join("server.log");
     let mut failure = String::new();
     for _ in 0..3 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port: {e}"))?
-            .port();
+        let port = crate::free_port();
         let log = File::create(&log_path).map_err(|e| format!("creating the log: {e}"))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let mut server = command(bin.join("postgres"), user, &dir)

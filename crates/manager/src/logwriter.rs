@@ -1,0 +1,82 @@
+//! Group commit for worker log lines. Every LogMessage stream hands its line to one writer
+//! task, which appends all the lines waiting at that moment in a single store transaction
+//! and acknowledges each line once its batch is committed. Under load a batch holds the
+//! lines of many streams, so the store does one commit (and one round of per-build
+//! lookups) for all of them instead of one per line, and streams no longer queue on the
+//! database's write lock one transaction each; with a single stream a batch is one line.
+//!
+//! Nothing changes for a worker: a line is acknowledged only after it is durable, and each
+//! stream has one line in flight, so lines of a build keep their order.
+
+use std::sync::Arc;
+
+use buildman_store::{Store, WorkerLine};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ManagerError;
+
+/// Most lines written in one transaction; more wait for the next one.
+const MAX_BATCH: usize = 2048;
+/// Lines waiting for the writer at most: past it, streams wait to hand theirs over.
+const QUEUE: usize = 8192;
+
+type Ack = oneshot::Sender<Result<bool, ManagerError>>;
+
+/// The handle streams append through; the writer task ends when it is dropped.
+pub(crate) struct LogWriter {
+    tx: mpsc::Sender<(WorkerLine, Ack)>,
+}
+
+fn stopped() -> ManagerError {
+    ManagerError::Internal("the log writer stopped".into())
+}
+
+impl LogWriter {
+    /// Starts the writer task on the current runtime.
+    pub(crate) fn spawn(store: Arc<dyn Store>) -> LogWriter {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(store, rx));
+        LogWriter { tx }
+    }
+
+    /// Appends one line with the next batch; `Ok(false)` when the store already held it
+    /// (re-sent after a reconnect), as [`Store::append_worker_lines`] says.
+    pub(crate) async fn append(&self, line: WorkerLine) -> Result<bool, ManagerError> {
+        let (ack, done) = oneshot::channel();
+        self.tx.send((line, ack)).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
+    }
+}
+
+/// Writes whatever is waiting, batch after batch, until every handle is gone.
+async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WorkerLine, Ack)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (lines, acks): (Vec<WorkerLine>, Vec<Ack>) = batch.drain(..).unzip();
+        match store.append_worker_lines(&lines).await {
+            Ok(stored) => {
+                for (ack, stored) in acks.into_iter().zip(stored) {
+                    let _ = ack.send(Ok(stored));
+                }
+            }
+            Err(e) if lines.len() == 1 => {
+                if let Some(ack) = acks.into_iter().next() {
+                    let _ = ack.send(Err(e.into()));
+                }
+            }
+            Err(e) => {
+                // One bad line (say, of a build that is gone) must not fail the other
+                // streams' lines: write each on its own, so only its own stream sees it.
+                tracing::warn!(error = %e, lines = lines.len(), "a batch of log lines failed; writing them one by one");
+                for (line, ack) in lines.into_iter().zip(acks) {
+                    let result = store
+                        .append_worker_lines(std::slice::from_ref(&line))
+                        .await
+                        .map(|stored| stored.first().copied().unwrap_or(false))
+                        .map_err(ManagerError::from);
+                    let _ = ack.send(result);
+                }
+            }
+        }
+    }
+}
