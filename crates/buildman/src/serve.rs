@@ -118,9 +118,13 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let orchestrator: Arc<dyn buildman_orchestrator::Orchestrator> = match &bm.orchestrator {
         OrchestratorConfig::Memory => Arc::new(MemoryOrchestrator::new()),
         OrchestratorConfig::Redis(r) => Arc::new(
-            RedisOrchestrator::connect(redis_config(r, &bm.orchestrator_prefix, bm.machine_max_time))
-                .await
-                .context("connecting to the Redis orchestrator (BUILD_MANAGER[1].ORCHESTRATOR)")?,
+            RedisOrchestrator::connect(redis_config(
+                r,
+                &bm.orchestrator_prefix,
+                bm.machine_max_time,
+            ))
+            .await
+            .context("connecting to the Redis orchestrator (BUILD_MANAGER[1].ORCHESTRATOR)")?,
         ),
     };
     let tokens = token_service(config, data_dir)?;

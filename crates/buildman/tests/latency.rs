@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +29,10 @@ async fn submit_to_worker_started_latency() {
         let file_id = s.upload(b"FROM scratch\n").await;
         let submitted = now_ms();
         let view: serde_json::Value = s
-            .req(reqwest::Method::POST, "/api/v1/repository/demo/latency/build/")
+            .req(
+                reqwest::Method::POST,
+                "/api/v1/repository/demo/latency/build/",
+            )
             .json(&serde_json::json!({ "file_id": file_id }))
             .send()
             .await
@@ -36,10 +42,14 @@ async fn submit_to_worker_started_latency() {
             .unwrap();
         let id = view["id"].as_str().unwrap().to_string();
         let started = s
-            .wait_report(|r| r["event"] == "started" && r["build_uuid"] == id.as_str(), Duration::from_secs(30))
+            .wait_report(
+                |r| r["event"] == "started" && r["build_uuid"] == id.as_str(),
+                Duration::from_secs(30),
+            )
             .await;
         samples.push(started["at"].as_u64().unwrap().saturating_sub(submitted));
-        s.wait_phase(&id, &["complete"], Duration::from_secs(30)).await;
+        s.wait_phase(&id, &["complete"], Duration::from_secs(30))
+            .await;
     }
     samples.sort();
     println!(

@@ -225,7 +225,11 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
         [true, true]
     );
     let logs = s.logs("demo/proto", &id).await;
-    assert_eq!(logs.len(), before_logs + 3, "the re-sent line was stored once");
+    assert_eq!(
+        logs.len(),
+        before_logs + 3,
+        "the re-sent line was stored once"
+    );
     assert_eq!(logs.last().unwrap()["message"], "after reconnect\n");
 
     // None of the refusals moved the build.

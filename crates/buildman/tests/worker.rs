@@ -77,20 +77,43 @@ async fn a_real_build_pushes_every_tag_to_the_registry() {
         "FROM {}/base\nRUN echo built-by-buildman > /result.txt\nCOPY file.txt /file.txt\n",
         registry.addr
     );
-    let context = tar_gz(&[("Dockerfile", dockerfile.as_bytes()), ("file.txt", b"hello\n")], &[]);
-    let id = s.submit_bytes("demo/app", &["v1", "latest"], &context).await["id"].as_str().unwrap().to_string();
-    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    let context = tar_gz(
+        &[
+            ("Dockerfile", dockerfile.as_bytes()),
+            ("file.txt", b"hello\n"),
+        ],
+        &[],
+    );
+    let id = s
+        .submit_bytes("demo/app", &["v1", "latest"], &context)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
     let logs = s.logs("demo/app", &id).await;
     assert_eq!(view["phase"], "complete", "{view}\n{logs:#?}");
 
     for tag in ["v1", "latest"] {
         let config = registry.image_config("demo/app", tag).await;
         let history = config["history"].to_string();
-        assert!(history.contains("echo built-by-buildman > /result.txt"), "{tag}: {history}");
+        assert!(
+            history.contains("echo built-by-buildman > /result.txt"),
+            "{tag}: {history}"
+        );
     }
     assert_eq!(
         phases(&logs),
-        ["build-scheduled", "unpacking", "pulling", "building", "pushing", "complete"]
+        [
+            "build-scheduled",
+            "unpacking",
+            "pulling",
+            "building",
+            "pushing",
+            "complete"
+        ]
     );
     let pulling = logs.iter().find(|e| e["message"] == "pulling").unwrap();
     assert_eq!(pulling["data"]["registry_url"], registry.addr.as_str());
@@ -98,10 +121,17 @@ async fn a_real_build_pushes_every_tag_to_the_registry() {
     let steps = messages(&logs, "command");
     assert_eq!(steps.len(), 3, "{steps:?}");
     assert!(steps[0].starts_with("Step 1/3 : FROM"), "{steps:?}");
-    assert!(steps[1].starts_with("Step 2/3 : RUN echo built-by-buildman"), "{steps:?}");
+    assert!(
+        steps[1].starts_with("Step 2/3 : RUN echo built-by-buildman"),
+        "{steps:?}"
+    );
     // The work dir went with the build.
     let work = s.dir.path().join("work");
-    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0, "work dir left behind");
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "work dir left behind"
+    );
     s.stop().await;
 }
 
@@ -109,15 +139,35 @@ async fn a_real_build_pushes_every_tag_to_the_registry() {
 async fn a_wrong_push_token_ends_in_error_with_the_registrys_refusal() {
     let scratch = tempfile::tempdir().unwrap();
     let registry = registry_with_base(scratch.path()).await;
-    let s = TestServer::start(|d| registry_config(d, &registry, "wrong-token"), "", fast_timings()).await;
+    let s = TestServer::start(
+        |d| registry_config(d, &registry, "wrong-token"),
+        "",
+        fast_timings(),
+    )
+    .await;
     let dockerfile = format!("FROM {}/base\nRUN true\n", registry.addr);
-    let id = s.submit_bytes("demo/denied", &[], dockerfile.as_bytes()).await["id"].as_str().unwrap().to_string();
-    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    let id = s
+        .submit_bytes("demo/denied", &[], dockerfile.as_bytes())
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
     assert_eq!(view["phase"], "error", "{view}");
     let logs = s.logs("demo/denied", &id).await;
     let errors = messages(&logs, "error").join("\n");
-    assert!(errors.contains("unauthorized") || errors.contains("authentication required"), "{errors}");
-    assert!(!serde_json::to_string(&logs).unwrap().contains("wrong-token"), "the token leaked into the log");
+    assert!(
+        errors.contains("unauthorized") || errors.contains("authentication required"),
+        "{errors}"
+    );
+    assert!(
+        !serde_json::to_string(&logs)
+            .unwrap()
+            .contains("wrong-token"),
+        "the token leaked into the log"
+    );
     s.stop().await;
 }
 
@@ -133,7 +183,11 @@ async fn a_git_context_builds_the_requested_commit() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     std::fs::create_dir_all(&repo).unwrap();
@@ -146,7 +200,12 @@ async fn a_git_context_builds_the_requested_commit() {
     }
     let older = git(&["rev-parse", "HEAD~1"]);
     let bare = scratch.path().join("src.git");
-    let out = std::process::Command::new("git").args(["clone", "-q", "--bare"]).arg(&repo).arg(&bare).output().unwrap();
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&repo)
+        .arg(&bare)
+        .output()
+        .unwrap();
     assert!(out.status.success());
 
     let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
@@ -170,8 +229,15 @@ async fn a_git_context_builds_the_requested_commit() {
         .await
         .unwrap();
     let id = build.id.to_string();
-    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
-    assert_eq!(view["phase"], "complete", "{view}\n{:#?}", s.logs("demo/git", &id).await);
+    let view = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
+    assert_eq!(
+        view["phase"],
+        "complete",
+        "{view}\n{:#?}",
+        s.logs("demo/git", &id).await
+    );
     let history = registry.image_config("demo/git", "old").await["history"].to_string();
     assert!(history.contains("version-one"), "{history}");
     assert!(!history.contains("version-two"), "{history}");
@@ -180,46 +246,102 @@ async fn a_git_context_builds_the_requested_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_end_in_error_and_touch_nothing_outside_the_work_dir() {
-    let s = TestServer::start(|d| config_yaml("ALLOWED_WORKER_COUNT: 2", &real_worker(d, "")), "", fast_timings()).await;
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 2", &real_worker(d, "")),
+        "",
+        fast_timings(),
+    )
+    .await;
     // The worker's work dirs are made in <test>/work; a canary sits beside them.
     let work = s.dir.path().join("work");
     let canary = work.join("canary");
     std::fs::write(&canary, "untouched").unwrap();
     let dockerfile: &[u8] = b"FROM scratch\n";
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("dotdot", tar_gz(&[("Dockerfile", dockerfile), ("../../canary", b"overwritten")], &[]), ".."),
-        ("absolute", tar_gz(&[("Dockerfile", dockerfile), ("/tmp/buildman-escaped", b"x")], &[]), "absolute"),
-        ("symlink", tar_gz(&[("Dockerfile", dockerfile), ("out/canary", b"overwritten")], &[("out", "../..")]), "outside"),
+        (
+            "dotdot",
+            tar_gz(
+                &[("Dockerfile", dockerfile), ("../../canary", b"overwritten")],
+                &[],
+            ),
+            "..",
+        ),
+        (
+            "absolute",
+            tar_gz(
+                &[("Dockerfile", dockerfile), ("/tmp/buildman-escaped", b"x")],
+                &[],
+            ),
+            "absolute",
+        ),
+        (
+            "symlink",
+            tar_gz(
+                &[("Dockerfile", dockerfile), ("out/canary", b"overwritten")],
+                &[("out", "../..")],
+            ),
+            "outside",
+        ),
     ];
     for (name, archive, reason) in cases {
-        let id = s.submit_bytes(&format!("demo/{name}"), &[], &archive).await["id"].as_str().unwrap().to_string();
-        let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+        let id = s.submit_bytes(&format!("demo/{name}"), &[], &archive).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let view = s
+            .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+            .await;
         assert_eq!(view["phase"], "error", "{name}: {view}");
         let errors = messages(&s.logs(&format!("demo/{name}"), &id).await, "error").join("\n");
         assert!(errors.contains(reason), "{name}: {errors}");
     }
     assert_eq!(std::fs::read_to_string(&canary).unwrap(), "untouched");
     assert!(!Path::new("/tmp/buildman-escaped").exists());
-    let left: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, [std::ffi::OsString::from("canary")], "only the canary remains");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("canary")],
+        "only the canary remains"
+    );
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_registry_the_image_is_written_as_an_oci_layout() {
     let scratch = tempfile::tempdir().unwrap();
-    let s = TestServer::start(|d| config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, "")), "", fast_timings()).await;
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, "")),
+        "",
+        fast_timings(),
+    )
+    .await;
     std::fs::copy(buildman_testkit::busybox(), scratch.path().join("busybox")).unwrap();
     let busybox = std::fs::read(scratch.path().join("busybox")).unwrap();
     let dockerfile: &[u8] =
         b"FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo hi > /hi\"]\n";
     let context = tar_gz(&[("Dockerfile", dockerfile), ("busybox", &busybox)], &[]);
-    let id = s.submit_bytes("demo/local", &["v1"], &context).await["id"].as_str().unwrap().to_string();
-    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
-    assert_eq!(view["phase"], "complete", "{view}\n{:#?}", messages(&s.logs("demo/local", &id).await, "error"));
-    let location = view["result_location"].as_str().expect("the view says where the image is");
+    let id = s.submit_bytes("demo/local", &["v1"], &context).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
+    assert_eq!(
+        view["phase"],
+        "complete",
+        "{view}\n{:#?}",
+        messages(&s.logs("demo/local", &id).await, "error")
+    );
+    let location = view["result_location"]
+        .as_str()
+        .expect("the view says where the image is");
     let dir = Path::new(location.strip_prefix("oci:").unwrap());
-    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     assert!(index.to_string().contains("\"v1\""), "{index}");
     s.stop().await;
 }
@@ -256,7 +378,11 @@ impl Proxy {
                 let l = match &listener {
                     Some(l) => l,
                     None => {
-                        listener = Some(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+                        listener = Some(
+                            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                                .await
+                                .unwrap(),
+                        );
                         continue;
                     }
                 };
@@ -275,7 +401,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, cut, target, accepted }
+        Proxy {
+            port,
+            cut,
+            target,
+            accepted,
+        }
     }
 }
 
@@ -302,7 +433,10 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do echo line-$i; /bin/busybox sleep 0.5; done\"]\n\
         RUN [\"/bin/busybox\", \"echo\", \"after\"]\n";
     let context = tar_gz(&[("Dockerfile", dockerfile), ("busybox", &busybox)], &[]);
-    let id = s.submit_bytes("demo/flaky", &[], &context).await["id"].as_str().unwrap().to_string();
+    let id = s.submit_bytes("demo/flaky", &[], &context).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Mid-build (while the loop prints), the connection is cut for 3 seconds.
     s.wait_phase(&id, &["building"], T).await;
@@ -312,7 +446,9 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.cut.send_replace(false);
 
-    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
+    let view = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
     let logs = s.logs("demo/flaky", &id).await;
     assert_eq!(view["phase"], "complete", "{view}\n{logs:#?}");
     assert!(
@@ -336,7 +472,17 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
         .map(|l| l.split(" :").next().unwrap_or(l).to_string())
         .collect();
     assert_eq!(got, expected, "every line exactly once, in order");
-    assert_eq!(phases(&logs), ["build-scheduled", "unpacking", "pulling", "building", "pushing", "complete"]);
+    assert_eq!(
+        phases(&logs),
+        [
+            "build-scheduled",
+            "unpacking",
+            "pulling",
+            "building",
+            "pushing",
+            "complete"
+        ]
+    );
     s.stop().await;
 }
 
@@ -345,20 +491,43 @@ async fn workers_talk_tls_to_a_manager_with_a_certificate() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
         // A server certificate, not a CA: rustls refuses a CA certificate as a server's.
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
         .args(["-addext", "extendedKeyUsage=serverAuth", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = TestServer::start(
         |d| {
             let mut yaml = config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, ""));
-            yaml.push_str(&format!("BUILDMAN_GRPC_TLS:\n  CERT: {}\n  KEY: {}\n", cert.display(), key.display()));
+            yaml.push_str(&format!(
+                "BUILDMAN_GRPC_TLS:\n  CERT: {}\n  KEY: {}\n",
+                cert.display(),
+                key.display()
+            ));
             yaml
         },
         "",
@@ -366,16 +535,33 @@ async fn workers_talk_tls_to_a_manager_with_a_certificate() {
     )
     .await;
     // A plaintext client is refused: the listener speaks TLS only.
-    let plain = buildman_proto::build_manager_client::BuildManagerClient::connect(s.grpc.clone()).await;
+    let plain =
+        buildman_proto::build_manager_client::BuildManagerClient::connect(s.grpc.clone()).await;
     let refused = match plain {
         Err(_) => true,
         Ok(mut c) => c.ping(buildman_proto::PingRequest {}).await.is_err(),
     };
-    assert!(refused, "plaintext gRPC must not work against a TLS listener");
+    assert!(
+        refused,
+        "plaintext gRPC must not work against a TLS listener"
+    );
 
-    let context = tar_gz(&[("Dockerfile", b"FROM scratch\nCOPY f /f\n"), ("f", b"x")], &[]);
-    let id = s.submit_bytes("demo/tls", &[], &context).await["id"].as_str().unwrap().to_string();
-    let view = s.wait_phase(&id, &["complete", "error", "internalerror", "expired"], T).await;
-    assert_eq!(view["phase"], "complete", "{view}\n{:#?}", s.logs("demo/tls", &id).await);
+    let context = tar_gz(
+        &[("Dockerfile", b"FROM scratch\nCOPY f /f\n"), ("f", b"x")],
+        &[],
+    );
+    let id = s.submit_bytes("demo/tls", &[], &context).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = s
+        .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
+        .await;
+    assert_eq!(
+        view["phase"],
+        "complete",
+        "{view}\n{:#?}",
+        s.logs("demo/tls", &id).await
+    );
     s.stop().await;
 }

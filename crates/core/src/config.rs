@@ -1157,8 +1157,12 @@ fn parse_config(s: &mut Section) -> Config {
         max_queued_builds_per_namespace: s
             .u32_at_least("BUILDMAN_MAX_QUEUED_BUILDS_PER_NAMESPACE", 1),
         registry: s.string("BUILDMAN_REGISTRY").filter(|h| !h.is_empty()),
-        registry_push_token: s.string("BUILDMAN_REGISTRY_PUSH_TOKEN").filter(|t| !t.is_empty()),
-        registry_pull_token: s.string("BUILDMAN_REGISTRY_PULL_TOKEN").filter(|t| !t.is_empty()),
+        registry_push_token: s
+            .string("BUILDMAN_REGISTRY_PUSH_TOKEN")
+            .filter(|t| !t.is_empty()),
+        registry_pull_token: s
+            .string("BUILDMAN_REGISTRY_PULL_TOKEN")
+            .filter(|t| !t.is_empty()),
         controller_port: base.controller_port,
     };
     for (i, token) in config.api_tokens.iter().enumerate() {

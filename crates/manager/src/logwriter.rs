@@ -80,3 +80,67 @@ async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WorkerLine
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buildman_core::{BuildId, BuildSource, LogEntry, NewBuild};
+    use buildman_store::sqlite::SqliteStore;
+
+    async fn store_with_build() -> (Arc<dyn Store>, BuildId) {
+        let store = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+        let build = store
+            .create_build(
+                NewBuild {
+                    namespace: "ns".into(),
+                    repository: "repo".into(),
+                    source: BuildSource::ArchiveUrl {
+                        url: "http://example.com/c.tar".into(),
+                    },
+                    tags: vec![],
+                    context: "/".into(),
+                    dockerfile_path: "/Dockerfile".into(),
+                    display_name: "x".into(),
+                    manual_user: None,
+                    pull_robot: None,
+                },
+                3,
+                None,
+            )
+            .await
+            .unwrap();
+        (Arc::new(store), build.id)
+    }
+
+    fn line(build: BuildId, sequence: i32) -> WorkerLine {
+        WorkerLine {
+            build,
+            sequence,
+            entry: LogEntry::output(format!("line {sequence}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_waiting_together_are_written_together_and_a_bad_one_fails_alone() {
+        let (store, build) = store_with_build().await;
+        let writer = LogWriter::spawn(store.clone());
+        // Queued before the writer runs, so they make one batch; the unknown build's line
+        // fails that batch, and the retry line by line fails only that line.
+        let (a, b, unknown, again) = tokio::join!(
+            writer.append(line(build, 1)),
+            writer.append(line(build, 2)),
+            writer.append(line(BuildId::new(), 1)),
+            writer.append(line(build, 2)),
+        );
+        assert!(a.unwrap());
+        assert!(b.unwrap());
+        assert!(unknown.is_err());
+        assert!(
+            !again.unwrap(),
+            "a re-sent line is acknowledged but not stored"
+        );
+        let page = store.read_logs(build, 0, 10).await.unwrap();
+        let messages: Vec<&str> = page.entries.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["line 1", "line 2"]);
+    }
+}

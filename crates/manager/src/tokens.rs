@@ -407,6 +407,67 @@ mod tests {
     use super::*;
 
     #[test]
+    fn remembered_verifications_keep_kind_and_lifetime() {
+        let pair = KeyPair::generate().unwrap();
+        let service = TokenService::new("aud", &pair, &[]).unwrap();
+        let id = BuildId::new();
+        let token = service
+            .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
+            .unwrap();
+        let (first, until) = service.verify_until(&token, TokenType::Job).unwrap();
+        // The second answer comes from memory and is the same.
+        assert_eq!(
+            service.verify_until(&token, TokenType::Job).unwrap(),
+            (first, until)
+        );
+        // Memory never answers for another kind of token.
+        let err = service.verify(&token, TokenType::Registration).unwrap_err();
+        assert!(
+            err.to_string().contains("a job token was presented"),
+            "{err}"
+        );
+        // Nor past the token's validity.
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let remembered = service.verified.lock().unwrap();
+        assert!(remembered.get(&hash, TokenType::Job, until).is_some());
+        assert!(remembered.get(&hash, TokenType::Job, until + 1).is_none());
+        // A tampered token is checked in full (and refused), not looked up.
+        drop(remembered);
+        let mut forged = token.clone();
+        forged.push('x');
+        assert!(service.verify(&forged, TokenType::Job).is_err());
+    }
+
+    #[test]
+    fn ring_signed_tokens_have_jsonwebtokens_form() {
+        let pair = KeyPair::generate().unwrap();
+        let service = TokenService::new("aud", &pair, &[]).unwrap();
+        assert!(
+            service.fast_signing.is_some(),
+            "a 2048-bit key is signed with ring"
+        );
+        let token = service
+            .issue(
+                TokenType::Job,
+                BuildId::new(),
+                "building/x",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::RS256);
+        assert_eq!(header.kid.as_deref(), Some(pair.kid.as_str()));
+        // Checked by jsonwebtoken against the public key alone.
+        let key = DecodingKey::from_rsa_pem(pair.public_pem.as_bytes()).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&["aud"]);
+        let data = jsonwebtoken::decode::<Claims>(&token, &key, &validation).unwrap();
+        assert_eq!(data.claims.iss, ISSUER);
+        assert_eq!(data.claims.context.job_id, "building/x");
+    }
+
+    #[test]
     fn issue_and_verify_with_rotation() {
         let old = KeyPair::generate().unwrap();
         let new = KeyPair::generate().unwrap();

@@ -481,3 +481,36 @@ impl LogStream {
         self.verified.as_ref().map(|v| v.context.build_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_fresh_until_it_needs_moving_by_more_than_the_minimum() {
+        let mut leases = Leases::default();
+        let build = BuildId::new();
+        assert!(!leases.is_fresh(build, "claim", 1_000_000, 60_000));
+        leases.remember(build, "claim", 1_000_000);
+        assert!(leases.is_fresh(build, "claim", 1_000_000, 60_000));
+        assert!(leases.is_fresh(build, "claim", 1_060_000, 60_000));
+        assert!(!leases.is_fresh(build, "claim", 1_060_001, 60_000));
+        // Another claim of the item (a later attempt) is not this lease.
+        assert!(!leases.is_fresh(build, "other-claim", 1_000_000, 60_000));
+        leases.forget(build);
+        assert!(!leases.is_fresh(build, "claim", 1_000_000, 60_000));
+    }
+
+    #[test]
+    fn lapsed_leases_are_pruned() {
+        let mut leases = Leases::default();
+        for _ in 0..LEASES_PRUNE_MIN {
+            leases.remember(BuildId::new(), "claim", 0);
+        }
+        let live = BuildId::new();
+        let future = crate::now().timestamp_millis() + 60_000;
+        leases.remember(live, "claim", future);
+        assert_eq!(leases.marks.len(), 1, "the lapsed marks went");
+        assert!(leases.is_fresh(live, "claim", future, 0));
+    }
+}

@@ -37,8 +37,10 @@ impl WorkerEnv {
     /// Reads the environment through `get`; an error names the missing or bad variable.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let token = non_empty("TOKEN").ok_or("TOKEN is not set: the worker needs its registration token")?;
-        let server = non_empty("SERVER").ok_or("SERVER is not set: the worker needs host:port of the build manager")?;
+        let token = non_empty("TOKEN")
+            .ok_or("TOKEN is not set: the worker needs its registration token")?;
+        let server = non_empty("SERVER")
+            .ok_or("SERVER is not set: the worker needs host:port of the build manager")?;
         let ca_pem = match non_empty("TLS_CERT_PATH") {
             Some(p) => Some(std::fs::read(&p).map_err(|e| format!("TLS_CERT_PATH {p}: {e}"))?),
             None => None,
@@ -90,7 +92,9 @@ pub async fn run(env: &WorkerEnv) -> Result<Outcome, SessionError> {
     let work = tempfile::Builder::new()
         .prefix("buildman-work-")
         .tempdir_in(&env.work_root)
-        .map_err(|e| SessionError::Endpoint(format!("work dir in {}: {e}", env.work_root.display())))?;
+        .map_err(|e| {
+            SessionError::Endpoint(format!("work dir in {}: {e}", env.work_root.display()))
+        })?;
     let backend = match backend::from_env(
         env.container_runtime.as_deref(),
         env.buildah_isolation.as_deref(),
@@ -128,7 +132,11 @@ pub async fn run(env: &WorkerEnv) -> Result<Outcome, SessionError> {
     }
 }
 
-async fn report_failure(session: &mut Session, logger: &Logger, why: String) -> Result<Outcome, SessionError> {
+async fn report_failure(
+    session: &mut Session,
+    logger: &Logger,
+    why: String,
+) -> Result<Outcome, SessionError> {
     logger.error(&why).await;
     session.flush_logs().await;
     session.set_phase(pb::Phase::Error, None).await?;
@@ -138,7 +146,11 @@ async fn report_failure(session: &mut Session, logger: &Logger, why: String) -> 
 /// A short unique name for the work image, from the work dir's random suffix.
 fn uuid_like(work: &Path) -> String {
     work.file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), ""))
+        .map(|n| {
+            n.to_string_lossy()
+                .to_ascii_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        })
         .unwrap_or_default()
 }
 
@@ -169,7 +181,9 @@ fn forward(logger: Logger) -> (mpsc::Sender<String>, tokio::task::JoinHandle<()>
     let (tx, mut rx) = mpsc::channel::<String>(256);
     let task = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
-            logger.stream(&format!("{}\n", backend::normalize_step_line(&line))).await;
+            logger
+                .stream(&format!("{}\n", backend::normalize_step_line(&line)))
+                .await;
         }
     });
     (tx, task)
@@ -192,11 +206,21 @@ async fn build(
             sha: g.sha.clone(),
             private_key: Some(g.private_key.clone()).filter(|k| !k.is_empty()),
         },
-        None => return Err(Failure::Build("the build pack names neither a package URL nor a git repository".into())),
+        None => {
+            return Err(Failure::Build(
+                "the build pack names neither a package URL nor a git repository".into(),
+            ));
+        }
     };
-    let prepared = context::prepare(&source, &pack.context, &pack.dockerfile_path, work, &env.limits)
-        .await
-        .map_err(|e| Failure::Build(e.to_string()))?;
+    let prepared = context::prepare(
+        &source,
+        &pack.context,
+        &pack.dockerfile_path,
+        work,
+        &env.limits,
+    )
+    .await
+    .map_err(|e| Failure::Build(e.to_string()))?;
     let dockerfile = std::fs::read_to_string(&prepared.dockerfile)
         .map_err(|e| Failure::Build(format!("reading the Dockerfile: {e}")))?;
 
@@ -219,7 +243,10 @@ async fn build(
             registry_url: registry.clone(),
             base_image: repo,
             base_image_tag: tag,
-            pull_username: base_creds.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
+            pull_username: base_creds
+                .as_ref()
+                .map(|c| c.username.clone())
+                .unwrap_or_default(),
         };
         session.set_phase(pb::Phase::Pulling, Some(meta)).await?;
         // A base image on the job's own registry is pulled with Quay's pull token.
@@ -255,13 +282,22 @@ async fn build(
         let pull_creds = Credentials::token(pack.pull_token.clone());
         let (out, task) = forward(logger.clone());
         let primed = backend
-            .pull(&cached_image, Some(&pull_creds), is_loopback_registry(&pack.registry), &out)
+            .pull(
+                &cached_image,
+                Some(&pull_creds),
+                is_loopback_registry(&pack.registry),
+                &out,
+            )
             .await;
         drop(out);
         let _ = task.await;
         match primed {
             Ok(()) => cache_from = Some(cached_image),
-            Err(e) => logger.stream(&format!("cache not primed ({cached_image}): {e}\n")).await,
+            Err(e) => {
+                logger
+                    .stream(&format!("cache not primed ({cached_image}): {e}\n"))
+                    .await
+            }
         }
     }
 
@@ -282,12 +318,15 @@ async fn build(
     }
     if !pack.registry.is_empty() && !pack.pull_token.is_empty() {
         // Cache lookups in the job's own repository use Quay's pull token.
-        request
-            .registry_creds
-            .insert(pack.registry.clone(), Credentials::token(pack.pull_token.clone()));
+        request.registry_creds.insert(
+            pack.registry.clone(),
+            Credentials::token(pack.pull_token.clone()),
+        );
     }
     if let (Some(creds), Some(base)) = (&base_creds, bases.first()) {
-        request.registry_creds.insert(split_image(base).0, creds.clone());
+        request
+            .registry_creds
+            .insert(split_image(base).0, creds.clone());
     }
     let (out, task) = forward(session.logger("building"));
     let built = backend.build(&request, &out).await;
@@ -312,12 +351,22 @@ async fn push(
     creds: &Credentials,
     out: &mpsc::Sender<String>,
 ) -> Result<(), Failure> {
-    let tags = if pack.tag_names.is_empty() { vec!["latest".to_string()] } else { pack.tag_names.clone() };
+    let tags = if pack.tag_names.is_empty() {
+        vec!["latest".to_string()]
+    } else {
+        pack.tag_names.clone()
+    };
     if !pack.registry.is_empty() {
         for tag in &tags {
             let destination = format!("{}/{}:{tag}", pack.registry, pack.repository);
             backend
-                .push(image, &destination, Some(creds), is_loopback_registry(&pack.registry), out)
+                .push(
+                    image,
+                    &destination,
+                    Some(creds),
+                    is_loopback_registry(&pack.registry),
+                    out,
+                )
                 .await
                 .map_err(|e| Failure::Build(format!("pushing {destination}: {e}")))?;
         }
@@ -329,12 +378,15 @@ async fn push(
         ));
     };
     let layout = dir.join(&pack.repository);
-    std::fs::create_dir_all(&layout).map_err(|e| Failure::Build(format!("creating {}: {e}", layout.display())))?;
+    std::fs::create_dir_all(&layout)
+        .map_err(|e| Failure::Build(format!("creating {}: {e}", layout.display())))?;
     for tag in &tags {
         backend
             .export_oci(image, &layout, tag, out)
             .await
-            .map_err(|e| Failure::Build(format!("writing the OCI layout {}: {e}", layout.display())))?;
+            .map_err(|e| {
+                Failure::Build(format!("writing the OCI layout {}: {e}", layout.display()))
+            })?;
     }
     Ok(())
 }
@@ -346,10 +398,22 @@ mod tests {
     #[test]
     fn images_split_with_docker_defaults() {
         let s = |i| split_image(i);
-        assert_eq!(s("alpine"), ("docker.io".into(), "alpine".into(), "latest".into()));
-        assert_eq!(s("library/alpine:3"), ("docker.io".into(), "library/alpine".into(), "3".into()));
-        assert_eq!(s("127.0.0.1:5000/base"), ("127.0.0.1:5000".into(), "base".into(), "latest".into()));
-        assert_eq!(s("quay.io/ns/repo:v1"), ("quay.io".into(), "ns/repo".into(), "v1".into()));
+        assert_eq!(
+            s("alpine"),
+            ("docker.io".into(), "alpine".into(), "latest".into())
+        );
+        assert_eq!(
+            s("library/alpine:3"),
+            ("docker.io".into(), "library/alpine".into(), "3".into())
+        );
+        assert_eq!(
+            s("127.0.0.1:5000/base"),
+            ("127.0.0.1:5000".into(), "base".into(), "latest".into())
+        );
+        assert_eq!(
+            s("quay.io/ns/repo:v1"),
+            ("quay.io".into(), "ns/repo".into(), "v1".into())
+        );
         assert!(is_loopback_registry("127.0.0.1:5000"));
         assert!(is_loopback_registry("localhost"));
         assert!(!is_loopback_registry("quay.io"));

@@ -52,7 +52,8 @@ pub enum SessionError {
 impl Target {
     fn channel(&self) -> Result<Channel, SessionError> {
         let scheme = if self.insecure { "http" } else { "https" };
-        let bad = |e: &dyn std::fmt::Display| SessionError::Endpoint(format!("{}: {e}", self.server));
+        let bad =
+            |e: &dyn std::fmt::Display| SessionError::Endpoint(format!("{}: {e}", self.server));
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.server))
             .map_err(|e| bad(&e))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -73,7 +74,10 @@ impl Target {
 
 /// True for failures of the connection rather than answers of the manager.
 fn transient(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
 }
 
 /// Retries `call` on connection failures with a capped exponential backoff.
@@ -135,7 +139,10 @@ enum LogCommand {
 impl Session {
     /// Pings the manager, opens the log stream, registers with the registration token and
     /// starts heartbeating, in quay-builder's order.
-    pub async fn register(target: &Target, token: &str) -> Result<(Session, pb::BuildPack), SessionError> {
+    pub async fn register(
+        target: &Target,
+        token: &str,
+    ) -> Result<(Session, pb::BuildPack), SessionError> {
         let client = Client::new(target.channel()?);
         let server = target.server.clone();
         retry(&server, "Ping", || {
@@ -147,7 +154,10 @@ impl Session {
         let pack = retry(&server, "RegisterBuildJob", || {
             let mut c = client.clone();
             let register_jwt = token.to_string();
-            async move { c.register_build_job(pb::BuildJobArgs { register_jwt }).await }
+            async move {
+                c.register_build_job(pb::BuildJobArgs { register_jwt })
+                    .await
+            }
         })
         .await?
         .into_inner();
@@ -200,7 +210,11 @@ impl Session {
     }
 
     /// Asks which tag to prime the cache from ("" for none).
-    pub async fn cached_tag(&self, base_image: &str, base_tag: &str) -> Result<String, SessionError> {
+    pub async fn cached_tag(
+        &self,
+        base_image: &str,
+        base_tag: &str,
+    ) -> Result<String, SessionError> {
         let request = pb::CachedTagRequest {
             job_jwt: self.job_jwt.clone(),
             base_image_name: base_image.to_string(),
@@ -255,13 +269,17 @@ pub struct Logger {
 impl Logger {
     /// Queues an output line (`{"stream": line}`).
     pub async fn stream(&self, line: &str) {
-        self.raw(serde_json::json!({ "stream": line }).to_string()).await;
+        self.raw(serde_json::json!({ "stream": line }).to_string())
+            .await;
     }
 
     /// Queues an error line (`{"error": ..., "errorDetail": {"message": ...}}`).
     pub async fn error(&self, message: &str) {
-        self.raw(serde_json::json!({ "error": message, "errorDetail": { "message": message } }).to_string())
-            .await;
+        self.raw(
+            serde_json::json!({ "error": message, "errorDetail": { "message": message } })
+                .to_string(),
+        )
+        .await;
     }
 
     async fn raw(&self, log_message: String) {
@@ -313,7 +331,9 @@ async fn log_stream(client: Client, mut commands: mpsc::Receiver<LogCommand>) {
                     None => return,
                 }
             }
-            let Some(line) = pending.front().cloned() else { continue };
+            let Some(line) = pending.front().cloned() else {
+                continue;
+            };
             if tx.send(line.clone()).await.is_err() {
                 continue 'reconnect;
             }
@@ -321,12 +341,19 @@ async fn log_stream(client: Client, mut commands: mpsc::Receiver<LogCommand>) {
                 Ok(Some(reply)) if reply.sequence_number == line.sequence_number => {
                     backoff = Duration::from_millis(100);
                     if !reply.success {
-                        tracing::warn!(sequence = line.sequence_number, "log line refused by the manager");
+                        tracing::warn!(
+                            sequence = line.sequence_number,
+                            "log line refused by the manager"
+                        );
                     }
                     pending.pop_front();
                 }
                 Ok(Some(reply)) => {
-                    tracing::warn!(sent = line.sequence_number, got = reply.sequence_number, "log ack out of order");
+                    tracing::warn!(
+                        sent = line.sequence_number,
+                        got = reply.sequence_number,
+                        "log ack out of order"
+                    );
                     pending.pop_front();
                 }
                 Ok(None) | Err(_) => {
@@ -358,7 +385,13 @@ async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>)
             }
         };
         loop {
-            if tx.send(pb::HeartbeatRequest { job_jwt: jwt.clone() }).await.is_err() {
+            if tx
+                .send(pb::HeartbeatRequest {
+                    job_jwt: jwt.clone(),
+                })
+                .await
+                .is_err()
+            {
                 break;
             }
             match replies.message().await {

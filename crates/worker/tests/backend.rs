@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use buildman_testkit::{Buildah, Registry, TOKEN};
 use buildman_worker::backend::{
     Backend, BackendConfig, BackendError, BuildRequest, Credentials, LineSink, Tool, find_on_path,
     from_env, normalize_step_line, select_tool,
 };
-use buildman_testkit::{Buildah, Registry, TOKEN};
 use tokio::sync::mpsc;
 
 /// Everything a backend test needs: a registry and a temp dir for storage, contexts and
