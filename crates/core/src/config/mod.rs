@@ -1,0 +1,262 @@
+//! Quay's `config.yaml`, as far as the build manager reads it, plus buildman's own keys.
+//!
+//! The file is Quay's, so buildman reads Quay's key names and structure (BUILD_MANAGER as
+//! `[lifecycle, {...}]`, EXECUTORS, ORCHESTRATOR with `REDIS_*` keys) and follows Quay's
+//! defaults; one file configures both. The YAML is parsed into a [`serde_yaml_ng::Value`] and
+//! walked by hand rather than deserialized, so that every problem is reported at once, each
+//! prefixed with its path in the file
+//! (`BUILD_MANAGER[1].EXECUTORS[0].SETUP_TIME: expected an integer, got "abc"`): an operator
+//! fixes the whole file in one go. Unknown keys inside the build manager's sections are
+//! warnings; unknown top-level keys are silently ignored, since Quay's file holds far more than
+//! the build keys.
+//!
+//! Layout, one file per section of the YAML:
+//! - this file: [`Config`] (every top-level key), [`Config::parse`] and the top-level keys Quay
+//!   defines, the environment overrides and the worker address rules;
+//! - `buildman_keys`: buildman's own top-level `BUILDMAN_*` keys, which Quay does not know;
+//! - `manager`: BUILD_MANAGER; `orchestrator`: its ORCHESTRATOR;
+//! - `executors`: the keys every executor shares, and one file per kind for its own keys;
+//! - `diagnostics`: [`Diagnostic`], the collector and the typed readers every section uses;
+//! - `redact`: Debug output that never shows secrets.
+//!
+//! Every public type is re-exported here: callers name `config::X`, never a submodule.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_yaml_ng::Value;
+
+mod buildman_keys;
+mod diagnostics;
+mod executors;
+mod manager;
+mod orchestrator;
+mod redact;
+#[cfg(test)]
+mod tests;
+
+pub use buildman_keys::{SigningKeyConfig, TlsConfig, TrustedKeyConfig};
+pub use diagnostics::Diagnostic;
+pub use executors::{
+    BenchConfig, Ec2Config, ExecutorConfig, ExecutorKind, ExecutorSpecific, KubernetesConfig,
+    KubernetesDistribution, PopenConfig,
+};
+pub use manager::{BuildManagerConfig, Lifecycle};
+pub use orchestrator::{OrchestratorConfig, RedisConfig};
+
+use diagnostics::{Report, Section, describe};
+use redact::debug_redacting;
+
+/// Quay's metrics/controller port when BUILDMAN_CONTROLLER_PORT is unset.
+const DEFAULT_CONTROLLER_PORT: u16 = 8686;
+/// The TLS port in front of the gRPC server that workers dial when manager and registry share a host.
+const WORKER_TLS_PORT: u16 = 55443;
+
+/// The whole configuration the build manager runs with.
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    /// FEATURE_BUILD_SUPPORT: whether builds run at all.
+    pub feature_build_support: bool,
+    /// SERVER_HOSTNAME: the registry host (default `localhost:8080`).
+    pub server_hostname: String,
+    /// BUILDMAN_HOSTNAME: the host (and port) workers dial, if it differs from the registry's.
+    pub buildman_hostname: Option<String>,
+    /// BUILD_MANAGER: lifecycle, orchestrator and executors.
+    pub build_manager: BuildManagerConfig,
+    /// BUILDMAN_DATA_DIR: where buildman keeps its local state.
+    pub data_dir: Option<PathBuf>,
+    /// BUILDMAN_HTTP_LISTEN: the REST API's listen address.
+    pub http_listen: Option<SocketAddr>,
+    /// BUILDMAN_GRPC_LISTEN: the worker gRPC server's listen address.
+    pub grpc_listen: Option<SocketAddr>,
+    /// BUILDMAN_PUBLIC_URL: http(s) base URL workers fetch uploaded build contexts from (as given).
+    pub public_url: Option<String>,
+    /// BUILDMAN_GRPC_TLS: certificate and key of the gRPC server.
+    pub grpc_tls: Option<TlsConfig>,
+    /// BUILDMAN_DATABASE_URL: `sqlite:...`, `postgres://...` or `postgresql://...` (redacted in Debug).
+    pub database_url: Option<String>,
+    /// BUILDMAN_JWT_SIGNING_KEY: the key build tokens are signed with.
+    pub signing_key: Option<SigningKeyConfig>,
+    /// BUILDMAN_JWT_TRUSTED_KEYS: further public keys accepted when verifying tokens (rotation).
+    pub trusted_keys: Vec<TrustedKeyConfig>,
+    /// BUILDMAN_API_TOKENS: bearer tokens accepted by the REST API (redacted in Debug).
+    pub api_tokens: Vec<String>,
+    /// BUILDMAN_MAX_QUEUED_BUILDS_PER_NAMESPACE: cap on queued builds per namespace (>= 1).
+    pub max_queued_builds_per_namespace: Option<u32>,
+    /// BUILDMAN_REGISTRY: registry host workers push to; `None` means write OCI layouts locally.
+    pub registry: Option<String>,
+    /// BUILDMAN_REGISTRY_PUSH_TOKEN: the password workers log in to the registry with as
+    /// user `$token`, Quay's scheme (redacted in Debug).
+    pub registry_push_token: Option<String>,
+    /// BUILDMAN_REGISTRY_PULL_TOKEN: likewise for pulling the cache image; defaults to the
+    /// push token (redacted in Debug).
+    pub registry_pull_token: Option<String>,
+    /// BUILDMAN_CONTROLLER_PORT (environment only): Quay's metrics/controller port, default 8686.
+    pub controller_port: u16,
+}
+
+debug_redacting!(Config {
+    feature_build_support, server_hostname, buildman_hostname, build_manager, data_dir,
+    http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
+    max_queued_builds_per_namespace, registry, controller_port,
+} secret { database_url, api_tokens, registry_push_token, registry_pull_token });
+
+/// A parsed configuration and the warnings found on the way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Problems that did not stop parsing (unknown keys, skipped executors, ...).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A configuration that does not validate: every error, and the warnings found alongside.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalid {
+    /// Problems that stop the configuration from being used (never empty).
+    pub errors: Vec<Diagnostic>,
+    /// Problems that alone would not have.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Config {
+    /// The embedded defaults used when `buildman serve` runs with no config file: build support on, one popen executor, memory orchestrator.
+    pub fn embedded() -> Config {
+        Config {
+            feature_build_support: true,
+            server_hostname: "localhost:8080".to_owned(),
+            buildman_hostname: None,
+            build_manager: BuildManagerConfig::default(),
+            data_dir: None,
+            http_listen: None,
+            grpc_listen: None,
+            public_url: None,
+            grpc_tls: None,
+            database_url: None,
+            signing_key: None,
+            trusted_keys: Vec::new(),
+            api_tokens: Vec::new(),
+            registry_push_token: None,
+            registry_pull_token: None,
+            max_queued_builds_per_namespace: None,
+            registry: None,
+            controller_port: DEFAULT_CONTROLLER_PORT,
+        }
+    }
+
+    /// Parses and validates; `Err` holds every error found (never empty) and the warnings.
+    pub fn parse(yaml: &str) -> Result<Loaded, Invalid> {
+        let fail = |message: String| {
+            Err(Invalid {
+                errors: vec![Diagnostic {
+                    path: String::new(),
+                    message,
+                }],
+                warnings: Vec::new(),
+            })
+        };
+        let mut root: Value = match serde_yaml_ng::from_str(yaml) {
+            Ok(root) => root,
+            Err(err) => return fail(err.to_string()),
+        };
+        if let Err(err) = root.apply_merge() {
+            return fail(err.to_string());
+        }
+        let Value::Mapping(map) = &root else {
+            return fail(format!(
+                "expected a mapping at the top level, got {}",
+                describe(&root)
+            ));
+        };
+        let report = Report::default();
+        let config = parse_config(&mut Section::new(&report, String::new(), map));
+        let (errors, warnings) = report.into_diagnostics();
+        if errors.is_empty() {
+            Ok(Loaded { config, warnings })
+        } else {
+            Err(Invalid { errors, warnings })
+        }
+    }
+
+    /// Applies Quay's environment overrides: BUILDMAN_HOSTNAME (sets buildman_hostname). Takes a lookup fn so tests need not touch the real environment.
+    ///
+    /// Also BUILDMAN_CONTROLLER_PORT; an invalid value is ignored (see [`Config::try_apply_env`]).
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        // Invalid values leave the field untouched; callers wanting to know use try_apply_env.
+        let _ignored = self.try_apply_env(lookup);
+    }
+
+    /// Like [`Config::apply_env`], but reports invalid values (which are left unapplied).
+    pub fn try_apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), Vec<Diagnostic>> {
+        let mut errors = Vec::new();
+        if let Some(host) = lookup("BUILDMAN_HOSTNAME").filter(|h| !h.trim().is_empty()) {
+            self.buildman_hostname = Some(host.trim().to_owned());
+        }
+        if let Some(port) = lookup("BUILDMAN_CONTROLLER_PORT") {
+            match port.trim().parse::<u16>() {
+                Ok(port) => self.controller_port = port,
+                Err(_) => errors.push(Diagnostic {
+                    path: "BUILDMAN_CONTROLLER_PORT".to_owned(),
+                    message: format!("expected a port number, got {port:?}"),
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The `host:port` workers dial (Quay's rule): if buildman_hostname is set: if its host part (strip any :port) equals server_hostname's host part -> `"<host>:55443"`; else buildman_hostname as given. If unset -> None (the caller then uses the gRPC listen address).
+    pub fn worker_server_address(&self) -> Option<String> {
+        let manager = self.buildman_hostname.as_deref()?;
+        let host = host_part(manager);
+        if host.eq_ignore_ascii_case(host_part(&self.server_hostname)) {
+            Some(format!("{host}:{WORKER_TLS_PORT}"))
+        } else {
+            Some(manager.to_owned())
+        }
+    }
+
+    /// The token audience: buildman_hostname else server_hostname.
+    pub fn token_audience(&self) -> String {
+        self.buildman_hostname
+            .clone()
+            .unwrap_or_else(|| self.server_hostname.clone())
+    }
+}
+
+/// `host` of `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn host_part(address: &str) -> &str {
+    if address.starts_with('[') {
+        return address.find(']').map_or(address, |end| &address[..=end]);
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => address,
+    }
+}
+
+/// The top-level keys: Quay's, then buildman's own. Errors are reported in the order keys are
+/// read, so this order is part of the output.
+fn parse_config(s: &mut Section) -> Config {
+    let r = s.r;
+    let base = Config::embedded();
+    let mut config = Config {
+        feature_build_support: s.bool("FEATURE_BUILD_SUPPORT").unwrap_or(false),
+        server_hostname: s.string("SERVER_HOSTNAME").unwrap_or(base.server_hostname),
+        buildman_hostname: s.string("BUILDMAN_HOSTNAME").filter(|h| !h.is_empty()),
+        build_manager: (s.raw("BUILD_MANAGER"))
+            .map(|v| manager::parse_build_manager(r, v))
+            .unwrap_or_default(),
+        ..base
+    };
+    buildman_keys::read_buildman_keys(s, &mut config);
+    config
+}
