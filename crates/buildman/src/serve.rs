@@ -15,6 +15,7 @@ use buildman_executor::local::{LocalExecutor, LocalSettings};
 use buildman_manager::{
     ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
 };
+use buildman_server::rest::filedrop_url;
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_orchestrator::redis::{RedisOrchestrator, RedisOrchestratorConfig};
 use buildman_server::rest::RestOptions;
@@ -75,13 +76,12 @@ pub struct Running {
     pub new_admin_token: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _background: buildman_manager::Background,
 }
 
 impl Running {
-    /// Stops the listeners and the manager's loops. Requests in flight get a grace period;
+    /// Stops the listeners, then the manager. Requests in flight get a grace period;
     /// then the listeners are dropped, because a connected worker's heartbeat stream never
-    /// ends by itself.
+    /// ends by itself. The manager's own work in flight (worker stops) gets the same grace.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for mut task in self.tasks {
@@ -92,6 +92,7 @@ impl Running {
                 task.abort();
             }
         }
+        self.manager.shutdown(SHUTDOWN_GRACE).await;
     }
 }
 
@@ -176,18 +177,24 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
             .or_else(|| config.registry_push_token.clone())
             .unwrap_or_default(),
         push_token: config.registry_push_token.clone().unwrap_or_default(),
-        public_url: config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", dialable(http_addr))),
         max_queued_per_namespace: config.max_queued_builds_per_namespace,
         queue_rules: Default::default(),
         timings: options.timings.clone(),
     };
-    let files = FileStore::new(data_dir.join("contexts"));
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", dialable(http_addr)));
+    let files = {
+        let public_url = public_url.clone();
+        FileStore::new(
+            data_dir.join("contexts"),
+            Arc::new(move |id: &str| filedrop_url(&public_url, id)),
+        )
+    };
     let manager = Manager::new(store, orchestrator, executors, tokens, files, settings);
     manager.recover().await?;
-    let background = manager.start();
+    manager.start();
 
     let (shutdown, _) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -202,16 +209,17 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         None => None,
     };
     let grpc_task = {
-        let (manager, stop) = (manager.clone(), stopped(shutdown.subscribe()));
+        let (sessions, stop) = (manager.sessions().clone(), stopped(shutdown.subscribe()));
         tokio::spawn(async move {
-            if let Err(e) = buildman_server::grpc::serve(manager, grpc, tls, stop).await {
+            if let Err(e) = buildman_server::grpc::serve(sessions, grpc, tls, stop).await {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         })
     };
     let rest = buildman_server::rest::router(
-        manager.clone(),
+        manager.builds().clone(),
         RestOptions {
+            public_url,
             tokens: api_tokens,
             max_upload: DEFAULT_MAX_UPLOAD,
         },
@@ -239,7 +247,6 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         new_admin_token,
         shutdown,
         tasks: vec![grpc_task, http_task],
-        _background: background,
     })
 }
 

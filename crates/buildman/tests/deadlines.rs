@@ -46,7 +46,7 @@ async fn a_worker_that_never_registers_spends_a_retry_and_after_three_the_build_
     }
     let build_id = id.parse().unwrap();
     assert_eq!(
-        s.manager().store().queue_state(build_id).await.unwrap(),
+        s.manager().builds().queue_state(build_id).await.unwrap(),
         None,
         "out of the queue for good"
     );
@@ -90,7 +90,7 @@ async fn heartbeats_that_stop_requeue_the_build_with_its_retry_restored() {
 
     let q = s
         .manager()
-        .store()
+        .builds()
         .queue_state(id.parse().unwrap())
         .await
         .unwrap()
@@ -135,7 +135,7 @@ async fn a_build_past_machine_max_time_is_stopped_and_spends_its_retry() {
     );
     let q = s
         .manager()
-        .store()
+        .builds()
         .queue_state(id.parse().unwrap())
         .await
         .unwrap()

@@ -102,7 +102,7 @@ async fn a_build_runs_from_submit_to_complete() {
     // The build left the queue, and its worker is gone.
     let build_id = id.parse().unwrap();
     assert_eq!(
-        s.manager().store().queue_state(build_id).await.unwrap(),
+        s.manager().builds().queue_state(build_id).await.unwrap(),
         None
     );
     wait_gone(started["pid"].as_u64().unwrap(), T).await;

@@ -99,7 +99,7 @@ async fn wait_dequeued(server: &TestServer, id: &str) {
     let deadline = Instant::now() + T;
     while server
         .manager()
-        .store()
+        .builds()
         .queue_state(build)
         .await
         .expect("queue state")

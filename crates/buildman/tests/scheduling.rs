@@ -47,7 +47,7 @@ async fn one_worker_at_a_time_in_repository_order_without_losing_retries() {
                     // run spends) comes only with a free slot.
                     let q = s
                         .manager()
-                        .store()
+                        .builds()
                         .queue_state(id.parse().unwrap())
                         .await
                         .unwrap();
@@ -222,7 +222,7 @@ async fn cancel_stops_a_building_worker_and_dequeues_a_waiting_build() {
     assert_eq!(s.build(&queued).await["phase"], "cancelled");
     assert_eq!(
         s.manager()
-            .store()
+            .builds()
             .queue_state(queued.parse().unwrap())
             .await
             .unwrap(),
@@ -242,7 +242,7 @@ async fn cancel_stops_a_building_worker_and_dequeues_a_waiting_build() {
     wait_gone(started["pid"].as_u64().unwrap(), T).await;
     assert_eq!(
         s.manager()
-            .store()
+            .builds()
             .queue_state(running.parse().unwrap())
             .await
             .unwrap(),

@@ -211,6 +211,7 @@ async fn a_git_context_builds_the_requested_commit() {
     let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
     let build = s
         .manager()
+        .builds()
         .submit(buildman_core::NewBuild {
             namespace: "demo".into(),
             repository: "git".into(),

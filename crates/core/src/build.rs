@@ -1,9 +1,11 @@
-//! Builds and their phases.
+//! Builds: what a user asks for, how it is checked, and what is stored.
 
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+
+use crate::Phase;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,105 +37,6 @@ impl FromStr for BuildId {
     type Err = uuid::Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Uuid::parse_str(s).map(BuildId)
-    }
-}
-
-/// Where a build stands, with the names Quay stores and shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Queued; no worker yet.
-    Waiting,
-    /// A worker was started and has not yet reported.
-    BuildScheduled,
-    /// The worker fetches and unpacks the build context.
-    Unpacking,
-    /// The worker pulls base images.
-    Pulling,
-    /// The worker runs the Dockerfile.
-    Building,
-    /// The worker pushes the tags; a build cannot be cancelled from here on.
-    Pushing,
-    /// Final: every tag was pushed.
-    Complete,
-    /// Final: the build itself failed (bad Dockerfile, push refused, ...).
-    Error,
-    /// The build manager or the worker failed; final once no retry is left.
-    #[serde(rename = "internalerror")]
-    InternalError,
-    /// Final: a user cancelled the build.
-    Cancelled,
-}
-
-impl Phase {
-    /// Every phase, in the order a successful build walks them (final ones last).
-    pub const ALL: [Phase; 10] = [
-        Phase::Waiting,
-        Phase::BuildScheduled,
-        Phase::Unpacking,
-        Phase::Pulling,
-        Phase::Building,
-        Phase::Pushing,
-        Phase::Complete,
-        Phase::Error,
-        Phase::InternalError,
-        Phase::Cancelled,
-    ];
-
-    /// The stored and displayed name (`build-scheduled`, `internalerror`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Waiting => "waiting",
-            Phase::BuildScheduled => "build-scheduled",
-            Phase::Unpacking => "unpacking",
-            Phase::Pulling => "pulling",
-            Phase::Building => "building",
-            Phase::Pushing => "pushing",
-            Phase::Complete => "complete",
-            Phase::Error => "error",
-            Phase::InternalError => "internalerror",
-            Phase::Cancelled => "cancelled",
-        }
-    }
-
-    /// True for the phases that end a job: complete, error, internalerror, cancelled.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Phase::Complete | Phase::Error | Phase::InternalError | Phase::Cancelled
-        )
-    }
-
-    /// True when a worker may no longer change the phase: complete, error, cancelled.
-    /// An internal error is not among them, because the build may be retried.
-    pub fn is_terminal_for_worker(self) -> bool {
-        matches!(self, Phase::Complete | Phase::Error | Phase::Cancelled)
-    }
-
-    /// True when a user may cancel a build in this phase (all but pushing and the final ones).
-    pub fn can_cancel(self) -> bool {
-        !(self == Phase::Pushing || self.is_final())
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The text was not the name of a phase.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown build phase {0:?}")]
-pub struct UnknownPhase(pub String);
-
-impl FromStr for Phase {
-    type Err = UnknownPhase;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownPhase(s.to_string()))
     }
 }
 
@@ -172,7 +75,61 @@ pub struct NewBuild {
     pub pull_robot: Option<String>,
 }
 
+/// Most tags one build may push: the tags travel to the worker in one protocol message.
+pub const MAX_TAGS: usize = 100;
+/// Longest tag, as registries accept them.
+pub const MAX_TAG_LEN: usize = 128;
+/// Longest source URL (archive or git).
+pub const MAX_URL_LEN: usize = 2048;
+/// Longest context or Dockerfile path inside the source.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Longest display name, pull robot or user name.
+pub const MAX_LABEL_LEN: usize = 255;
+
+/// Why a build request was refused; the text names the field, the problem and the limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidBuild(pub String);
+
 impl NewBuild {
+    /// Checks what a user asked for and normalises it: names and tags as a registry accepts
+    /// them (at most [`MAX_TAGS`] tags of [`MAX_TAG_LEN`] characters), an http(s) archive
+    /// URL, context and Dockerfile paths that stay inside the source. An empty `context`
+    /// means `/`, an empty `dockerfile_path` means `Dockerfile` in the context (Quay's
+    /// defaults); relative paths are made absolute.
+    pub fn validate(mut self) -> Result<NewBuild, InvalidBuild> {
+        let invalid = |m: String| Err(InvalidBuild(m));
+        for (what, name) in [("namespace", &self.namespace), ("repository", &self.repository)] {
+            if !valid_name(name) {
+                return invalid(format!(
+                    "invalid {what} {name:?}: use lower-case letters, digits, '.', '_' and '-' (at most 255)"
+                ));
+            }
+        }
+        self.source.validate()?;
+        validate_tags(&self.tags)?;
+        let context = if self.context.is_empty() { "/" } else { &self.context };
+        self.context = context_path("context", context)?;
+        self.dockerfile_path = if self.dockerfile_path.is_empty() {
+            format!("{}/Dockerfile", self.context.trim_end_matches('/'))
+        } else {
+            context_path("dockerfile_path", &self.dockerfile_path)?
+        };
+        for (what, value) in [
+            ("display_name", Some(&self.display_name)),
+            ("manual_user", self.manual_user.as_ref()),
+            ("pull_robot", self.pull_robot.as_ref()),
+        ] {
+            if let Some(v) = value.filter(|v| v.len() > MAX_LABEL_LEN) {
+                return invalid(format!(
+                    "{what} is {} bytes long; the limit is {MAX_LABEL_LEN}",
+                    v.len()
+                ));
+            }
+        }
+        Ok(self)
+    }
+
     /// The build as first stored: `waiting`, created and updated `now`.
     pub fn into_build(self, id: BuildId, now: DateTime<Utc>) -> Build {
         Build {
@@ -234,6 +191,73 @@ impl Build {
     }
 }
 
+impl BuildSource {
+    /// Checks the source's URLs: http(s) archives, bounded lengths.
+    fn validate(&self) -> Result<(), InvalidBuild> {
+        let (field, url) = match self {
+            BuildSource::ArchiveUrl { url } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(InvalidBuild(
+                        "archive_url must be an http:// or https:// URL".into(),
+                    ));
+                }
+                ("archive_url", url)
+            }
+            BuildSource::Uploaded { file_id } => ("file_id", file_id),
+            BuildSource::Git { url, .. } => ("git_url", url),
+        };
+        if url.len() > MAX_URL_LEN {
+            return Err(InvalidBuild(format!(
+                "{field} is {} bytes long; the limit is {MAX_URL_LEN}",
+                url.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Tags: at most [`MAX_TAGS`], each a valid tag of at most [`MAX_TAG_LEN`] characters.
+fn validate_tags(tags: &[String]) -> Result<(), InvalidBuild> {
+    if tags.len() > MAX_TAGS {
+        return Err(InvalidBuild(format!(
+            "{} tags given; a build pushes at most {MAX_TAGS} tags",
+            tags.len()
+        )));
+    }
+    if let Some(long) = tags.iter().find(|t| t.len() > MAX_TAG_LEN) {
+        return Err(InvalidBuild(format!(
+            "a tag is {} characters long; the limit is {MAX_TAG_LEN}",
+            long.len()
+        )));
+    }
+    match tags.iter().find(|t| !valid_tag(t)) {
+        Some(bad) => Err(InvalidBuild(format!(
+            "invalid tag {bad:?}: use letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A path inside the build context: absolute, without `..`, of bounded length.
+fn context_path(field: &str, value: &str) -> Result<String, InvalidBuild> {
+    if value.len() > MAX_PATH_LEN {
+        return Err(InvalidBuild(format!(
+            "{field} is {} bytes long; the limit is {MAX_PATH_LEN}",
+            value.len()
+        )));
+    }
+    if value.split('/').any(|c| c == "..") || value.contains('\0') {
+        return Err(InvalidBuild(format!(
+            "{field} must stay inside the build context (no `..`)"
+        )));
+    }
+    Ok(if value.starts_with('/') {
+        value.to_string()
+    } else {
+        format!("/{value}")
+    })
+}
+
 /// Checks a namespace or repository name the way a registry would accept it: lower-case
 /// letters, digits and `._-`, starting with a letter or digit, at most 255 characters.
 pub fn valid_name(name: &str) -> bool {
@@ -260,28 +284,56 @@ pub fn valid_tag(tag: &str) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn phase_names_round_trip() {
-        for p in Phase::ALL {
-            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
-            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+    fn request(tags: Vec<String>) -> NewBuild {
+        NewBuild {
+            namespace: "ns".into(),
+            repository: "repo".into(),
+            source: BuildSource::ArchiveUrl {
+                url: "https://example.com/c.tar".into(),
+            },
+            tags,
+            context: String::new(),
+            dockerfile_path: String::new(),
+            display_name: "x".into(),
+            manual_user: None,
+            pull_robot: None,
         }
-        assert!("expired".parse::<Phase>().is_err());
     }
 
     #[test]
-    fn cancel_is_refused_while_pushing_and_when_final() {
-        let cancellable: Vec<_> = Phase::ALL.into_iter().filter(|p| p.can_cancel()).collect();
-        assert_eq!(
-            cancellable,
-            [
-                Phase::Waiting,
-                Phase::BuildScheduled,
-                Phase::Unpacking,
-                Phase::Pulling,
-                Phase::Building
-            ]
-        );
+    fn validation_applies_quays_defaults() {
+        let b = request(vec![]).validate().unwrap();
+        assert_eq!((b.context.as_str(), b.dockerfile_path.as_str()), ("/", "/Dockerfile"));
+        let mut r = request(vec!["v1".into()]);
+        r.context = "sub".into();
+        let b = r.validate().unwrap();
+        assert_eq!((b.context.as_str(), b.dockerfile_path.as_str()), ("/sub", "/sub/Dockerfile"));
+        let mut r = request(vec![]);
+        r.dockerfile_path = "../../etc/passwd".into();
+        assert!(r.validate().unwrap_err().0.contains("must stay inside the build context"));
+    }
+
+    #[test]
+    fn tags_are_bounded_and_the_limit_is_named() {
+        let many = request((0..100_000).map(|i| format!("t{i}")).collect());
+        let e = many.validate().unwrap_err().0;
+        assert!(e.contains("100000 tags given") && e.contains("at most 100"), "{e}");
+        let long = request(vec!["a".repeat(10 * 1024)]);
+        let e = long.validate().unwrap_err().0;
+        assert!(e.contains("10240 characters") && e.contains("limit is 128"), "{e}");
+        assert!(request((0..100).map(|i| format!("t{i}")).collect()).validate().is_ok());
+        let e = request(vec!["bad tag".into()]).validate().unwrap_err().0;
+        assert!(e.starts_with("invalid tag \"bad tag\""), "{e}");
+    }
+
+    #[test]
+    fn source_urls_are_checked() {
+        let mut r = request(vec![]);
+        r.source = BuildSource::ArchiveUrl { url: "file:///etc/passwd".into() };
+        assert!(r.validate().unwrap_err().0.contains("http:// or https://"));
+        let mut r = request(vec![]);
+        r.source = BuildSource::ArchiveUrl { url: format!("https://h/{}", "a".repeat(5000)) };
+        assert!(r.validate().unwrap_err().0.contains("limit is 2048"));
     }
 
     #[test]

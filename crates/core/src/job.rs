@@ -1,4 +1,7 @@
-//! Jobs: one attempt to run a build on a worker, as recorded in the orchestrator.
+//! Jobs: one attempt to run a build on a worker, as recorded in the orchestrator, and the
+//! rules for what happens to the build's queue item when a job ends.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +18,8 @@ pub fn cancel_key(build: BuildId) -> String {
     format!("cancel/{build}")
 }
 
-/// A job's record in the orchestrator, shared by every manager. Whoever deletes the record
-/// completes the job, so completion happens exactly once.
+/// A job's record in the orchestrator, shared by every manager. Whoever takes the record
+/// out of the orchestrator ends the job, so a job ends exactly once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub build_id: BuildId,
@@ -25,7 +28,9 @@ pub struct JobRecord {
     /// The queue item claimed for this attempt.
     pub queue_item: ClaimedItem,
     /// The worker slot this job holds (ALLOWED_WORKER_COUNT), given back when it ends.
-    pub slot_holder: String,
+    /// (`slot_holder` in records written before the rename.)
+    #[serde(alias = "slot_holder")]
+    pub slot: String,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds after which the job may not run any longer (MACHINE_MAX_TIME).
@@ -47,41 +52,222 @@ impl JobRecord {
     pub fn registered(&self) -> bool {
         self.last_heartbeat.is_some()
     }
+
+    /// Why this job's deadline passed, judged from how far it got at `now` (unix seconds).
+    pub fn deadline_end(&self, now: i64) -> JobEnd {
+        if self.registered() {
+            if now >= self.max_expiration {
+                JobEnd::Overran
+            } else {
+                JobEnd::WorkerSilent
+            }
+        } else if self.execution_id.is_some() {
+            JobEnd::NeverRegistered
+        } else {
+            JobEnd::NeverStarted
+        }
+    }
 }
 
-/// How a job ended, which decides what happens to its queue item.
+/// How a job ended. Each end decides, through [`JobEnd::queue_action`], what happens to
+/// the build's queue item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobOutcome {
-    /// complete: the item is deleted.
+pub enum JobEnd {
+    /// The worker reported complete.
     Complete,
-    /// error: the item is deleted.
+    /// The worker reported an error in the build itself.
     Error,
-    /// cancelled: the item is deleted.
+    /// A user cancelled the build.
     Cancelled,
-    /// The manager or worker failed after registering: back in the queue with the retry restored.
-    Incomplete,
-    /// The job timed out before the worker registered: back in the queue, retry spent.
-    Expired,
+    /// No executor could, or was allowed to, start a worker.
+    NoExecutor,
+    /// No worker was started within JOB_REGISTRATION_TIMEOUT.
+    NeverStarted,
+    /// An executor started a worker that did not register within its SETUP_TIME.
+    NeverRegistered,
+    /// The worker registered, then stopped sending heartbeats.
+    WorkerSilent,
+    /// The build ran longer than MACHINE_MAX_TIME.
+    Overran,
 }
 
-impl JobOutcome {
-    /// Whether the queue item goes back to the queue, and with its retry restored.
-    pub fn requeue(self) -> Option<bool> {
-        match self {
-            JobOutcome::Complete | JobOutcome::Error | JobOutcome::Cancelled => None,
-            JobOutcome::Incomplete => Some(true),
-            JobOutcome::Expired => Some(false),
+/// What happens to a job's queue item when the job ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueAction {
+    /// The build is done with the queue: the item is deleted.
+    Remove,
+    /// The item goes back to the queue, claimable again `after` from now, with the retry
+    /// the claim took given back or spent.
+    Requeue { after: Duration, restore_retry: bool },
+    /// The last retry is spent: the item is deleted and the build ends for good in
+    /// `internalerror` (shown as `expired`).
+    GiveUp,
+}
+
+/// The delays before an ended job's build may run again (Quay's values by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequeueDelays {
+    /// After a failed or expired attempt (Quay: 30 s).
+    pub after_failure: Duration,
+    /// After no executor could start a worker (Quay: 20 s).
+    pub after_no_executor: Duration,
+}
+
+impl Default for RequeueDelays {
+    fn default() -> Self {
+        RequeueDelays {
+            after_failure: Duration::from_secs(30),
+            after_no_executor: Duration::from_secs(20),
+        }
+    }
+}
+
+impl JobEnd {
+    /// Quay's rules: complete, error and cancelled leave the queue; a worker that went
+    /// silent gets its retry back; a worker that never came, a build over MACHINE_MAX_TIME
+    /// (retrying it with the retry restored would loop forever on a build that always
+    /// overruns) and an attempt no executor took spend it. A spent retry with none left
+    /// gives up. `retries_remaining` is what the claim left.
+    pub fn queue_action(self, retries_remaining: u32, delays: RequeueDelays) -> QueueAction {
+        let (after, restore_retry) = match self {
+            JobEnd::Complete | JobEnd::Error | JobEnd::Cancelled => return QueueAction::Remove,
+            JobEnd::WorkerSilent => (delays.after_failure, true),
+            JobEnd::NeverStarted | JobEnd::NeverRegistered | JobEnd::Overran => {
+                (delays.after_failure, false)
+            }
+            JobEnd::NoExecutor => (delays.after_no_executor, false),
+        };
+        if restore_retry || retries_remaining > 0 {
+            QueueAction::Requeue {
+                after,
+                restore_retry,
+            }
+        } else {
+            QueueAction::GiveUp
         }
     }
 
-    /// The label used in metrics (`job_status`).
+    /// True when the reaper must mark the build `internalerror`: the job ended without the
+    /// worker reporting a final phase. (A build no executor took stays `waiting` while it
+    /// has retries left.)
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            JobEnd::NeverStarted | JobEnd::NeverRegistered | JobEnd::WorkerSilent | JobEnd::Overran
+        )
+    }
+
+    /// Why the job ended, for the build log and the build's error.
+    pub fn reason(self) -> &'static str {
+        match self {
+            JobEnd::Complete => "the build completed",
+            JobEnd::Error => "the worker reported an error; see the build log",
+            JobEnd::Cancelled => "the build was cancelled",
+            JobEnd::NoExecutor => "no executor could start a worker",
+            JobEnd::NeverStarted => "no worker was started within JOB_REGISTRATION_TIMEOUT",
+            JobEnd::NeverRegistered => {
+                "the worker did not register within the executor's SETUP_TIME"
+            }
+            JobEnd::WorkerSilent => "the worker stopped sending heartbeats",
+            JobEnd::Overran => "the build ran longer than MACHINE_MAX_TIME",
+        }
+    }
+
+    /// The label used in metrics and logs (`job_status`).
     pub fn as_str(self) -> &'static str {
         match self {
-            JobOutcome::Complete => "complete",
-            JobOutcome::Error => "error",
-            JobOutcome::Cancelled => "cancelled",
-            JobOutcome::Incomplete => "incomplete",
-            JobOutcome::Expired => "expired",
+            JobEnd::Complete => "complete",
+            JobEnd::Error => "error",
+            JobEnd::Cancelled => "cancelled",
+            JobEnd::NoExecutor => "no_executor",
+            JobEnd::NeverStarted => "never_started",
+            JobEnd::NeverRegistered => "never_registered",
+            JobEnd::WorkerSilent => "worker_silent",
+            JobEnd::Overran => "overran",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: RequeueDelays = RequeueDelays {
+        after_failure: Duration::from_secs(30),
+        after_no_executor: Duration::from_secs(20),
+    };
+
+    #[test]
+    fn quays_requeue_rules() {
+        for end in [JobEnd::Complete, JobEnd::Error, JobEnd::Cancelled] {
+            assert_eq!(end.queue_action(2, D), QueueAction::Remove);
+            assert_eq!(end.queue_action(0, D), QueueAction::Remove);
+        }
+        let restored = QueueAction::Requeue {
+            after: D.after_failure,
+            restore_retry: true,
+        };
+        assert_eq!(JobEnd::WorkerSilent.queue_action(0, D), restored);
+        assert_eq!(JobEnd::WorkerSilent.queue_action(2, D), restored);
+        for end in [JobEnd::NeverStarted, JobEnd::NeverRegistered, JobEnd::Overran] {
+            assert_eq!(
+                end.queue_action(1, D),
+                QueueAction::Requeue {
+                    after: D.after_failure,
+                    restore_retry: false
+                }
+            );
+            assert_eq!(end.queue_action(0, D), QueueAction::GiveUp);
+        }
+        assert_eq!(
+            JobEnd::NoExecutor.queue_action(1, D),
+            QueueAction::Requeue {
+                after: D.after_no_executor,
+                restore_retry: false
+            }
+        );
+        assert_eq!(JobEnd::NoExecutor.queue_action(0, D), QueueAction::GiveUp);
+    }
+
+    fn record() -> JobRecord {
+        JobRecord {
+            build_id: BuildId::new(),
+            namespace: "ns".into(),
+            repository: "r".into(),
+            queue_item: ClaimedItem {
+                item_id: 1,
+                state_id: "s".into(),
+                build_id: BuildId::new(),
+                queue_name: "q".into(),
+                retries_remaining: 2,
+            },
+            slot: "slot".into(),
+            created_at: 0,
+            max_expiration: 100,
+            last_heartbeat: None,
+            executor_name: None,
+            execution_id: None,
+            manager_id: None,
+        }
+    }
+
+    #[test]
+    fn a_deadline_end_is_judged_from_how_far_the_job_got() {
+        let mut r = record();
+        assert_eq!(r.deadline_end(10), JobEnd::NeverStarted);
+        r.execution_id = Some("pid".into());
+        assert_eq!(r.deadline_end(10), JobEnd::NeverRegistered);
+        r.last_heartbeat = Some(5);
+        assert_eq!(r.deadline_end(10), JobEnd::WorkerSilent);
+        assert_eq!(r.deadline_end(100), JobEnd::Overran);
+    }
+
+    #[test]
+    fn records_of_the_old_layout_still_read() {
+        let mut value = serde_json::to_value(record()).unwrap();
+        let slot = value.as_object_mut().unwrap().remove("slot").unwrap();
+        value["slot_holder"] = slot;
+        let back: JobRecord = serde_json::from_value(value).unwrap();
+        assert_eq!(back.slot, "slot");
     }
 }

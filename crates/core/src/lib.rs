@@ -1,5 +1,6 @@
-//! The domain of buildman: what a build is, the phases it walks through, the job that runs
-//! it on a worker, the queue's rules, the shape of build log entries and the configuration.
+//! The domain of buildman: what a build is, the phases it walks through and who may move
+//! it between them, the job that runs it on a worker, the queue's rules, the shape of build
+//! log entries and the configuration.
 //!
 //! This crate performs no I/O: no SQL, no Redis, no HTTP, no gRPC, no clock reads except
 //! through values handed in. Everything else in the workspace depends on it, and it on
@@ -9,9 +10,11 @@ pub mod build;
 pub mod config;
 pub mod job;
 pub mod log;
+pub mod phase;
 pub mod queue;
 
-pub use build::{Build, BuildId, BuildSource, NewBuild, Phase};
-pub use job::JobRecord;
+pub use build::{Build, BuildId, BuildSource, InvalidBuild, NewBuild};
+pub use job::{JobEnd, JobRecord, QueueAction, RequeueDelays};
 pub use log::{LogEntry, LogType};
+pub use phase::{Actor, Phase};
 pub use queue::{ClaimedItem, QueueRules};

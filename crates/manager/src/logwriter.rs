@@ -8,10 +8,12 @@
 //! Nothing changes for a worker: a line is acknowledged only after it is durable, and each
 //! stream has one line in flight, so lines of a build keep their order.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use buildman_store::{Store, WorkerLine};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::ManagerError;
 
@@ -22,60 +24,103 @@ const QUEUE: usize = 8192;
 
 type Ack = oneshot::Sender<Result<bool, ManagerError>>;
 
-/// The handle streams append through; the writer task ends when it is dropped.
+/// The handle streams append through.
 pub(crate) struct LogWriter {
     tx: mpsc::Sender<(WorkerLine, Ack)>,
-}
-
-fn stopped() -> ManagerError {
-    ManagerError::Internal("the log writer stopped".into())
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LogWriter {
     /// Starts the writer task on the current runtime.
     pub(crate) fn spawn(store: Arc<dyn Store>) -> LogWriter {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, rx));
-        LogWriter { tx }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_batches(store, rx, stop.clone()));
+        LogWriter {
+            tx,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
     }
 
     /// Appends one line with the next batch; `Ok(false)` when the store already held it
     /// (re-sent after a reconnect), as [`Store::append_worker_lines`] says.
     pub(crate) async fn append(&self, line: WorkerLine) -> Result<bool, ManagerError> {
         let (ack, done) = oneshot::channel();
-        self.tx.send((line, ack)).await.map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?
+        self.tx
+            .send((line, ack))
+            .await
+            .map_err(|_| ManagerError::ShuttingDown)?;
+        done.await.map_err(|_| ManagerError::ShuttingDown)?
+    }
+
+    /// Writes the lines already handed over, refuses new ones, and waits for the writer
+    /// to end: the last step of a shutdown, so no acknowledged line is lost.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the log writer failed");
+        }
     }
 }
 
-/// Writes whatever is waiting, batch after batch, until every handle is gone.
-async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WorkerLine, Ack)>) {
+/// Writes whatever is waiting, batch after batch, until stopped; then writes what was
+/// handed over before the stop and ends.
+async fn write_batches(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(WorkerLine, Ack)>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (lines, acks): (Vec<WorkerLine>, Vec<Ack>) = batch.drain(..).unzip();
-        match store.append_worker_lines(&lines).await {
-            Ok(stored) => {
-                for (ack, stored) in acks.into_iter().zip(stored) {
-                    let _ = ack.send(Ok(stored));
-                }
+    loop {
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            () = stop.cancelled() => {
+                rx.close();
+                rx.recv_many(&mut batch, MAX_BATCH).await
             }
-            Err(e) if lines.len() == 1 => {
-                if let Some(ack) = acks.into_iter().next() {
-                    let _ = ack.send(Err(e.into()));
-                }
+        };
+        if received == 0 {
+            return;
+        }
+        write_batch(store.as_ref(), &mut batch).await;
+    }
+}
+
+/// Writes one batch and acknowledges each line.
+async fn write_batch(store: &dyn Store, batch: &mut Vec<(WorkerLine, Ack)>) {
+    let (lines, acks): (Vec<WorkerLine>, Vec<Ack>) = batch.drain(..).unzip();
+    match store.append_worker_lines(&lines).await {
+        Ok(stored) => {
+            for (ack, stored) in acks.into_iter().zip(stored) {
+                let _ = ack.send(Ok(stored));
             }
-            Err(e) => {
-                // One bad line (say, of a build that is gone) must not fail the other
-                // streams' lines: write each on its own, so only its own stream sees it.
-                tracing::warn!(error = %e, lines = lines.len(), "a batch of log lines failed; writing them one by one");
-                for (line, ack) in lines.into_iter().zip(acks) {
-                    let result = store
-                        .append_worker_lines(std::slice::from_ref(&line))
-                        .await
-                        .map(|stored| stored.first().copied().unwrap_or(false))
-                        .map_err(ManagerError::from);
-                    let _ = ack.send(result);
-                }
+        }
+        Err(e) if lines.len() == 1 => {
+            if let Some(ack) = acks.into_iter().next() {
+                let _ = ack.send(Err(e.into()));
+            }
+        }
+        Err(e) => {
+            // One bad line (say, of a build that is gone) must not fail the other
+            // streams' lines: write each on its own, so only its own stream sees it.
+            tracing::warn!(error = %e, lines = lines.len(), "a batch of log lines failed; writing them one by one");
+            for (line, ack) in lines.into_iter().zip(acks) {
+                let result = store
+                    .append_worker_lines(std::slice::from_ref(&line))
+                    .await
+                    .map(|stored| stored.first().copied().unwrap_or(false))
+                    .map_err(ManagerError::from);
+                let _ = ack.send(result);
             }
         }
     }
@@ -142,5 +187,40 @@ mod tests {
         let page = store.read_logs(build, 0, 10).await.unwrap();
         let messages: Vec<&str> = page.entries.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(messages, ["line 1", "line 2"]);
+    }
+
+    #[tokio::test]
+    async fn every_line_acknowledged_before_a_shutdown_is_stored() {
+        let (store, build) = store_with_build().await;
+        let writer = Arc::new(LogWriter::spawn(store.clone()));
+        let pending: Vec<_> = (1..=200)
+            .map(|i| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.append(line(build, i)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        writer.shutdown().await;
+        let mut acknowledged = 0;
+        for p in pending {
+            match p.await.unwrap() {
+                Ok(stored) => {
+                    assert!(stored);
+                    acknowledged += 1;
+                }
+                Err(ManagerError::ShuttingDown) => {}
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(acknowledged > 0, "lines handed over before the stop are written");
+        assert_eq!(
+            store.read_logs(build, 0, 500).await.unwrap().total,
+            acknowledged,
+            "every acknowledged line is stored, and only those"
+        );
+        assert!(matches!(
+            writer.append(line(build, 1000)).await,
+            Err(ManagerError::ShuttingDown)
+        ));
     }
 }

@@ -4,25 +4,39 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use crate::generated::build_manager_server::{BuildManager, BuildManagerServer};
 use buildman_core::Phase;
-use buildman_manager::worker::{HeartbeatStream, LogStream, PackageSource, PhaseReport};
-use buildman_manager::{Manager, ManagerError};
+use buildman_manager::sessions::{HeartbeatStream, LogStream, PackageSource, PhaseReport};
+use buildman_manager::tokens::TokenError;
+use buildman_manager::{ManagerError, WorkerSessions};
 use buildman_proto as pb;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Largest message a worker may send, in bytes (gRPC's customary 4 MiB). A larger one is
+/// answered with OUT_OF_RANGE naming the limit, never a silent end of the stream; our
+/// worker splits long log lines far below it.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Maps a manager error to the gRPC status the protocol names.
 fn status(e: ManagerError) -> Status {
+    if !e.is_refusal() {
+        tracing::error!(error = %e, "worker call failed");
+    }
+    let message = e.to_string();
     match e {
-        ManagerError::Unauthenticated(m) => Status::unauthenticated(m),
-        ManagerError::Invalid(m) => Status::invalid_argument(m),
-        ManagerError::NotFound(id) => Status::not_found(format!("build {id} not found")),
-        ManagerError::Conflict(m) => Status::failed_precondition(m),
-        ManagerError::QueueFull(m) => Status::resource_exhausted(m),
-        ManagerError::Internal(m) => Status::internal(m),
+        ManagerError::Token(TokenError::Refused(_)) => Status::unauthenticated(message),
+        ManagerError::Invalid(_) => Status::invalid_argument(message),
+        ManagerError::NotFound(_) => Status::not_found(message),
+        ManagerError::Conflict(_) => Status::failed_precondition(message),
+        // The protocol: RegisterBuildJob answers INTERNAL when it cannot start the job.
+        ManagerError::JobNotWaiting { .. } => Status::internal(message),
+        ManagerError::ShuttingDown => Status::unavailable(message),
+        _ => Status::internal(message),
     }
 }
 
@@ -38,9 +52,9 @@ fn phase_of(p: pb::Phase) -> Phase {
     }
 }
 
-/// The gRPC service over a manager.
+/// The gRPC service over the manager's worker sessions.
 pub struct WorkerService {
-    manager: Manager,
+    sessions: Arc<WorkerSessions>,
 }
 
 type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -57,7 +71,8 @@ trait StreamHandler<Req, Rep>: Send + 'static {
 /// when the reply stream is polled, inside the task the connection already has for the
 /// call: a message costs no task switch or channel of its own, and an open stream no task
 /// of its own (a worker holds two open for its whole build). The stream ends with the
-/// inbound one, on an inbound error, or after the first error reply.
+/// inbound one, or after the first error reply; an inbound error (an oversized or
+/// undecodable message) is answered with its status, so the worker knows why.
 fn reply_stream<Req, Rep>(
     inbound: Streaming<Req>,
     handler: impl StreamHandler<Req, Rep>,
@@ -75,7 +90,7 @@ where
                 Ok(None) => return None,
                 Err(e) => {
                     tracing::debug!(error = %e, "worker stream closed with an error");
-                    return None;
+                    return Some((Err(e), None));
                 }
             };
             let reply = handler.handle(request).await;
@@ -123,7 +138,7 @@ impl BuildManager for WorkerService {
         request: Request<pb::BuildJobArgs>,
     ) -> Result<Response<pb::BuildPack>, Status> {
         let a = self
-            .manager
+            .sessions
             .register(&request.into_inner().register_jwt)
             .await
             .map_err(status)?;
@@ -163,7 +178,7 @@ impl BuildManager for WorkerService {
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         Ok(Response::new(reply_stream(
             request.into_inner(),
-            HeartbeatStream::new(self.manager.clone()),
+            HeartbeatStream::new(self.sessions.clone()),
         )))
     }
 
@@ -173,7 +188,7 @@ impl BuildManager for WorkerService {
     ) -> Result<Response<pb::SetPhaseResponse>, Status> {
         let req = request.into_inner();
         let ctx = self
-            .manager
+            .sessions
             .verify_job_token(&req.job_jwt)
             .map_err(status)?;
         let mut pull_metadata = serde_json::Map::new();
@@ -191,7 +206,7 @@ impl BuildManager for WorkerService {
             phase: pb::Phase::try_from(req.phase).ok().map(phase_of),
             pull_metadata,
         };
-        let success = self.manager.set_phase(&ctx, report).await.map_err(status)?;
+        let success = self.sessions.set_phase(&ctx, report).await.map_err(status)?;
         Ok(Response::new(pb::SetPhaseResponse {
             success,
             sequence_number: req.sequence_number,
@@ -206,7 +221,7 @@ impl BuildManager for WorkerService {
     ) -> Result<Response<Self::LogMessageStream>, Status> {
         Ok(Response::new(reply_stream(
             request.into_inner(),
-            LogStream::new(self.manager.clone()),
+            LogStream::new(self.sessions.clone()),
         )))
     }
 
@@ -216,10 +231,10 @@ impl BuildManager for WorkerService {
     ) -> Result<Response<pb::CachedTag>, Status> {
         let req = request.into_inner();
         let ctx = self
-            .manager
+            .sessions
             .verify_job_token(&req.job_jwt)
             .map_err(status)?;
-        let tag = self.manager.cached_tag(&ctx).await.map_err(status)?;
+        let tag = self.sessions.cached_tag(&ctx).await.map_err(status)?;
         Ok(Response::new(pb::CachedTag { cached_tag: tag }))
     }
 }
@@ -232,7 +247,7 @@ pub struct TlsPem {
 
 /// Serves the worker protocol on `listener` until `shutdown` resolves.
 pub async fn serve(
-    manager: Manager,
+    sessions: Arc<WorkerSessions>,
     listener: tokio::net::TcpListener,
     tls: Option<TlsPem>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -260,7 +275,10 @@ pub async fn serve(
     let (_server_alive, alive) = tokio::sync::watch::channel(());
     let incoming = incoming.map(move |conn| conn.map(|io| Severable::new(io, alive.clone())));
     builder
-        .add_service(BuildManagerServer::new(WorkerService { manager }))
+        .add_service(
+            BuildManagerServer::new(WorkerService { sessions })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
@@ -269,7 +287,7 @@ pub async fn serve(
 ///
 /// tonic runs every connection in a task of its own, and its graceful shutdown waits for the
 /// streams on them to end, which a worker's heartbeat stream never does; the caller then
-/// drops (aborts) the server. Without this, the connections, and the manager their handlers
+/// drops (aborts) the server. Without this, the connections, and the sessions their handlers
 /// hold, would outlive it: the worker would go on heartbeating into a manager that was
 /// stopped, and its job would never expire for another manager to take over.
 struct Severable {

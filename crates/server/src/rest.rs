@@ -10,14 +10,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use buildman_core::build::{valid_name, valid_tag};
 use buildman_core::{Build, BuildId, BuildSource, NewBuild};
-use buildman_manager::{Manager, ManagerError};
-use futures::StreamExt;
+use buildman_manager::files::UploadError;
+use buildman_manager::{Builds, ManagerError};
+use buildman_store::StoreError;
+use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 /// An error answer: a status and a message that says what to do.
 #[derive(Debug)]
@@ -33,21 +33,23 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let code = match &e {
             ManagerError::Invalid(_) | ManagerError::Conflict(_) => StatusCode::BAD_REQUEST,
-            ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManagerError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ManagerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ManagerError::NotFound(_) | ManagerError::Store(StoreError::NotFound(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            ManagerError::Store(StoreError::QueueFull { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            ManagerError::Upload(u) => match u {
+                UploadError::MalformedId | UploadError::Interrupted(_) => StatusCode::BAD_REQUEST,
+                UploadError::AlreadyUploaded => StatusCode::CONFLICT,
+                UploadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                UploadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ManagerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if code == StatusCode::INTERNAL_SERVER_ERROR {
+        if code.is_server_error() {
             tracing::error!(error = %e, "API request failed");
         }
         ApiError(code, e.to_string())
-    }
-}
-
-impl From<buildman_store::StoreError> for ApiError {
-    fn from(e: buildman_store::StoreError) -> Self {
-        ManagerError::from(e).into()
     }
 }
 
@@ -60,7 +62,9 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The API's shared state.
 #[derive(Clone)]
 struct Api {
-    manager: Manager,
+    builds: Builds,
+    /// Base URL of this API as workers and clients reach it.
+    public_url: String,
     /// SHA-256 of each accepted bearer token, so the tokens themselves are not kept around.
     token_hashes: std::sync::Arc<HashSet<[u8; 32]>>,
     /// Largest accepted upload, in bytes.
@@ -69,16 +73,24 @@ struct Api {
 
 /// What the REST API needs besides the manager.
 pub struct RestOptions {
+    /// Base URL of this API as workers and clients reach it (upload URLs start with it).
+    pub public_url: String,
     /// Bearer tokens that may use the API.
     pub tokens: Vec<String>,
     /// Largest accepted context upload, in bytes.
     pub max_upload: u64,
 }
 
+/// The URL a worker downloads an uploaded context from.
+pub fn filedrop_url(public_url: &str, file_id: &str) -> String {
+    format!("{}/api/v1/filedrop/{file_id}", public_url.trim_end_matches('/'))
+}
+
 /// The API's routes.
-pub fn router(manager: Manager, options: RestOptions) -> Router {
+pub fn router(builds: Builds, options: RestOptions) -> Router {
     let api = Api {
-        manager,
+        builds,
+        public_url: options.public_url,
         token_hashes: std::sync::Arc::new(
             options
                 .tokens
@@ -134,11 +146,8 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
 }
 
 async fn create_filedrop(State(api): State<Api>) -> Json<Value> {
-    let id = buildman_manager::FileStore::new_id();
-    let url = format!(
-        "{}/api/v1/filedrop/{id}",
-        api.manager.settings().public_url.trim_end_matches('/')
-    );
+    let id = api.builds.new_upload_id();
+    let url = filedrop_url(&api.public_url, &id);
     Json(json!({ "file_id": id, "url": url }))
 }
 
@@ -147,53 +156,16 @@ async fn upload_file(
     Path(file_id): Path<String>,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let files = api.manager.files();
-    let (part, final_path) = files
-        .upload_paths(&file_id)
-        .ok_or_else(|| bad_request("unknown file id: get one from POST /api/v1/filedrop/"))?;
-    if final_path.exists() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "this file id was already uploaded".into(),
-        ));
-    }
-    let internal = |e: std::io::Error| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("storing the upload: {e}"),
-        )
-    };
-    tokio::fs::create_dir_all(files.dir())
-        .await
-        .map_err(internal)?;
-    let mut file = tokio::fs::File::create(&part).await.map_err(internal)?;
-    let mut stream = body.into_data_stream();
-    let mut size: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| bad_request(format!("upload interrupted: {e}")))?;
-        size += chunk.len() as u64;
-        if size > api.max_upload {
-            drop(file);
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(ApiError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("upload larger than the limit of {} bytes", api.max_upload),
-            ));
-        }
-        file.write_all(&chunk).await.map_err(internal)?;
-    }
-    file.flush().await.map_err(internal)?;
-    tokio::fs::rename(&part, &final_path)
-        .await
-        .map_err(internal)?;
+    let body = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(body);
+    api.builds.upload(&file_id, reader, api.max_upload).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn download_file(State(api): State<Api>, Path(file_id): Path<String>) -> ApiResult<Response> {
     let path = api
-        .manager
-        .files()
-        .path(&file_id)
+        .builds
+        .uploaded(&file_id)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such file".into()))?;
     let file = tokio::fs::File::open(path)
         .await
@@ -215,18 +187,26 @@ struct CreateBuild {
     pull_robot: Option<String>,
 }
 
-/// A path inside the build context: absolute, without `..`.
-fn context_path(field: &str, value: &str) -> ApiResult<String> {
-    if value.split('/').any(|c| c == "..") {
-        return Err(bad_request(format!(
-            "{field} must stay inside the build context (no `..`)"
-        )));
+impl CreateBuild {
+    /// The request as the manager takes it; the manager checks and normalises the rest.
+    fn into_new_build(self, namespace: String, repository: String) -> ApiResult<NewBuild> {
+        let source = match (self.archive_url, self.file_id) {
+            (Some(url), None) => BuildSource::ArchiveUrl { url },
+            (None, Some(file_id)) => BuildSource::Uploaded { file_id },
+            _ => return Err(bad_request("give exactly one of archive_url and file_id")),
+        };
+        Ok(NewBuild {
+            namespace,
+            repository,
+            source,
+            tags: self.docker_tags.unwrap_or_default(),
+            context: self.context.or(self.subdirectory).unwrap_or_default(),
+            dockerfile_path: self.dockerfile_path.unwrap_or_default(),
+            display_name: String::new(),
+            manual_user: None,
+            pull_robot: self.pull_robot,
+        })
     }
-    Ok(if value.starts_with('/') {
-        value.to_string()
-    } else {
-        format!("/{value}")
-    })
 }
 
 async fn create_build(
@@ -234,70 +214,17 @@ async fn create_build(
     Path((namespace, repository)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    for (what, name) in [("namespace", &namespace), ("repository", &repository)] {
-        if !valid_name(name) {
-            return Err(bad_request(format!(
-                "invalid {what} {name:?}: use lower-case letters, digits, '.', '_' and '-'"
-            )));
-        }
-    }
     let req: CreateBuild = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid build request: {e}")))?;
-    let source = match (req.archive_url, req.file_id) {
-        (Some(url), None) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad_request(
-                    "archive_url must be an http:// or https:// URL",
-                ));
-            }
-            BuildSource::ArchiveUrl { url }
-        }
-        (None, Some(file_id)) => {
-            if api.manager.files().path(&file_id).is_none() {
-                return Err(bad_request(format!(
-                    "file_id {file_id:?} names no uploaded file: upload it with PUT /api/v1/filedrop/<file_id> first"
-                )));
-            }
-            BuildSource::Uploaded { file_id }
-        }
-        _ => return Err(bad_request("give exactly one of archive_url and file_id")),
-    };
-    let tags = req.docker_tags.unwrap_or_default();
-    if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
-        return Err(bad_request(format!("invalid tag {bad:?}")));
-    }
-    let context = context_path(
-        "context",
-        req.context
-            .as_deref()
-            .or(req.subdirectory.as_deref())
-            .unwrap_or("/"),
-    )?;
-    let dockerfile_path = match req.dockerfile_path {
-        Some(p) => context_path("dockerfile_path", &p)?,
-        None => format!("{}/Dockerfile", context.trim_end_matches('/')),
-    };
-    // Quay names manual builds by a short random hex string.
-    let display_name = buildman_manager::FileStore::new_id()[..7].to_string();
     let build = api
-        .manager
-        .submit(NewBuild {
-            namespace,
-            repository,
-            source,
-            tags,
-            context,
-            dockerfile_path,
-            display_name,
-            manual_user: None,
-            pull_robot: req.pull_robot,
-        })
+        .builds
+        .submit(req.into_new_build(namespace, repository)?)
         .await?;
     let location = format!(
         "/api/v1/repository/{}/{}/build/{}",
         build.namespace, build.repository, build.id
     );
-    let view = view(&api.manager, &build).await?;
+    let view = view(&api.builds, &build).await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -320,13 +247,12 @@ async fn list_builds(
     let limit = q.limit.unwrap_or(5).clamp(1, 100);
     let since = q.since.and_then(|s| chrono::DateTime::from_timestamp(s, 0));
     let builds = api
-        .manager
-        .store()
-        .list_builds(&namespace, &repository, limit, since)
+        .builds
+        .list(&namespace, &repository, limit, since)
         .await?;
     let mut views = Vec::with_capacity(builds.len());
     for b in &builds {
-        views.push(view(&api.manager, b).await?);
+        views.push(view(&api.builds, b).await?);
     }
     Ok(Json(json!({ "builds": views })))
 }
@@ -343,7 +269,7 @@ fn parse_id(id: &str) -> ApiResult<BuildId> {
 /// A build of the repository in the path; 404 when it belongs to another one.
 async fn repo_build(api: &Api, namespace: &str, repository: &str, id: &str) -> ApiResult<Build> {
     let id = parse_id(id)?;
-    match api.manager.store().get_build(id).await? {
+    match api.builds.get(id).await? {
         Some(b) if b.namespace == namespace && b.repository == repository => Ok(b),
         _ => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -357,18 +283,17 @@ async fn get_build(
     Path((namespace, repository, id)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
-    Ok(Json(view(&api.manager, &build).await?))
+    Ok(Json(view(&api.builds, &build).await?))
 }
 
 async fn get_build_by_id(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&id)?;
     let build = api
-        .manager
-        .store()
-        .get_build(id)
+        .builds
+        .get(id)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("build {id} not found")))?;
-    Ok(Json(view(&api.manager, &build).await?))
+    Ok(Json(view(&api.builds, &build).await?))
 }
 
 async fn cancel_build(
@@ -376,7 +301,7 @@ async fn cancel_build(
     Path((namespace, repository, id)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
-    api.manager.cancel(build.id).await?;
+    api.builds.cancel(build.id).await?;
     Ok((StatusCode::CREATED, Json(json!("Okay"))).into_response())
 }
 
@@ -395,9 +320,8 @@ async fn build_logs(
 ) -> ApiResult<Json<Value>> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     let page = api
-        .manager
-        .store()
-        .read_logs(build.id, q.start.unwrap_or(0), LOG_PAGE)
+        .builds
+        .logs(build.id, q.start.unwrap_or(0), LOG_PAGE)
         .await?;
     Ok(Json(
         json!({ "start": page.start, "total": page.total, "logs": page.entries }),
@@ -405,8 +329,8 @@ async fn build_logs(
 }
 
 /// Quay's build view. Secrets of the source (a git key) are never part of it.
-async fn view(manager: &Manager, b: &Build) -> ApiResult<Value> {
-    let phase = if manager.is_expired(b).await? {
+async fn view(builds: &Builds, b: &Build) -> ApiResult<Value> {
+    let phase = if builds.is_expired(b).await? {
         "expired"
     } else {
         b.phase.as_str()

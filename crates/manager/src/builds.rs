@@ -1,0 +1,113 @@
+//! The user-facing side of the manager: submitting, reading and cancelling builds, and the
+//! uploaded contexts builds are made from. The REST API is a thin adapter over this.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use buildman_core::{Build, BuildId, BuildSource, InvalidBuild, NewBuild, Phase};
+use buildman_store::{LogPage, QueueState, Store};
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+use crate::ManagerError;
+use crate::files::FileStore;
+use crate::reaper::Reaper;
+use crate::scheduler::Wake;
+use crate::settings::Settings;
+
+/// Builds as users see them. Cheap to clone.
+#[derive(Clone)]
+pub struct Builds {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) files: FileStore,
+    pub(crate) reaper: Arc<Reaper>,
+    pub(crate) wake: Wake,
+    pub(crate) settings: Arc<Settings>,
+}
+
+impl Builds {
+    /// Checks a build request ([`NewBuild::validate`]), queues it and wakes the scheduler.
+    /// An empty display name gets Quay's kind: a short random hex string.
+    pub async fn submit(&self, mut new: NewBuild) -> Result<Build, ManagerError> {
+        if new.display_name.is_empty() {
+            new.display_name = FileStore::new_id()[..7].to_string();
+        }
+        let new = new.validate()?;
+        if let BuildSource::Uploaded { file_id } = &new.source
+            && self.files.path(file_id).is_none()
+        {
+            return Err(InvalidBuild(format!(
+                "file_id {file_id:?} names no uploaded file: upload the context first"
+            ))
+            .into());
+        }
+        let s = &self.settings;
+        let build = self
+            .store
+            .create_build(new, s.queue_rules.retries, s.max_queued_per_namespace)
+            .await?;
+        tracing::info!(build_id = %build.id, repository = %build.full_repository(), "build queued");
+        self.wake.notify();
+        Ok(build)
+    }
+
+    /// Cancels a build unless it is pushing or final; stops its worker if it has one.
+    pub async fn cancel(&self, id: BuildId) -> Result<(), ManagerError> {
+        self.reaper.cancel(id).await
+    }
+
+    /// One build.
+    pub async fn get(&self, id: BuildId) -> Result<Option<Build>, ManagerError> {
+        Ok(self.store.get_build(id).await?)
+    }
+
+    /// A repository's builds, newest first; `since` keeps those created at or after it.
+    pub async fn list(
+        &self,
+        namespace: &str,
+        repository: &str,
+        limit: u32,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Build>, ManagerError> {
+        Ok(self
+            .store
+            .list_builds(namespace, repository, limit, since)
+            .await?)
+    }
+
+    /// Log entries from index `start` (at most `limit`), with the log's total length.
+    pub async fn logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage, ManagerError> {
+        Ok(self.store.read_logs(id, start, limit).await?)
+    }
+
+    /// The build's place in the queue, `None` once it left it.
+    pub async fn queue_state(&self, id: BuildId) -> Result<Option<QueueState>, ManagerError> {
+        Ok(self.store.queue_state(id).await?)
+    }
+
+    /// True when the build is `internalerror` with no retry left: the status view shows
+    /// it as `expired`.
+    pub async fn is_expired(&self, build: &Build) -> Result<bool, ManagerError> {
+        Ok(build.phase == Phase::InternalError && self.store.queue_state(build.id).await?.is_none())
+    }
+
+    /// A new upload id (the capability to upload one context, and to fetch it).
+    pub fn new_upload_id(&self) -> String {
+        FileStore::new_id()
+    }
+
+    /// Stores an uploaded context of at most `limit` bytes under `file_id`.
+    pub async fn upload(
+        &self,
+        file_id: &str,
+        body: impl AsyncRead + Unpin,
+        limit: u64,
+    ) -> Result<u64, ManagerError> {
+        Ok(self.files.write(file_id, body, limit).await?)
+    }
+
+    /// The file of a finished upload, for a worker to download.
+    pub fn uploaded(&self, file_id: &str) -> Option<PathBuf> {
+        self.files.path(file_id)
+    }
+}

@@ -1,0 +1,341 @@
+//! Worker sessions: what a worker's calls do — registration, heartbeats, phase changes,
+//! log lines and the cached-tag question. The gRPC service is a thin adapter over these.
+//! A final phase ends the job through the reaper.
+
+mod streams;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use buildman_core::{Actor, Build, BuildSource, JobEnd, JobRecord, Phase};
+use buildman_store::Store;
+use serde_json::{Map, Value};
+
+use crate::files::FileStore;
+use crate::leases::LeaseMarks;
+use crate::logwriter::LogWriter;
+use crate::reaper::Reaper;
+use crate::records::JobRecords;
+use crate::settings::Settings;
+use crate::tokens::{TokenContext, TokenError, TokenService, TokenType};
+use crate::{ManagerError, phases};
+
+pub use streams::{HeartbeatStream, LogStream};
+
+/// Where the worker gets its build context from (the BuildPack's `build_pack` oneof).
+#[derive(Clone, PartialEq, Eq)]
+pub enum PackageSource {
+    /// An http(s) URL of an archive or a Dockerfile.
+    Url(String),
+    /// A git repository at a commit, with an optional SSH key.
+    Git {
+        url: String,
+        sha: String,
+        private_key: String,
+    },
+}
+
+/// Everything a registered worker needs to run the build (the BuildPack).
+#[derive(Clone)]
+pub struct Assignment {
+    pub job_token: String,
+    pub source: PackageSource,
+    pub context: String,
+    pub dockerfile_path: String,
+    /// `namespace/repository`.
+    pub repository: String,
+    pub registry: String,
+    pub pull_token: String,
+    pub push_token: String,
+    pub tags: Vec<String>,
+    /// Credentials for pulling base images, when the build has them.
+    pub base_image: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assignment")
+            .field("repository", &self.repository)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A phase a worker reports, with the pull metadata it may carry.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseReport {
+    pub phase: Option<Phase>,
+    pub pull_metadata: Map<String, Value>,
+}
+
+/// The worker-facing side of the manager.
+pub struct WorkerSessions {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) records: JobRecords,
+    pub(crate) tokens: Arc<TokenService>,
+    pub(crate) reaper: Arc<Reaper>,
+    pub(crate) files: FileStore,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) log_writer: LogWriter,
+    /// The queue leases this manager last wrote (see [`WorkerSessions::extend_lease`]).
+    pub(crate) leases: Mutex<LeaseMarks>,
+}
+
+impl WorkerSessions {
+    /// RegisterBuildJob: accepts a registration token once, for a job that is scheduled and
+    /// not yet started, and hands back the build's assignment with a job token.
+    pub async fn register(&self, token: &str) -> Result<Assignment, ManagerError> {
+        let ctx = self.tokens.verify(token, TokenType::Registration)?;
+        self.claim_job(&ctx).await?;
+        let build = self
+            .store
+            .get_build(ctx.build_id)
+            .await?
+            .ok_or(ManagerError::NotFound(ctx.build_id))?;
+        if matches!(build.phase, Phase::Waiting | Phase::InternalError) {
+            // The worker called in before the scheduler marked the build scheduled (an
+            // executor whose worker starts before `start` returns): registration is the
+            // latest point a build is scheduled, so the worker's phases are accepted.
+            phases::change(
+                self.store.as_ref(),
+                build.id,
+                Phase::BuildScheduled,
+                Actor::Scheduler,
+                None,
+                Default::default(),
+            )
+            .await?;
+        }
+        let assignment = self.assignment(&build, &ctx)?;
+        tracing::info!(build_id = %build.id, "worker registered");
+        Ok(assignment)
+    }
+
+    /// Marks the job registered (its first heartbeat), once.
+    async fn claim_job(&self, ctx: &TokenContext) -> Result<(), ManagerError> {
+        let ttl = self.settings.timings.heartbeat_ttl;
+        let now = chrono::Utc::now().timestamp();
+        let mut refusal = None;
+        let registered = self
+            .records
+            .modify(&ctx.job_key, |record| {
+                if record.build_id != ctx.build_id {
+                    return Err(TokenError::Refused("token does not belong to this job".into()).into());
+                }
+                if record.registered() {
+                    refusal = Some("a worker already registered for this job");
+                    return Ok(None);
+                }
+                let mut next = record.clone();
+                next.last_heartbeat = Some(now);
+                Ok(Some((next, Some(heartbeat_ttl(ttl, record)))))
+            })
+            .await?;
+        match registered {
+            Some(_) => Ok(()),
+            None => Err(ManagerError::JobNotWaiting {
+                build: ctx.build_id,
+                why: refusal.unwrap_or(
+                    "the job is not waiting for a worker (it expired, ended or was cancelled)",
+                ),
+            }),
+        }
+    }
+
+    /// The BuildPack of a registered worker.
+    fn assignment(&self, build: &Build, ctx: &TokenContext) -> Result<Assignment, ManagerError> {
+        let s = &self.settings;
+        let source = match &build.source {
+            BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
+            BuildSource::Uploaded { file_id } => {
+                PackageSource::Url(self.files.worker_url(file_id))
+            }
+            BuildSource::Git {
+                url,
+                sha,
+                private_key,
+            } => PackageSource::Git {
+                url: url.clone(),
+                sha: sha.clone(),
+                private_key: private_key.clone().unwrap_or_default(),
+            },
+        };
+        let job_token =
+            self.tokens
+                .issue(TokenType::Job, build.id, &ctx.job_key, s.machine_max_time)?;
+        Ok(Assignment {
+            job_token,
+            source,
+            context: build.context.clone(),
+            dockerfile_path: build.dockerfile_path.clone(),
+            repository: build.full_repository(),
+            registry: s.registry.clone(),
+            pull_token: s.pull_token.clone(),
+            push_token: s.push_token.clone(),
+            tags: build.effective_tags(),
+            base_image: None,
+        })
+    }
+
+    /// Checks a job token (not a registration token).
+    pub fn verify_job_token(&self, token: &str) -> Result<TokenContext, ManagerError> {
+        Ok(self.tokens.verify(token, TokenType::Job)?)
+    }
+
+    /// Heartbeat: `true` when the job exists and its expiry was pushed out.
+    pub async fn heartbeat(&self, ctx: &TokenContext) -> Result<bool, ManagerError> {
+        let ttl = self.settings.timings.heartbeat_ttl;
+        let now = chrono::Utc::now().timestamp();
+        let record = self
+            .records
+            .modify(&ctx.job_key, |record| {
+                if record.build_id != ctx.build_id || now >= record.max_expiration {
+                    return Ok(None);
+                }
+                let mut next = record.clone();
+                next.last_heartbeat = Some(now);
+                Ok(Some((next, Some(heartbeat_ttl(ttl, record)))))
+            })
+            .await?;
+        let Some(record) = record else {
+            return Ok(false);
+        };
+        self.extend_lease(&record).await?;
+        Ok(true)
+    }
+
+    /// The lease marks; each critical section is one map operation, so a poisoned map is
+    /// still consistent.
+    fn leases(&self) -> MutexGuard<'_, LeaseMarks> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pushes a live job's queue lease out to `heartbeat_lease` from now when that moves
+    /// it by more than the queue's minimum extension. That is the store's own rule, but the
+    /// store needs a read to apply it; remembering what this manager last wrote skips the
+    /// store altogether for most heartbeats. The remembered expiry never exceeds the real
+    /// one, so the lease is always at least `heartbeat_lease - minimum_extension` ahead
+    /// after a heartbeat. Another manager remembers nothing of these writes and simply
+    /// writes itself when its own rule says so.
+    async fn extend_lease(&self, record: &JobRecord) -> Result<(), ManagerError> {
+        let s = &self.settings;
+        let now = chrono::Utc::now();
+        let lease_ms = i64::try_from(s.timings.heartbeat_lease.as_millis()).unwrap_or(i64::MAX);
+        let minimum_ms =
+            i64::try_from(s.queue_rules.minimum_extension.as_millis()).unwrap_or(i64::MAX);
+        let now_ms = now.timestamp_millis();
+        let wanted = now_ms.saturating_add(lease_ms);
+        let item = &record.queue_item;
+        if self
+            .leases()
+            .is_fresh(record.build_id, &item.state_id, wanted, minimum_ms)
+        {
+            return Ok(());
+        }
+        // No minimum: the store writes unless the lease is already further out, so after
+        // this call it ends at `wanted` or later.
+        let held = self
+            .store
+            .extend_item(item, now, s.timings.heartbeat_lease, Duration::ZERO)
+            .await?;
+        let mut leases = self.leases();
+        if held {
+            leases.remember(record.build_id, &item.state_id, wanted, now_ms);
+        } else {
+            leases.forget(record.build_id);
+        }
+        Ok(())
+    }
+
+    /// SetPhase: records a worker's phase change. `Ok(false)` refuses it: the job is gone,
+    /// or the transition table does not allow it (a final build, a step back to waiting).
+    /// A repeat of the current phase succeeds. A final phase ends the job.
+    pub async fn set_phase(
+        &self,
+        ctx: &TokenContext,
+        report: PhaseReport,
+    ) -> Result<bool, ManagerError> {
+        let Some(to) = report.phase else {
+            return Ok(false);
+        };
+        let build = ctx.build_id;
+        let Some(current) = self.store.get_build(build).await? else {
+            return Ok(false);
+        };
+        if current.phase == to {
+            return Ok(true);
+        }
+        if !self.records.exists(&ctx.job_key).await? {
+            return Ok(false);
+        }
+        let error = (to == Phase::Error).then_some(JobEnd::Error.reason());
+        let before = phases::change(
+            self.store.as_ref(),
+            build,
+            to,
+            Actor::Worker,
+            error,
+            report.pull_metadata,
+        )
+        .await?;
+        match before {
+            Some(prev) if prev == to => return Ok(true),
+            Some(_) => {}
+            None => return Ok(false),
+        }
+        tracing::info!(build_id = %build, phase = %to, "phase");
+        let end = match to {
+            Phase::Complete => {
+                self.record_result_location(&current).await;
+                JobEnd::Complete
+            }
+            Phase::Error => JobEnd::Error,
+            _ => return Ok(true),
+        };
+        if let Some(record) = self.records.take(build).await? {
+            self.reaper.end(record, end).await?;
+        }
+        Ok(true)
+    }
+
+    /// With no registry, a local worker wrote the image as an OCI layout: say where.
+    async fn record_result_location(&self, build: &Build) {
+        let s = &self.settings;
+        let Some(dir) = s.result_dir.as_ref().filter(|_| s.registry.is_empty()) else {
+            return;
+        };
+        let layout = dir.join(&build.namespace).join(&build.repository);
+        let location = format!("oci:{}", layout.display());
+        if let Err(e) = self.store.set_result_location(build.id, &location).await {
+            tracing::warn!(build_id = %build.id, error = %e, "could not record where the image went");
+        }
+    }
+
+    /// DetermineCachedTag: the first of this build's tags that an earlier complete build of
+    /// the same repository pushed, or "".
+    pub async fn cached_tag(&self, ctx: &TokenContext) -> Result<String, ManagerError> {
+        let Some(build) = self.store.get_build(ctx.build_id).await? else {
+            return Ok(String::new());
+        };
+        let earlier = self
+            .store
+            .list_builds(&build.namespace, &build.repository, 50, None)
+            .await?;
+        let pushed: Vec<String> = earlier
+            .iter()
+            .filter(|b| b.id != build.id && b.phase == Phase::Complete)
+            .flat_map(|b| b.effective_tags())
+            .collect();
+        Ok(build
+            .effective_tags()
+            .into_iter()
+            .find(|t| pushed.contains(t))
+            .unwrap_or_default())
+    }
+}
+
+/// A job's TTL after a heartbeat: the heartbeat TTL, cut short by MACHINE_MAX_TIME.
+fn heartbeat_ttl(ttl: Duration, record: &JobRecord) -> Duration {
+    let left = (record.max_expiration - chrono::Utc::now().timestamp()).max(1) as u64;
+    ttl.min(Duration::from_secs(left))
+}
