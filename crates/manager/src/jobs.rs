@@ -277,7 +277,10 @@ impl Manager {
 
 /// Watches job records for expiry and finishes the jobs they belonged to.
 pub(crate) fn spawn_expiry_watcher(manager: Manager) -> tokio::task::JoinHandle<()> {
-    let mut events = manager.inner.orchestrator.watch("building/");
+    let mut events = manager
+        .inner
+        .orchestrator
+        .watch("building/", &[KeyEvent::Expire]);
     tokio::spawn(async move {
         while let Some(change) = events.recv().await {
             if change.event != KeyEvent::Expire {
@@ -300,7 +303,10 @@ pub(crate) fn spawn_expiry_watcher(manager: Manager) -> tokio::task::JoinHandle<
 /// Carries out the stops other managers hand to this one (see `Manager::hand_over_stop`),
 /// and gives back the slot of a stop whose manager did not take it in time.
 pub(crate) fn spawn_stop_watcher(manager: Manager) -> tokio::task::JoinHandle<()> {
-    let mut events = manager.inner.orchestrator.watch("cancel/");
+    let mut events = manager
+        .inner
+        .orchestrator
+        .watch("cancel/", &[KeyEvent::Create, KeyEvent::Expire]);
     tokio::spawn(async move {
         while let Some(change) = events.recv().await {
             let record = match parse_record(&change.value) {
