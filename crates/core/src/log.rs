@@ -100,6 +100,14 @@ impl LogEntry {
     }
 }
 
+/// Whether a worker's log line is new, given the highest sequence number stored from the
+/// same attempt's worker (`None`: nothing yet). A worker numbers its lines upwards and
+/// re-sends the unacknowledged ones after a reconnect, so a line numbered at or below that
+/// mark was stored already: it is acknowledged, not stored again.
+pub fn is_new_worker_line(last_stored: Option<i32>, sequence: i32) -> bool {
+    last_stored.is_none_or(|last| sequence > last)
+}
+
 /// True for `Step N/M : ...` and the older `Step N : ...` lines.
 pub fn is_step_line(line: &str) -> bool {
     let Some(rest) = line.trim_start().strip_prefix("Step ") else {
@@ -120,6 +128,14 @@ pub fn is_step_line(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_is_new_only_above_the_last_stored_sequence() {
+        assert!(is_new_worker_line(None, 0));
+        assert!(is_new_worker_line(Some(4), 5));
+        assert!(!is_new_worker_line(Some(4), 4));
+        assert!(!is_new_worker_line(Some(4), 1));
+    }
 
     #[test]
     fn step_lines_become_commands() {

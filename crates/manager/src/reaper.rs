@@ -173,13 +173,10 @@ impl Reaper {
     /// Starts watching for passed job deadlines and for stops handed over by other
     /// managers.
     pub(crate) fn start(self: &Arc<Self>) {
-        let mut deadlines = self.orchestrator.watch("building/"); // TODO(h-store): kinds filter
+        let mut deadlines = self.orchestrator.watch("building/", &[KeyEvent::Expire]);
         let reaper = self.clone();
         self.tasks.spawn_loop(async move {
             while let Some(change) = deadlines.recv().await {
-                if change.event != KeyEvent::Expire {
-                    continue;
-                }
                 let task = reaper.clone();
                 reaper.tasks.spawn(async move {
                     let result = match records::parse(&change.value) {
@@ -192,7 +189,9 @@ impl Reaper {
                 });
             }
         });
-        let mut stops = self.orchestrator.watch("cancel/"); // TODO(h-store)
+        let mut stops = self
+            .orchestrator
+            .watch("cancel/", &[KeyEvent::Create, KeyEvent::Expire]);
         let reaper = self.clone();
         self.tasks.spawn_loop(async move {
             while let Some(change) = stops.recv().await {

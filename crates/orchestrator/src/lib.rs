@@ -13,6 +13,11 @@ use async_trait::async_trait;
 
 pub mod memory;
 pub mod redis;
+mod watchers;
+
+/// How many changes a watcher's channel holds before the orchestrator stops delivering to
+/// it (see [`Orchestrator::watch`]).
+pub const WATCH_CAPACITY: usize = 1024;
 
 /// What went wrong in the orchestrator.
 #[derive(Debug, thiserror::Error)]
@@ -25,21 +30,27 @@ pub enum OrchestratorError {
 /// Shorthand for orchestrator results.
 pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
 
-/// What happened to a key.
+/// What happened to a key (the numbers are Quay's, as its event channel carries them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyEvent {
+    /// The key was created.
     Create = 1,
+    /// Its value was replaced (a compare-and-set).
     Set = 2,
+    /// It was taken.
     Delete = 3,
+    /// Its TTL ran out; exactly one manager sees this.
     Expire = 4,
 }
 
 /// A change to a key, with the value it had (for expiry and delete: its last value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyChange {
+    /// What happened.
     pub event: KeyEvent,
     /// The key without the orchestrator prefix.
     pub key: String,
+    /// The value written, or the last value of a deleted or expired key.
     pub value: String,
 }
 
@@ -75,16 +86,25 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Every key below a prefix, with its value.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>>;
 
-    /// Takes one of `limit` worker slots for `holder`; false when all are taken. Taking a
-    /// slot the holder already has succeeds without taking another.
-    async fn acquire_slot(&self, holder: &str, limit: u32) -> Result<bool>;
+    /// Takes one of `limit` worker slots as `slot` (an id the caller chose); false when all
+    /// are taken. Taking a slot that is taken already succeeds without taking another.
+    async fn acquire_slot(&self, slot: &str, limit: u32) -> Result<bool>;
 
-    /// Gives a holder's slot back (no-op when it has none).
-    async fn release_slot(&self, holder: &str) -> Result<()>;
+    /// Gives a slot back (no-op when it is not taken).
+    async fn release_slot(&self, slot: &str) -> Result<()>;
 
     /// How many slots are taken.
     async fn slots_taken(&self) -> Result<u32>;
 
-    /// Subscribes to changes of keys below `prefix` (including expiries).
-    fn watch(&self, prefix: &str) -> tokio::sync::mpsc::UnboundedReceiver<KeyChange>;
+    /// Subscribes to the changes of the kinds in `events` to keys below `prefix`, through a
+    /// channel of [`WATCH_CAPACITY`] changes. A dropped receiver ends the subscription.
+    ///
+    /// When the channel is full, a [`KeyEvent::Expire`] is never lost: the in-memory
+    /// orchestrator leaves the key unexpired and tries again shortly after
+    /// ([`memory::EXPIRY_RETRY`]), so the expiry waits for the watcher; the Redis one has
+    /// claimed the key already, so whatever claimed it (a call, the sweep, the event
+    /// subscription) waits for room, and its sweep still finds what a held-back subscription
+    /// delays. Other kinds are not relied on within one process: the in-memory orchestrator
+    /// drops them with a warning; the Redis one waits for room as for expiries.
+    fn watch(&self, prefix: &str, events: &[KeyEvent]) -> tokio::sync::mpsc::Receiver<KeyChange>;
 }

@@ -5,6 +5,11 @@
 //! order watchers see matches the order of the changes, and expiry and `take` can never
 //! both claim a key. Keys whose deadline has passed are expired on every access as well as
 //! by the background timer, so results never depend on when that timer task gets to run.
+//!
+//! Sending never waits. A key whose expiry a watcher has no room for stays unexpired, with
+//! its deadline moved [`EXPIRY_RETRY`] on, until every watcher of it has room: an expiry is
+//! acted on (the manager finishes the job), so it must not be lost. Other changes a full
+//! watcher misses, with a warning.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -12,11 +17,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::watchers::Watchers;
 use crate::{KeyChange, KeyEvent, Orchestrator, Result};
+
+/// How long an expiry waits when a watcher of its key has a full channel.
+pub const EXPIRY_RETRY: Duration = Duration::from_millis(50);
 
 /// An [`Orchestrator`] held in this process's memory; clones share the same state.
 #[derive(Clone)]
@@ -36,18 +45,13 @@ struct State {
     keys: BTreeMap<String, Entry>,
     deadlines: BTreeSet<(Instant, String)>,
     slots: HashSet<String>,
-    watchers: Vec<Watcher>,
+    watchers: Watchers,
     expiry_task: Option<JoinHandle<()>>,
 }
 
 struct Entry {
     value: String,
     deadline: Option<Instant>,
-}
-
-struct Watcher {
-    prefix: String,
-    tx: UnboundedSender<KeyChange>,
 }
 
 impl MemoryOrchestrator {
@@ -121,8 +125,10 @@ impl Drop for Inner {
 }
 
 impl State {
-    /// Removes every key whose deadline is at or before `now`, announcing each as expired.
+    /// Removes every key whose deadline is at or before `now`, announcing each as expired;
+    /// a key a watcher has no room for gets its deadline moved [`EXPIRY_RETRY`] on.
     fn expire_due(&mut self, now: Instant) {
+        let mut waiting = Vec::new();
         while let Some((deadline, _)) = self.deadlines.first() {
             if *deadline > now {
                 break;
@@ -130,8 +136,30 @@ impl State {
             let Some((_, key)) = self.deadlines.pop_first() else {
                 break;
             };
+            let Some(permits) = self.watchers.reserve(KeyEvent::Expire, &key) else {
+                waiting.push(key);
+                continue;
+            };
             if let Some(entry) = self.keys.remove(&key) {
-                self.notify(KeyEvent::Expire, &key, entry.value);
+                let change = KeyChange {
+                    event: KeyEvent::Expire,
+                    key,
+                    value: entry.value,
+                };
+                for permit in permits {
+                    permit.send(change.clone());
+                }
+            }
+        }
+        let retry = now + EXPIRY_RETRY;
+        for key in waiting {
+            tracing::debug!(
+                key,
+                "a watcher of an expired key is full; expiring it later"
+            );
+            if let Some(entry) = self.keys.get_mut(&key) {
+                entry.deadline = Some(retry);
+                self.deadlines.insert((retry, key));
             }
         }
     }
@@ -141,16 +169,10 @@ impl State {
     }
 
     fn notify(&mut self, event: KeyEvent, key: &str, value: String) {
-        self.watchers.retain(|w| {
-            if !key.starts_with(&w.prefix) {
-                return !w.tx.is_closed();
-            }
-            let change = KeyChange {
-                event,
-                key: key.to_owned(),
-                value: value.clone(),
-            };
-            w.tx.send(change).is_ok()
+        self.watchers.offer(&KeyChange {
+            event,
+            key: key.to_owned(),
+            value,
         });
     }
 }
@@ -242,20 +264,20 @@ impl Orchestrator for MemoryOrchestrator {
             .collect())
     }
 
-    async fn acquire_slot(&self, holder: &str, limit: u32) -> Result<bool> {
+    async fn acquire_slot(&self, slot: &str, limit: u32) -> Result<bool> {
         let mut state = self.lock();
-        if state.slots.contains(holder) {
+        if state.slots.contains(slot) {
             return Ok(true);
         }
         if state.slots.len() >= limit as usize {
             return Ok(false);
         }
-        state.slots.insert(holder.to_owned());
+        state.slots.insert(slot.to_owned());
         Ok(true)
     }
 
-    async fn release_slot(&self, holder: &str) -> Result<()> {
-        self.lock().slots.remove(holder);
+    async fn release_slot(&self, slot: &str) -> Result<()> {
+        self.lock().slots.remove(slot);
         Ok(())
     }
 
@@ -264,270 +286,29 @@ impl Orchestrator for MemoryOrchestrator {
         Ok(u32::try_from(taken).unwrap_or(u32::MAX))
     }
 
-    fn watch(&self, prefix: &str) -> UnboundedReceiver<KeyChange> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut state = self.lock();
-        state.watchers.retain(|w| !w.tx.is_closed());
-        state.watchers.push(Watcher {
-            prefix: prefix.to_owned(),
-            tx,
-        });
-        rx
+    fn watch(&self, prefix: &str, events: &[KeyEvent]) -> Receiver<KeyChange> {
+        self.lock().watchers.add(prefix, events)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    //! Internals only; the behaviour is tested through the trait in
+    //! `tests/orchestrator` (the shared suite and `memory.rs`).
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
 
-    fn change(event: KeyEvent, key: &str, value: &str) -> KeyChange {
-        KeyChange {
-            event,
-            key: key.to_owned(),
-            value: value.to_owned(),
-        }
-    }
-
     #[tokio::test(start_paused = true)]
-    async fn key_expires_after_ttl_with_its_last_value() {
+    async fn closed_watchers_are_pruned() {
         let orch = MemoryOrchestrator::new();
-        let mut rx = orch.watch("");
-        let start = Instant::now();
-        assert!(orch.create("building/a", "v1", Some(5 * S)).await.unwrap());
-        assert_eq!(
-            rx.recv().await,
-            Some(change(KeyEvent::Create, "building/a", "v1"))
-        );
-
-        tokio::time::sleep(4 * S).await;
-        assert_eq!(orch.get("building/a").await.unwrap().as_deref(), Some("v1"));
-        assert!(rx.try_recv().is_err());
-
-        // Nothing touches the orchestrator here: the background task must fire on its own.
-        let expired = rx.recv().await.unwrap();
-        assert_eq!(expired, change(KeyEvent::Expire, "building/a", "v1"));
-        assert_eq!(start.elapsed(), 5 * S);
-        assert_eq!(orch.get("building/a").await.unwrap(), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_swap_resets_the_ttl() {
-        let orch = MemoryOrchestrator::new();
-        let mut rx = orch.watch("building/");
-        let start = Instant::now();
-        orch.create("building/a", "v1", Some(5 * S)).await.unwrap();
-        tokio::time::sleep(3 * S).await;
-        assert!(
-            orch.compare_and_set("building/a", "v1", "v2", Some(5 * S))
-                .await
-                .unwrap()
-        );
-        tokio::time::sleep(3 * S).await;
-        assert_eq!(orch.get("building/a").await.unwrap().as_deref(), Some("v2"));
-
-        assert_eq!(rx.recv().await.unwrap().event, KeyEvent::Create);
-        assert_eq!(
-            rx.recv().await,
-            Some(change(KeyEvent::Set, "building/a", "v2"))
-        );
-        assert_eq!(
-            rx.recv().await,
-            Some(change(KeyEvent::Expire, "building/a", "v2"))
-        );
-        assert_eq!(start.elapsed(), 8 * S);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_swap_without_ttl_removes_the_expiry() {
-        let orch = MemoryOrchestrator::new();
-        orch.create("k", "v1", Some(5 * S)).await.unwrap();
-        assert!(orch.compare_and_set("k", "v1", "v2", None).await.unwrap());
-        tokio::time::sleep(3600 * S).await;
-        assert_eq!(orch.get("k").await.unwrap().as_deref(), Some("v2"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_earlier_deadline_wakes_the_expiry_task() {
-        let orch = MemoryOrchestrator::new();
-        let mut rx = orch.watch("");
-        let start = Instant::now();
-        orch.create("late", "l", Some(100 * S)).await.unwrap();
-        // Let the task go to sleep towards the late deadline first.
-        tokio::time::sleep(S).await;
-        orch.create("early", "e", Some(2 * S)).await.unwrap();
-        rx.recv().await.unwrap();
-        rx.recv().await.unwrap();
-        assert_eq!(
-            rx.recv().await,
-            Some(change(KeyEvent::Expire, "early", "e"))
-        );
-        assert_eq!(start.elapsed(), 3 * S);
-        assert_eq!(rx.recv().await, Some(change(KeyEvent::Expire, "late", "l")));
-        assert_eq!(start.elapsed(), 100 * S);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn take_before_the_deadline_wins_over_expiry() {
-        let orch = MemoryOrchestrator::new();
-        let mut rx = orch.watch("");
-        orch.create("k", "v", Some(5 * S)).await.unwrap();
-        tokio::time::sleep(5 * S - Duration::from_millis(1)).await;
-        assert_eq!(orch.take("k").await.unwrap().as_deref(), Some("v"));
-        tokio::time::sleep(60 * S).await;
-
-        assert_eq!(rx.recv().await.unwrap().event, KeyEvent::Create);
-        assert_eq!(rx.recv().await, Some(change(KeyEvent::Delete, "k", "v")));
-        assert!(rx.try_recv().is_err());
-        assert_eq!(orch.take("k").await.unwrap(), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn take_racing_expiry_claims_each_key_exactly_once() {
-        let orch = MemoryOrchestrator::new();
-        let mut rx = orch.watch("");
-        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
-        for (i, key) in keys.iter().enumerate() {
-            let ttl = Duration::from_millis(990 + 2 * i as u64);
-            orch.create(key, "v", Some(ttl)).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(1040)).await;
-        let mut taken = HashSet::new();
-        for key in &keys {
-            if orch.take(key).await.unwrap().is_some() {
-                taken.insert(key.clone());
-            }
-        }
-        tokio::time::sleep(10 * S).await;
-
-        let mut deleted = HashSet::new();
-        let mut expired = HashSet::new();
-        while let Ok(c) = rx.try_recv() {
-            match c.event {
-                KeyEvent::Create => {}
-                KeyEvent::Delete => assert!(deleted.insert(c.key)),
-                KeyEvent::Expire => assert!(expired.insert(c.key)),
-                KeyEvent::Set => panic!("unexpected set"),
-            }
-        }
-        assert_eq!(deleted, taken);
-        assert!(deleted.is_disjoint(&expired));
-        assert_eq!(deleted.len() + expired.len(), keys.len());
-        assert!(!taken.is_empty() && !expired.is_empty());
-    }
-
-    #[tokio::test]
-    async fn create_on_an_existing_key_fails_and_a_swap_on_a_missing_or_changed_one_writes_nothing()
-    {
-        let orch = MemoryOrchestrator::new();
-        let mut rx = orch.watch("");
-        assert!(orch.create("k", "v1", None).await.unwrap());
-        assert!(!orch.create("k", "v2", None).await.unwrap());
-        assert_eq!(orch.get("k").await.unwrap().as_deref(), Some("v1"));
-        assert!(
-            !orch
-                .compare_and_set("missing", "", "v", Some(S))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !orch
-                .compare_and_set("k", "stale", "v3", None)
-                .await
-                .unwrap()
-        );
-        assert_eq!(orch.get("missing").await.unwrap(), None);
-
-        assert_eq!(rx.recv().await, Some(change(KeyEvent::Create, "k", "v1")));
-        assert!(rx.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn list_returns_only_keys_below_the_prefix() {
-        let orch = MemoryOrchestrator::new();
-        for key in ["a/2", "a/1", "ab/3", "b/1", "a"] {
-            orch.create(key, &format!("v-{key}"), None).await.unwrap();
-        }
-        let listed = orch.list("a/").await.unwrap();
-        let want = vec![
-            ("a/1".to_owned(), "v-a/1".to_owned()),
-            ("a/2".to_owned(), "v-a/2".to_owned()),
-        ];
-        assert_eq!(listed, want);
-        assert_eq!(orch.list("").await.unwrap().len(), 5);
-        assert!(orch.list("c").await.unwrap().is_empty());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn slots_hold_their_limit_under_concurrency() {
-        let orch = MemoryOrchestrator::new();
-        let tasks: Vec<_> = (0..32)
-            .map(|i| {
-                let orch = orch.clone();
-                tokio::spawn(async move { orch.acquire_slot(&format!("h{i}"), 3).await.unwrap() })
-            })
-            .collect();
-        let mut winners = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            if task.await.unwrap() {
-                winners.push(format!("h{i}"));
-            }
-        }
-        assert_eq!(winners.len(), 3);
-        assert_eq!(orch.slots_taken().await.unwrap(), 3);
-
-        // Holding a slot already is not taking a second one.
-        assert!(orch.acquire_slot(&winners[0], 3).await.unwrap());
-        assert_eq!(orch.slots_taken().await.unwrap(), 3);
-        assert!(!orch.acquire_slot("late", 3).await.unwrap());
-
-        orch.release_slot(&winners[0]).await.unwrap();
-        orch.release_slot("nobody").await.unwrap();
-        assert_eq!(orch.slots_taken().await.unwrap(), 2);
-        assert!(orch.acquire_slot("late", 3).await.unwrap());
-        assert_eq!(orch.slots_taken().await.unwrap(), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn watchers_see_only_their_prefix_and_closed_ones_are_dropped() {
-        let orch = MemoryOrchestrator::new();
-        let mut building = orch.watch("building/");
-        let mut cancel = orch.watch("cancel/");
-        let dropped = orch.watch("building/");
+        let _building = orch.watch("building/", &[KeyEvent::Expire]);
+        let _cancel = orch.watch("cancel/", &[KeyEvent::Create]);
+        let dropped = orch.watch("building/", &[KeyEvent::Expire]);
         drop(dropped);
-
         orch.create("building/a", "1", Some(S)).await.unwrap();
-        orch.create("cancel/a", "2", None).await.unwrap();
-        orch.compare_and_set("cancel/a", "2", "3", None)
-            .await
-            .unwrap();
-        orch.take("cancel/a").await.unwrap();
         tokio::time::sleep(2 * S).await;
-
-        assert_eq!(
-            building.recv().await,
-            Some(change(KeyEvent::Create, "building/a", "1"))
-        );
-        assert_eq!(
-            building.recv().await,
-            Some(change(KeyEvent::Expire, "building/a", "1"))
-        );
-        assert!(building.try_recv().is_err());
-        assert_eq!(
-            cancel.recv().await,
-            Some(change(KeyEvent::Create, "cancel/a", "2"))
-        );
-        assert_eq!(
-            cancel.recv().await,
-            Some(change(KeyEvent::Set, "cancel/a", "3"))
-        );
-        assert_eq!(
-            cancel.recv().await,
-            Some(change(KeyEvent::Delete, "cancel/a", "3"))
-        );
-        assert!(cancel.try_recv().is_err());
-        assert_eq!(orch.lock().watchers.len(), 2);
+        assert_eq!(orch.lock().watchers.count(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,8 @@
 //! - `<prefix>deadlines`: a sorted set, trait key -> deadline (Redis clock, ms). It marks the
 //!   keys this backend gave a deadline and lets the sweep find the overdue ones without
 //!   scanning. Reserved: never a trait key.
-//! - `<prefix>slots`: a sorted set, slot holder -> lease end (Redis clock, ms). Reserved too.
+//! - `<prefix>slots`: a sorted set, slot id -> end of its slot TTL (Redis clock, ms). Reserved
+//!   too.
 //! - channel `<prefix>orchestrator_events`: `{"event": 1|2|3|4, "key": <full key>, "value": ...}`
 //!   for create, set, delete and expire, as Quay publishes them.
 //!
@@ -39,9 +40,10 @@
 //! - any access to the key (`get`, `create`, `compare_and_set`, `take`, `list`), so results
 //!   never depend on when a notification arrives (as in the memory backend).
 //!
-//! The first two claim a key only on a manager with a live watcher whose prefix covers it: a
-//! claimed expiry that no watcher receives is lost, an unclaimed one waits for a manager that
-//! watches (a manager registers its watcher when it starts, which also triggers a sweep).
+//! The first two claim a key only on a manager with a live watcher of expiries below a prefix
+//! that covers it: a claimed expiry that no watcher receives is lost, an unclaimed one waits
+//! for a manager that watches (a manager registers its watcher when it starts, which also
+//! triggers a sweep).
 //!
 //! # Watchers
 //!
@@ -51,12 +53,19 @@
 //! are delivered directly, on the claiming manager only, so an expiry racing a very short TTL
 //! can reach a watcher before the key's create event does.
 //!
+//! Delivery waits for room in a watcher's bounded channel: a claimed expiry cannot be given
+//! back, so the call, the sweep or the subscription task that claimed it waits, and the
+//! subscription task holds back the messages after it (Redis buffers them, up to its
+//! `client-output-buffer-limit` for pub/sub, past which it drops the connection: the task
+//! reconnects and sweeps). Meanwhile the sweep still claims what falls due, for watchers that
+//! have room.
+//!
 //! # Slots
 //!
-//! Each slot is a member of `<prefix>slots` whose score is the end of its lease
-//! (`slot_ttl`, long: a slot is released by the manager that took it, the lease only frees the
-//! slots of a manager that died). Acquiring drops lapsed leases first, all in one script, so
-//! the limit holds across managers.
+//! Each slot is a member of `<prefix>slots` (its slot id) whose score is when its slot TTL
+//! runs out (`slot_ttl`, long: a slot is released by the manager that took it, the TTL only
+//! frees the slots of a manager that died). Acquiring drops slots past their TTL first, all in
+//! one script, so the limit holds across managers.
 //!
 //! # Outages
 //!
@@ -79,9 +88,10 @@ use ::redis::{
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinHandle;
 
+use crate::watchers::Watchers;
 use crate::{KeyChange, KeyEvent, Orchestrator, OrchestratorError, Result};
 
 /// The longest any one call waits before it reports Redis unavailable.
@@ -130,14 +140,15 @@ pub struct RedisOrchestratorConfig {
     /// REDIS_SKIP_KEYSPACE_EVENT_SETUP: leave `notify-keyspace-events` alone (for a Redis
     /// whose CONFIG command is off limits; without the flags, the sweep still finds expiries).
     pub skip_keyspace_event_setup: bool,
-    /// How long a worker slot is held when its holder never releases it (a dead manager).
+    /// The slot TTL: how long a worker slot stays taken when the manager that took it never
+    /// releases it (a dead manager).
     pub slot_ttl: Duration,
     /// How often overdue keys are looked for, besides keyspace notifications.
     pub sweep_interval: Duration,
 }
 
 impl RedisOrchestratorConfig {
-    /// A plain-TCP config for db 0 without password, slots leased for 3 hours, swept every 5 s.
+    /// A plain-TCP config for db 0 without password, a slot TTL of 3 hours, swept every 5 s.
     pub fn new(host: impl Into<String>, port: u16, prefix: impl Into<String>) -> Self {
         Self {
             host: host.into(),
@@ -214,14 +225,9 @@ struct Shared {
     keyspace_channel_prefix: String,
     skip_keyspace_event_setup: bool,
     slot_ttl_ms: u64,
-    watchers: Mutex<Vec<Watcher>>,
+    watchers: Mutex<Watchers>,
     /// Wakes the sweep task when a watcher is added.
     sweep_now: Notify,
-}
-
-struct Watcher {
-    prefix: String,
-    tx: UnboundedSender<KeyChange>,
 }
 
 impl RedisOrchestrator {
@@ -268,7 +274,7 @@ impl RedisOrchestrator {
             prefix,
             skip_keyspace_event_setup: config.skip_keyspace_event_setup,
             slot_ttl_ms: millis(config.slot_ttl),
-            watchers: Mutex::new(Vec::new()),
+            watchers: Mutex::new(Watchers::default()),
             sweep_now: Notify::new(),
         });
         // The first subscription is part of connecting: events from here on must be seen.
@@ -555,26 +561,26 @@ return {#due, skipped, claimed}
     ))
 });
 
-/// KEYS = {slots}, ARGV = {holder, limit, lease_ms}. Re-acquiring renews the lease. -> 0|1.
+/// KEYS = {slots}, ARGV = {slot, limit, slot_ttl_ms}. Re-acquiring renews the slot TTL. -> 0|1.
 static ACQUIRE_SLOT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
-local lease_end = int(now + tonumber(ARGV[3]))
+local expires = int(now + tonumber(ARGV[3]))
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
+  redis.call('ZADD', KEYS[1], expires, ARGV[1])
   return 1
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
 return 1
 "#
     ))
 });
 
-/// KEYS = {slots}. -> how many leases have not lapsed.
+/// KEYS = {slots}. -> how many slots are within their slot TTL.
 static SLOTS_TAKEN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -645,56 +651,52 @@ impl Shared {
         }
     }
 
-    /// Hands a change to the watchers of its key, dropping watchers whose receiver is gone.
-    fn deliver(&self, event: KeyEvent, key: &str, value: &str) {
-        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        watchers.retain(|w| {
-            if !key.starts_with(&w.prefix) {
-                return !w.tx.is_closed();
-            }
+    /// The watchers; never held across an await.
+    fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a change to the watchers that want it, waiting for room in their channels.
+    async fn deliver(&self, event: KeyEvent, key: &str, value: &str) {
+        let senders = self.watchers().senders(event, key);
+        for tx in senders {
             let change = KeyChange {
                 event,
                 key: key.to_owned(),
                 value: value.to_owned(),
             };
-            w.tx.send(change).is_ok()
-        });
-    }
-
-    /// Announces an expiry this process claimed (and so must act on) to its own watchers.
-    fn claimed(&self, key: &str, value: Option<String>) {
-        if let Some(value) = value {
-            tracing::debug!(key, "claimed an expired key");
-            self.deliver(KeyEvent::Expire, key, &value);
+            // A closed watcher wants nothing any more; it is pruned with the next change.
+            let _ = tx.send(change).await;
         }
     }
 
-    /// The prefixes live watchers follow, without duplicates.
-    fn watched_prefixes(&self) -> Vec<String> {
-        let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut prefixes: Vec<String> = watchers
-            .iter()
-            .filter(|w| !w.tx.is_closed())
-            .map(|w| w.prefix.clone())
-            .collect();
-        prefixes.sort();
-        prefixes.dedup();
-        prefixes
+    /// Announces an expiry this process claimed (and so must act on) to its own watchers.
+    async fn claimed(&self, key: &str, value: Option<String>) {
+        if let Some(value) = value {
+            tracing::debug!(key, "claimed an expired key");
+            self.deliver(KeyEvent::Expire, key, &value).await;
+        }
     }
 
-    /// Whether a live watcher here would receive a change of `key`. Expiries found by
-    /// notification or sweep are claimed only then: a claimed expiry nobody receives is lost,
-    /// while an unclaimed one waits for a manager that watches it.
-    fn is_watched(&self, key: &str) -> bool {
-        let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        watchers
-            .iter()
-            .any(|w| key.starts_with(&w.prefix) && !w.tx.is_closed())
+    /// Announces the expiries a script claimed, given as `[key, value, key, value, ...]`;
+    /// returns how many.
+    async fn claimed_pairs(&self, pairs: &[String]) -> usize {
+        let mut count = 0;
+        for pair in pairs.chunks_exact(2) {
+            if let [key, value] = pair {
+                self.deliver(KeyEvent::Expire, key, value).await;
+                count += 1;
+            }
+        }
+        count
     }
 
     /// Claims and announces every overdue key below a watched prefix, a batch per script run.
     async fn sweep(&self) -> Result<usize> {
-        let prefixes = self.watched_prefixes();
+        // Expiries found by sweep (or notification) are claimed only for a live watcher of
+        // them: a claimed expiry nobody receives is lost, while an unclaimed one waits for a
+        // manager that watches it.
+        let prefixes = self.watchers().prefixes(KeyEvent::Expire);
         if prefixes.is_empty() {
             return Ok(0);
         }
@@ -712,12 +714,7 @@ impl Shared {
             let (examined, skipped, claimed): (usize, usize, Vec<String>) = self
                 .invoke(&inv, || "sweeping overdue keys".to_owned())
                 .await?;
-            for pair in claimed.chunks_exact(2) {
-                if let [key, value] = pair {
-                    self.deliver(KeyEvent::Expire, key, value);
-                    total += 1;
-                }
-            }
+            total += self.claimed_pairs(&claimed).await;
             if examined < SWEEP_BATCH {
                 return Ok(total);
             }
@@ -861,7 +858,7 @@ impl Shared {
         if msg.from_pattern() {
             self.on_keyspace_event(msg).await;
         } else {
-            self.on_published_event(msg.get_payload_bytes());
+            self.on_published_event(msg.get_payload_bytes()).await;
         }
     }
 
@@ -878,7 +875,7 @@ impl Shared {
         else {
             return;
         };
-        if !self.is_watched(key) {
+        if !self.watchers().wants(KeyEvent::Expire, key) {
             return;
         }
         let inv = self.key_script(&CLAIM, key);
@@ -886,7 +883,7 @@ impl Shared {
             .invoke(&inv, || format!("claiming expired {key}"))
             .await
         {
-            Ok(value) => self.claimed(key, value),
+            Ok(value) => self.claimed(key, value).await,
             // The sweep claims it later.
             Err(e) => tracing::warn!(error = %e, "could not claim an expired key"),
         }
@@ -894,7 +891,7 @@ impl Shared {
 
     /// A create, set or delete published by any manager (this one included). Expiries are
     /// not taken from here: the manager that claimed one has delivered it already.
-    fn on_published_event(&self, payload: &[u8]) {
+    async fn on_published_event(&self, payload: &[u8]) {
         let Ok(event) = serde_json::from_slice::<serde_json::Value>(payload) else {
             tracing::debug!("ignoring an unreadable orchestrator event");
             return;
@@ -916,7 +913,7 @@ impl Shared {
             .get("value")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
-        self.deliver(kind, key, value);
+        self.deliver(kind, key, value).await;
     }
 
     /// Every trait key below `prefix` (not shadows, expired copies or reserved keys).
@@ -968,7 +965,7 @@ impl Orchestrator for RedisOrchestrator {
         Shared::ttl_args(&mut inv, ttl);
         let (created, claimed): (i64, Option<String>) =
             s.invoke(&inv, || format!("create {key}")).await?;
-        s.claimed(key, claimed);
+        s.claimed(key, claimed).await;
         Ok(created == 1)
     }
 
@@ -985,7 +982,7 @@ impl Orchestrator for RedisOrchestrator {
         Shared::ttl_args(&mut inv, ttl);
         let (set, claimed): (i64, Option<String>) =
             s.invoke(&inv, || format!("compare-and-set {key}")).await?;
-        s.claimed(key, claimed);
+        s.claimed(key, claimed).await;
         Ok(set == 1)
     }
 
@@ -994,7 +991,7 @@ impl Orchestrator for RedisOrchestrator {
         let inv = s.key_script(&GET, key);
         let (value, claimed): (Option<String>, Option<String>) =
             s.invoke(&inv, || format!("get {key}")).await?;
-        s.claimed(key, claimed);
+        s.claimed(key, claimed).await;
         Ok(value)
     }
 
@@ -1003,7 +1000,7 @@ impl Orchestrator for RedisOrchestrator {
         let inv = s.key_script(&TAKE, key);
         let (value, claimed): (Option<String>, Option<String>) =
             s.invoke(&inv, || format!("take {key}")).await?;
-        s.claimed(key, claimed);
+        s.claimed(key, claimed).await;
         Ok(value)
     }
 
@@ -1021,11 +1018,7 @@ impl Orchestrator for RedisOrchestrator {
             }
             let (values, claimed): (Vec<Option<String>>, Vec<String>) =
                 s.invoke(&inv, || format!("list {prefix}")).await?;
-            for pair in claimed.chunks_exact(2) {
-                if let [key, value] = pair {
-                    s.deliver(KeyEvent::Expire, key, value);
-                }
-            }
+            s.claimed_pairs(&claimed).await;
             for (key, value) in chunk.iter().zip(values) {
                 if let Some(value) = value {
                     out.push((key.clone(), value));
@@ -1035,21 +1028,21 @@ impl Orchestrator for RedisOrchestrator {
         Ok(out)
     }
 
-    async fn acquire_slot(&self, holder: &str, limit: u32) -> Result<bool> {
+    async fn acquire_slot(&self, slot: &str, limit: u32) -> Result<bool> {
         let s = self.shared();
         let mut inv = ACQUIRE_SLOT.prepare_invoke();
-        inv.key(&s.slots).arg(holder).arg(limit).arg(s.slot_ttl_ms);
+        inv.key(&s.slots).arg(slot).arg(limit).arg(s.slot_ttl_ms);
         let acquired: i64 = s
-            .invoke(&inv, || format!("acquire a worker slot for {holder}"))
+            .invoke(&inv, || format!("acquire worker slot {slot}"))
             .await?;
         Ok(acquired == 1)
     }
 
-    async fn release_slot(&self, holder: &str) -> Result<()> {
+    async fn release_slot(&self, slot: &str) -> Result<()> {
         let s = self.shared();
         let mut cmd = ::redis::cmd("ZREM");
-        cmd.arg(&s.slots).arg(holder);
-        s.query::<i64>(&cmd, || format!("release the worker slot of {holder}"))
+        cmd.arg(&s.slots).arg(slot);
+        s.query::<i64>(&cmd, || format!("release worker slot {slot}"))
             .await?;
         Ok(())
     }
@@ -1062,19 +1055,8 @@ impl Orchestrator for RedisOrchestrator {
         Ok(u32::try_from(taken).unwrap_or(u32::MAX))
     }
 
-    fn watch(&self, prefix: &str) -> UnboundedReceiver<KeyChange> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut watchers = self
-            .shared()
-            .watchers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        watchers.retain(|w| !w.tx.is_closed());
-        watchers.push(Watcher {
-            prefix: prefix.to_owned(),
-            tx,
-        });
-        drop(watchers);
+    fn watch(&self, prefix: &str, events: &[KeyEvent]) -> Receiver<KeyChange> {
+        let rx = self.shared().watchers().add(prefix, events);
         self.shared().sweep_now.notify_one();
         rx
     }

@@ -25,10 +25,23 @@ pub enum StoreError {
     NotFound(BuildId),
     /// The database failed or is unreachable.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     /// A row held something this version cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A column whose value does not decode makes the row corrupt; anything else is the
+    /// database's failure.
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::ColumnDecode { index, source } => {
+                StoreError::Corrupt(format!("column {index}: {source}"))
+            }
+            e => StoreError::Database(e),
+        }
+    }
 }
 
 /// Shorthand for store results.

@@ -3,12 +3,11 @@
 
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
-use buildman_core::{LogEntry, Phase};
+use buildman_store::Store;
 use buildman_store::postgres::PostgresStore;
-use buildman_store::{Store, StoreError};
 use sqlx::Connection;
 
-use crate::suite::{Backend, LEASE, new_build, soon, store_suite};
+use crate::suite::{Backend, LEASE, create, soon, store_suite};
 use buildman_testkit::postgres::fresh_database;
 
 /// A database of its own on the test server.
@@ -19,6 +18,10 @@ pub struct Postgres {
 #[async_trait]
 impl Backend for Postgres {
     type Store = PostgresStore;
+    const NOT_TAGS: &str = "'\"x\"'";
+    // BIGINT holds no words; a number of milliseconds beyond any date is as wrong.
+    const NOT_A_TIME: &str = "9223372036854775807";
+    const NOT_AN_ENTRY: &str = "'\"not an entry\"'";
 
     async fn fresh() -> Self {
         Postgres {
@@ -33,6 +36,17 @@ impl Backend for Postgres {
     async fn close(store: &PostgresStore) {
         store.close().await;
     }
+
+    /// As the superuser it is, the connection can turn foreign-key checks off.
+    async fn tamper(&self, sql: &str) {
+        let mut raw = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut raw)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut raw).await.unwrap();
+        raw.close().await.unwrap();
+    }
 }
 
 store_suite!(Postgres);
@@ -44,14 +58,8 @@ const QUEUE_NAME_LOCK: i32 = 0x626d_0001;
 async fn a_claim_skips_a_repository_another_manager_is_claiming() {
     let db = Postgres::fresh().await;
     let store = db.open().await;
-    let a1 = store
-        .create_build(new_build("acme", "a"), 3, None)
-        .await
-        .unwrap();
-    let b1 = store
-        .create_build(new_build("acme", "b"), 3, None)
-        .await
-        .unwrap();
+    let a1 = create(&store, "acme", "a").await;
+    let b1 = create(&store, "acme", "b").await;
     let now = soon();
 
     // Another manager in the middle of a claim on repository a holds its queue name's lock.
@@ -73,84 +81,4 @@ async fn a_claim_skips_a_repository_another_manager_is_claiming() {
     let item = store.claim(now, LEASE).await.unwrap().unwrap();
     assert_eq!(item.build_id, a1.id);
     other.close().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_rows_are_reported_as_corrupt() {
-    let db = Postgres::fresh().await;
-    let store = db.open().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
-    store
-        .append_logs(build.id, &[LogEntry::output("fine")])
-        .await
-        .unwrap();
-
-    // A raw connection that skips foreign-key checks (as the superuser it is), so it can
-    // write anything the column types allow.
-    let mut raw = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    sqlx::raw_sql("SET session_replication_role = replica")
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let mut tamper = async |sql: &str| {
-        sqlx::raw_sql(sql).execute(&mut raw).await.unwrap();
-    };
-
-    tamper("UPDATE builds SET phase = 'expired'").await;
-    let err = store.get_build(build.id).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt(what) if what.contains("expired")),
-        "{err:?}"
-    );
-    assert!(matches!(
-        store.set_phase(build.id, Phase::Error, &[], None).await,
-        Err(StoreError::Corrupt(_))
-    ));
-    tamper("UPDATE builds SET phase = 'waiting', source = '{\"kind\":\"ftp\"}'").await;
-    assert!(matches!(
-        store.list_builds("acme", "web", 10, None).await,
-        Err(StoreError::Corrupt(what)) if what.contains("source")
-    ));
-    tamper(
-        "UPDATE builds SET source = '{\"kind\":\"uploaded\",\"file_id\":\"f\"}', tags = '\"x\"'",
-    )
-    .await;
-    assert!(matches!(
-        store.get_build(build.id).await,
-        Err(StoreError::Corrupt(what)) if what.contains("tags")
-    ));
-    // BIGINT holds no words; a number of milliseconds beyond any date is as wrong.
-    tamper("UPDATE builds SET tags = '[]', created_at = 9223372036854775807").await;
-    assert!(matches!(
-        store.get_build(build.id).await,
-        Err(StoreError::Corrupt(what)) if what.contains("created_at")
-    ));
-    tamper("UPDATE builds SET created_at = 0").await;
-    assert!(store.get_build(build.id).await.unwrap().is_some());
-
-    tamper("UPDATE build_logs SET entry = '\"not an entry\"'").await;
-    assert!(matches!(
-        store.read_logs(build.id, 0, 10).await,
-        Err(StoreError::Corrupt(what)) if what.contains("log entry 0")
-    ));
-    tamper("UPDATE queue_items SET retries_remaining = -1").await;
-    assert!(matches!(
-        store.queue_state(build.id).await,
-        Err(StoreError::Corrupt(what)) if what.contains("retries_remaining -1")
-    ));
-    tamper("UPDATE queue_items SET retries_remaining = 3, build_id = 'nonsense'").await;
-    assert!(matches!(
-        store.claim(soon(), LEASE).await,
-        Err(StoreError::Corrupt(what)) if what.contains("nonsense")
-    ));
-    // The failed claim changed nothing.
-    let (available,): (bool,) = sqlx::query_as("SELECT available FROM queue_items")
-        .fetch_one(&mut raw)
-        .await
-        .unwrap();
-    assert!(available);
-    raw.close().await.unwrap();
 }

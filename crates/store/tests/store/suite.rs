@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
-use buildman_core::{BuildId, BuildSource, LogEntry, NewBuild, Phase};
+use buildman_core::{Build, BuildId, BuildSource, LogEntry, NewBuild, Phase};
 use buildman_store::{LogPage, Store, StoreError, WorkerLine};
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -21,6 +21,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
     async fn open(&self) -> Self::Store;
     /// Closes a handle's connections.
     async fn close(store: &Self::Store);
+    /// Runs `sql` on a connection of its own that skips foreign-key checks, to write what
+    /// the store never would.
+    async fn tamper(&self, sql: &str);
+    /// SQL literals the column types take but the store cannot read: tags that are no list
+    /// of names, a `created_at` that is no time, a log entry that is none.
+    const NOT_TAGS: &str;
+    const NOT_A_TIME: &str;
+    const NOT_AN_ENTRY: &str;
 }
 
 /// Generates one `#[tokio::test]` per suite test for a [`Backend`] type.
@@ -46,6 +54,7 @@ macro_rules! store_suite {
             concurrent_worker_lines_are_stored_once,
             data_survives_reopening,
             concurrent_opens_migrate_once,
+            undecodable_rows_are_reported_as_corrupt,
         );
     };
     (@tests $backend:ty: $($test:ident),* $(,)?) => {
@@ -86,6 +95,14 @@ pub fn new_build(namespace: &str, repository: &str) -> NewBuild {
     }
 }
 
+/// Creates a build of `namespace/repository` with 3 retries and no queue limit.
+pub async fn create<S: Store>(store: &S, namespace: &str, repository: &str) -> Build {
+    store
+        .create_build(new_build(namespace, repository), 3, None)
+        .await
+        .unwrap()
+}
+
 /// Some time after every build created so far became available, in whole milliseconds as
 /// the store keeps times.
 pub fn soon() -> DateTime<Utc> {
@@ -122,23 +139,11 @@ pub async fn create_get_and_list<B: Backend>() {
     assert_eq!(store.get_build(BuildId::new()).await.unwrap(), None);
 
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let second = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let second = create(&store, "acme", "web").await;
     // Same millisecond: insertion order still decides.
-    let third = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
-    store
-        .create_build(new_build("acme", "other"), 3, None)
-        .await
-        .unwrap();
-    store
-        .create_build(new_build("other", "web"), 3, None)
-        .await
-        .unwrap();
+    let third = create(&store, "acme", "web").await;
+    create(&store, "acme", "other").await;
+    create(&store, "other", "web").await;
 
     let all = store.list_builds("acme", "web", 10, None).await.unwrap();
     let ids: Vec<_> = all.iter().map(|b| b.id).collect();
@@ -172,18 +177,9 @@ pub async fn create_get_and_list<B: Backend>() {
 
 pub async fn claims_oldest_first_one_per_repository<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let a1 = store
-        .create_build(new_build("acme", "a"), 3, None)
-        .await
-        .unwrap();
-    let a2 = store
-        .create_build(new_build("acme", "a"), 3, None)
-        .await
-        .unwrap();
-    let b1 = store
-        .create_build(new_build("acme", "b"), 3, None)
-        .await
-        .unwrap();
+    let a1 = create(&store, "acme", "a").await;
+    let a2 = create(&store, "acme", "a").await;
+    let b1 = create(&store, "acme", "b").await;
     let now = soon();
 
     let first = store.claim(now, LEASE).await.unwrap().unwrap();
@@ -285,10 +281,7 @@ pub async fn exhausted_retries_are_not_claimable<B: Backend>() {
 
 pub async fn returned_items_wait_and_may_get_their_retry_back<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
     let now = soon();
     assert_eq!(store.next_available_after(now).await.unwrap(), None);
 
@@ -340,10 +333,7 @@ pub async fn returned_items_wait_and_may_get_their_retry_back<B: Backend>() {
 
 pub async fn a_lost_claim_cannot_be_used<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
     let now = soon();
     let item = store.claim(now, LEASE).await.unwrap().unwrap();
     let mut stale = item.clone();
@@ -384,10 +374,7 @@ pub async fn a_lost_claim_cannot_be_used<B: Backend>() {
 
 pub async fn extensions_write_only_past_the_minimum<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
     let now = soon();
     let minimum = Duration::from_secs(60);
     let item = store
@@ -429,10 +416,7 @@ pub async fn extensions_write_only_past_the_minimum<B: Backend>() {
 
 pub async fn delete_item_ignores_the_claim<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
     let item = store.claim(soon(), LEASE).await.unwrap().unwrap();
     store.delete_item(build.id).await.unwrap();
     assert_eq!(store.queue_state(build.id).await.unwrap(), None);
@@ -446,18 +430,9 @@ pub async fn delete_item_ignores_the_claim<B: Backend>() {
 
 pub async fn release_all_claims_returns_every_claim<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let a = store
-        .create_build(new_build("acme", "a"), 3, None)
-        .await
-        .unwrap();
-    let b = store
-        .create_build(new_build("acme", "b"), 3, None)
-        .await
-        .unwrap();
-    let waiting = store
-        .create_build(new_build("acme", "c"), 3, None)
-        .await
-        .unwrap();
+    let a = create(&store, "acme", "a").await;
+    let b = create(&store, "acme", "b").await;
+    let waiting = create(&store, "acme", "c").await;
     let now = soon();
     let first = store.claim(now, LEASE).await.unwrap().unwrap();
     let second = store.claim(now, LEASE).await.unwrap().unwrap();
@@ -525,10 +500,7 @@ pub async fn concurrent_claimers_never_share_an_item<B: Backend>() {
     // one claim may hold at a time, and it is the oldest item's.
     let mut single = Vec::new();
     for _ in 0..10 {
-        let build = first
-            .create_build(new_build("acme", "single"), 3, None)
-            .await
-            .unwrap();
+        let build = create(&first, "acme", "single").await;
         single.push(build.id);
     }
     for expected in single {
@@ -579,10 +551,7 @@ pub async fn a_full_namespace_refuses_new_builds<B: Backend>() {
         .create_build(new_build("other", "a"), 3, Some(2))
         .await
         .unwrap();
-    store
-        .create_build(new_build("acme", "c"), 3, None)
-        .await
-        .unwrap();
+    create(&store, "acme", "c").await;
     // acme has a, b and c queued now; a finished build frees its place.
     assert!(matches!(
         store.create_build(new_build("acme", "d"), 3, Some(3)).await,
@@ -641,10 +610,7 @@ pub async fn concurrent_submissions_respect_the_queue_limit<B: Backend>() {
 
 pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
     assert_eq!(
         store
             .set_phase(build.id, Phase::BuildScheduled, &[Phase::Waiting], None)
@@ -727,14 +693,8 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
 
 pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
-    let other = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
+    let other = create(&store, "acme", "web").await;
     let page = store.read_logs(build.id, 0, 100).await.unwrap();
     assert_eq!((page.start, page.total, page.entries.len()), (0, 0, 0));
     assert_eq!(store.append_logs(build.id, &[]).await.unwrap(), 0);
@@ -787,10 +747,7 @@ pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
 pub async fn concurrent_appends_keep_indices_dense<B: Backend>() {
     let (db, first) = store::<B>().await;
     let second = db.open().await;
-    let build = first
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&first, "acme", "web").await;
     let writer = |store: B::Store, name: &'static str| {
         tokio::spawn(async move {
             for batch in 0..20 {
@@ -818,16 +775,8 @@ pub async fn concurrent_appends_keep_indices_dense<B: Backend>() {
 
 pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>() {
     let (_db, store) = store::<B>().await;
-    let a = store
-        .create_build(new_build("ns", "a"), 3, None)
-        .await
-        .unwrap()
-        .id;
-    let b = store
-        .create_build(new_build("ns", "b"), 3, None)
-        .await
-        .unwrap()
-        .id;
+    let a = create(&store, "ns", "a").await.id;
+    let b = create(&store, "ns", "b").await.id;
     let line = |build, sequence, m: &str| WorkerLine {
         build,
         sequence,
@@ -902,16 +851,8 @@ pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
     // stored exactly once, in sequence order, at dense indices.
     let (db, first) = store::<B>().await;
     let second = db.open().await;
-    let x = first
-        .create_build(new_build("ns", "x"), 3, None)
-        .await
-        .unwrap()
-        .id;
-    let y = first
-        .create_build(new_build("ns", "y"), 3, None)
-        .await
-        .unwrap()
-        .id;
+    let x = create(&first, "ns", "x").await.id;
+    let y = create(&first, "ns", "y").await.id;
     const LINES: i32 = 120;
     let sender = move |store: B::Store, batch: usize| {
         tokio::spawn(async move {
@@ -944,10 +885,7 @@ pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
 
 pub async fn data_survives_reopening<B: Backend>() {
     let (db, store) = store::<B>().await;
-    let build = store
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&store, "acme", "web").await;
     let now = soon();
     let item = store.claim(now, LEASE).await.unwrap().unwrap();
     store
@@ -990,10 +928,7 @@ pub async fn concurrent_opens_migrate_once<B: Backend>() {
     // Managers starting together on a new database both bring it up to date.
     let db = B::fresh().await;
     let (first, second) = tokio::join!(db.open(), db.open());
-    let build = first
-        .create_build(new_build("acme", "web"), 3, None)
-        .await
-        .unwrap();
+    let build = create(&first, "acme", "web").await;
     assert_eq!(second.get_build(build.id).await.unwrap(), Some(build));
     // And opening an up-to-date database changes nothing.
     let third = db.open().await;
@@ -1004,5 +939,79 @@ pub async fn concurrent_opens_migrate_once<B: Backend>() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+pub async fn undecodable_rows_are_reported_as_corrupt<B: Backend>() {
+    let (db, store) = store::<B>().await;
+    let build = create(&store, "acme", "web").await;
+    store
+        .append_logs(build.id, &[LogEntry::output("fine")])
+        .await
+        .unwrap();
+    let corrupt = |result: Result<(), StoreError>, what: &str| match result {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains(what), "{message}"),
+        other => panic!("{other:?}, not corrupt for {what}"),
+    };
+
+    db.tamper("UPDATE builds SET phase = 'expired'").await;
+    corrupt(store.get_build(build.id).await.map(drop), "expired");
+    corrupt(
+        store
+            .set_phase(build.id, Phase::Error, &[], None)
+            .await
+            .map(drop),
+        "expired",
+    );
+    db.tamper("UPDATE builds SET phase = 'waiting', source = '{\"kind\":\"ftp\"}'")
+        .await;
+    corrupt(
+        store.list_builds("acme", "web", 10, None).await.map(drop),
+        "source",
+    );
+    let source = r#"'{"kind":"uploaded","file_id":"f"}'"#;
+    let tags = B::NOT_TAGS;
+    db.tamper(&format!(
+        "UPDATE builds SET source = {source}, tags = {tags}"
+    ))
+    .await;
+    corrupt(store.get_build(build.id).await.map(drop), "tags");
+    let created_at = B::NOT_A_TIME;
+    db.tamper(&format!(
+        "UPDATE builds SET tags = '[]', created_at = {created_at}"
+    ))
+    .await;
+    corrupt(store.get_build(build.id).await.map(drop), "created_at");
+    db.tamper("UPDATE builds SET created_at = 0").await;
+    assert!(store.get_build(build.id).await.unwrap().is_some());
+
+    db.tamper(&format!(
+        "UPDATE build_logs SET entry = {}",
+        B::NOT_AN_ENTRY
+    ))
+    .await;
+    corrupt(
+        store.read_logs(build.id, 0, 10).await.map(drop),
+        "log entry 0",
+    );
+    db.tamper("UPDATE queue_items SET retries_remaining = -1")
+        .await;
+    corrupt(
+        store.queue_state(build.id).await.map(drop),
+        "retries_remaining -1",
+    );
+    db.tamper("UPDATE queue_items SET retries_remaining = 3, build_id = 'nonsense'")
+        .await;
+    corrupt(store.claim(soon(), LEASE).await.map(drop), "nonsense");
+    // The failed claim changed nothing.
+    db.tamper(&format!("UPDATE queue_items SET build_id = '{}'", build.id))
+        .await;
+    assert!(
+        store
+            .queue_state(build.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .available
     );
 }

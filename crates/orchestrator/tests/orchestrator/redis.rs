@@ -1,21 +1,24 @@
-//! The Redis orchestrator against a real `redis-server` (Debian package `redis-server`), one
-//! per test on a free port, without persistence, killed when the test ends
-//! (`buildman_testkit::redis`). Mirrors the memory
-//! backend's behavioural tests in real time, and adds what only Redis has: several managers,
-//! Quay's layout and events, missed notifications, outages.
+//! The suite on a real `redis-server` (Debian package `redis-server`), one per test on a free
+//! port, without persistence, killed when the test ends (`buildman_testkit::redis`), in real
+//! time with short TTLs; and what only Redis has: several managers, Quay's layout and
+//! events, missed notifications, a held-back subscription, outages.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use buildman_orchestrator::redis::{RedisOrchestrator, RedisOrchestratorConfig};
-use buildman_orchestrator::{KeyChange, KeyEvent, Orchestrator, OrchestratorError};
+use buildman_orchestrator::{KeyChange, KeyEvent, Orchestrator, OrchestratorError, WATCH_CAPACITY};
 use buildman_testkit::free_port;
 use buildman_testkit::redis::RedisServer;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use tokio::process::Command;
-use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::suite::{
+    ALL, Backend, change, created_then_expired, drain, expiries, next, orchestrator_suite,
+};
 
 const PREFIX: &str = "buildman/production/";
 const UUID: &str = "0b7d3a1e-6f0c-4c57-9a51-3c2d2e9f4b10";
@@ -60,155 +63,142 @@ impl OrchestratorServer for RedisServer {
     }
 }
 
-fn change(event: KeyEvent, key: &str, value: &str) -> KeyChange {
-    KeyChange {
-        event,
-        key: key.to_owned(),
-        value: value.to_owned(),
-    }
+/// The value of `key` and its TTL in ms (-1: none, -2: no such key), read with `raw`.
+async fn stored(raw: &mut MultiplexedConnection, key: &str) -> (Option<String>, i64) {
+    let value = raw.get(key).await.unwrap();
+    (value, raw.pttl(key).await.unwrap())
 }
 
-async fn next(rx: &mut UnboundedReceiver<KeyChange>) -> KeyChange {
-    tokio::time::timeout(5 * S, rx.recv())
-        .await
-        .expect("no event within 5s")
-        .expect("watcher closed")
+/// The deadline of trait key `key` in the deadline set.
+async fn deadline(raw: &mut MultiplexedConnection, key: &str) -> Option<f64> {
+    raw.zscore(format!("{PREFIX}deadlines"), key).await.unwrap()
 }
 
-/// Everything that arrives within a short while.
-async fn drain(rx: &mut UnboundedReceiver<KeyChange>) -> Vec<KeyChange> {
-    tokio::time::sleep(300 * MS).await;
-    let mut out = Vec::new();
-    while let Ok(c) = rx.try_recv() {
-        out.push(c);
-    }
-    out
-}
-
-fn expiries(changes: &[KeyChange]) -> Vec<&str> {
-    changes
-        .iter()
-        .filter(|c| c.event == KeyEvent::Expire)
-        .map(|c| c.key.as_str())
-        .collect()
-}
-
-#[tokio::test]
-async fn a_key_expires_after_its_ttl_with_its_last_value() {
-    let server = RedisServer::start().await;
-    let mut config = server.config();
-    config.sweep_interval = NO_SWEEP;
-    let orch = server.orchestrator_with(config).await;
-    assert!(!orch.is_process_local());
-    let mut rx = orch.watch("");
-    let start = Instant::now();
-    assert!(orch.create("building/a", "v1", Some(S)).await.unwrap());
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Create, "building/a", "v1")
-    );
-
-    tokio::time::sleep(600 * MS).await;
-    assert_eq!(orch.get("building/a").await.unwrap().as_deref(), Some("v1"));
-    assert!(rx.try_recv().is_err());
-
-    // Nothing touches the key: the keyspace notification alone must bring the expiry.
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Expire, "building/a", "v1")
-    );
-    let elapsed = start.elapsed();
-    assert!(elapsed >= S && elapsed < 3 * S, "expired after {elapsed:?}");
-    assert_eq!(orch.get("building/a").await.unwrap(), None);
-    assert!(drain(&mut rx).await.is_empty());
-}
-
-#[tokio::test]
-async fn a_swap_resets_the_ttl() {
-    let server = RedisServer::start().await;
-    let orch = server.orchestrator().await;
-    let mut rx = orch.watch("building/");
-    let start = Instant::now();
-    orch.create("building/a", "v1", Some(1500 * MS))
+/// The server's `notify-keyspace-events`.
+async fn keyspace_flags(raw: &mut MultiplexedConnection) -> String {
+    let reply: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(raw)
         .await
         .unwrap();
-    tokio::time::sleep(S).await;
-    assert!(
-        orch.compare_and_set("building/a", "v1", "v2", Some(1500 * MS))
-            .await
-            .unwrap()
-    );
-    tokio::time::sleep(S).await;
-    assert_eq!(orch.get("building/a").await.unwrap().as_deref(), Some("v2"));
-
-    assert_eq!(next(&mut rx).await.event, KeyEvent::Create);
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Set, "building/a", "v2")
-    );
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Expire, "building/a", "v2")
-    );
-    let elapsed = start.elapsed();
-    assert!(elapsed >= 2500 * MS, "expired after {elapsed:?}");
+    reply[1].clone()
 }
 
-#[tokio::test]
-async fn a_swap_without_ttl_removes_the_expiry() {
-    let server = RedisServer::start().await;
-    let orch = server.orchestrator().await;
-    let mut rx = orch.watch("");
-    orch.create("k", "v1", Some(500 * MS)).await.unwrap();
-    assert!(orch.compare_and_set("k", "v1", "v2", None).await.unwrap());
-    tokio::time::sleep(1500 * MS).await;
-    assert_eq!(orch.get("k").await.unwrap().as_deref(), Some("v2"));
-    assert_eq!(orch.sweep().await.unwrap(), 0);
+/// A server of the test's own; each handle on it is another manager, with the sweep off so
+/// that expiries come from keyspace notifications (or accesses).
+pub struct Redis(RedisServer);
 
-    let mut raw = server.raw().await;
-    let real = format!("{PREFIX}k");
-    assert_eq!(raw.pttl::<_, i64>(&real).await.unwrap(), -1);
-    assert!(
-        !raw.exists::<_, bool>(format!("{real}/expiring"))
+#[async_trait]
+impl Backend for Redis {
+    type Orchestrator = RedisOrchestrator;
+    const UNIT: Duration = Duration::from_millis(500);
+    const LATE: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_millis(200);
+    const WAIT: Duration = Duration::from_secs(5);
+    const SETTLE: Duration = Duration::from_millis(300);
+
+    async fn start() -> Self {
+        Redis(RedisServer::start().await)
+    }
+
+    async fn orchestrator(&self) -> RedisOrchestrator {
+        let mut config = self.0.config();
+        config.sweep_interval = NO_SWEEP;
+        self.0.orchestrator_with(config).await
+    }
+
+    /// Neither the value, its shadow nor an expired copy.
+    async fn assert_nothing_left(&self, key: &str) {
+        let mut raw = self.0.raw().await;
+        for suffix in ["", "/expiring", "/expired"] {
+            let key = format!("{PREFIX}{key}{suffix}");
+            assert!(!raw.exists::<_, bool>(&key).await.unwrap(), "{key} left");
+        }
+    }
+
+    /// No TTL on the value, no shadow, no member in the deadline set, nothing to sweep.
+    async fn assert_no_deadline(&self, orch: &RedisOrchestrator, key: &str) {
+        assert_eq!(orch.sweep().await.unwrap(), 0);
+        let mut raw = self.0.raw().await;
+        let real = format!("{PREFIX}{key}");
+        assert_eq!(stored(&mut raw, &real).await.1, -1);
+        assert!(
+            !raw.exists::<_, bool>(format!("{real}/expiring"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(deadline(&mut raw, key).await, None);
+    }
+
+    /// Someone else's list.
+    async fn plant_foreign_key(&self, key: &str) {
+        let mut raw = self.0.raw().await;
+        raw.rpush::<_, _, ()>(format!("{PREFIX}{key}"), "x")
             .await
-            .unwrap()
-    );
-    let deadline: Option<f64> = raw.zscore(format!("{PREFIX}deadlines"), "k").await.unwrap();
-    assert_eq!(deadline, None);
-    assert!(expiries(&drain(&mut rx).await).is_empty());
-}
-
-#[tokio::test]
-async fn take_before_the_deadline_wins_over_expiry() {
-    let server = RedisServer::start().await;
-    let orch = server.orchestrator().await;
-    let mut rx = orch.watch("");
-    orch.create("k", "v", Some(S)).await.unwrap();
-    tokio::time::sleep(800 * MS).await;
-    assert_eq!(orch.take("k").await.unwrap().as_deref(), Some("v"));
-    tokio::time::sleep(1500 * MS).await;
-
-    assert_eq!(next(&mut rx).await.event, KeyEvent::Create);
-    assert_eq!(next(&mut rx).await, change(KeyEvent::Delete, "k", "v"));
-    assert!(drain(&mut rx).await.is_empty());
-    assert_eq!(orch.take("k").await.unwrap(), None);
-
-    let mut raw = server.raw().await;
-    for suffix in ["", "/expiring", "/expired"] {
-        let key = format!("{PREFIX}k{suffix}");
-        assert!(!raw.exists::<_, bool>(&key).await.unwrap(), "{key} left");
+            .unwrap();
     }
 }
 
-/// Two managers take every key while the keys' deadlines pass: each key goes to exactly one
-/// taker or one expiry, never two.
+orchestrator_suite!(
+    Redis,
+    timed: #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
+    concurrent: #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+);
+
+/// A watcher nobody reads holds back the event subscription (nothing is lost: Redis buffers
+/// what follows), while the sweep still delivers expiries to watchers that have room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_watcher_holds_back_the_subscription_and_the_sweep_still_expires() {
+    let server = RedisServer::start().await;
+    let mut config = server.config();
+    config.sweep_interval = 300 * MS;
+    let orch = server.orchestrator_with(config).await;
+    let mut stuck = orch.watch("cancel/", &[KeyEvent::Create]);
+    let mut expired = orch.watch("building/", &[KeyEvent::Expire]);
+    let keys: Vec<String> = (0..WATCH_CAPACITY + 5)
+        .map(|i| format!("cancel/{i:05}"))
+        .collect();
+    for key in &keys {
+        orch.create(key, "v", None).await.unwrap();
+    }
+    let deadline = Instant::now() + 10 * S;
+    while stuck.len() < WATCH_CAPACITY {
+        assert!(
+            Instant::now() < deadline,
+            "{} creates delivered",
+            stuck.len()
+        );
+        tokio::time::sleep(50 * MS).await;
+    }
+
+    // Its keyspace notification waits behind the held-back creates: the sweep finds it.
+    orch.create("building/a", "v", Some(300 * MS))
+        .await
+        .unwrap();
+    assert_eq!(
+        next::<Redis>(&mut expired).await,
+        change(KeyEvent::Expire, "building/a", "v")
+    );
+    assert_eq!(stuck.len(), WATCH_CAPACITY);
+
+    for key in &keys {
+        assert_eq!(
+            next::<Redis>(&mut stuck).await,
+            change(KeyEvent::Create, key, "v")
+        );
+    }
+    assert!(drain::<Redis>(&mut stuck).await.is_empty());
+    assert!(drain::<Redis>(&mut expired).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn take_racing_expiry_claims_each_key_exactly_once_across_managers() {
     let server = RedisServer::start().await;
     let a = server.orchestrator().await;
     let b = server.orchestrator().await;
-    let mut rx_a = a.watch("");
-    let mut rx_b = b.watch("");
+    let mut rx_a = a.watch("", ALL);
+    let mut rx_b = b.watch("", ALL);
     let keys: Vec<String> = (0..100).map(|i| format!("building/k{i}")).collect();
     let start = Instant::now();
     for (i, key) in keys.iter().enumerate() {
@@ -236,8 +226,8 @@ async fn take_racing_expiry_claims_each_key_exactly_once_across_managers() {
     for task in takers {
         taken_by.push(task.await.unwrap());
     }
-    let events_a = drain(&mut rx_a).await;
-    let events_b = drain(&mut rx_b).await;
+    let events_a = drain::<Redis>(&mut rx_a).await;
+    let events_b = drain::<Redis>(&mut rx_b).await;
 
     assert!(taken_by[0].is_disjoint(&taken_by[1]));
     let taken: HashSet<String> = taken_by.iter().flatten().cloned().collect();
@@ -262,78 +252,6 @@ async fn take_racing_expiry_claims_each_key_exactly_once_across_managers() {
 }
 
 #[tokio::test]
-async fn create_on_an_existing_key_fails_and_a_swap_on_a_missing_or_changed_one_writes_nothing() {
-    let server = RedisServer::start().await;
-    let orch = server.orchestrator().await;
-    let mut rx = orch.watch("");
-    assert!(orch.create("k", "v1", None).await.unwrap());
-    assert!(!orch.create("k", "v2", None).await.unwrap());
-    assert_eq!(orch.get("k").await.unwrap().as_deref(), Some("v1"));
-    assert!(
-        !orch
-            .compare_and_set("missing", "", "v", Some(S))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !orch
-            .compare_and_set("k", "stale", "v3", None)
-            .await
-            .unwrap()
-    );
-    assert_eq!(orch.get("missing").await.unwrap(), None);
-
-    assert_eq!(
-        drain(&mut rx).await,
-        vec![change(KeyEvent::Create, "k", "v1")]
-    );
-    let mut raw = server.raw().await;
-    assert!(
-        !raw.exists::<_, bool>(format!("{PREFIX}missing/expiring"))
-            .await
-            .unwrap()
-    );
-}
-
-#[tokio::test]
-async fn list_returns_only_keys_below_the_prefix() {
-    let server = RedisServer::start().await;
-    let orch = server.orchestrator().await;
-    for key in ["a/2", "a/1", "ab/3", "b/1", "a", "x*/1", "x/1"] {
-        // Half with a TTL, so shadows exist to be left out.
-        let ttl = key.contains('1').then_some(60 * S);
-        orch.create(key, &format!("v-{key}"), ttl).await.unwrap();
-    }
-    // The reserved keys and someone else's non-string key below the prefix stay out too.
-    orch.acquire_slot("holder", 1).await.unwrap();
-    let mut raw = server.raw().await;
-    raw.rpush::<_, _, ()>(format!("{PREFIX}a/list"), "x")
-        .await
-        .unwrap();
-
-    let listed = orch.list("a/").await.unwrap();
-    let want = vec![
-        ("a/1".to_owned(), "v-a/1".to_owned()),
-        ("a/2".to_owned(), "v-a/2".to_owned()),
-    ];
-    assert_eq!(listed, want);
-    let all: Vec<String> = orch
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    assert_eq!(all, ["a", "a/1", "a/2", "ab/3", "b/1", "x*/1", "x/1"]);
-    assert!(orch.list("c").await.unwrap().is_empty());
-    // Glob characters in the prefix match only themselves.
-    assert_eq!(
-        orch.list("x*").await.unwrap(),
-        vec![("x*/1".to_owned(), "v-x*/1".to_owned())]
-    );
-}
-
-#[tokio::test]
 async fn list_expires_what_is_due_instead_of_listing_it() {
     let server = RedisServer::start().await;
     let mut config = server.config();
@@ -341,7 +259,7 @@ async fn list_expires_what_is_due_instead_of_listing_it() {
     // No notifications and no sweep: only the access itself can notice the deadline.
     config.skip_keyspace_event_setup = true;
     let orch = server.orchestrator_with(config).await;
-    let mut rx = orch.watch("");
+    let mut rx = orch.watch("", ALL);
     orch.create("a/1", "v", Some(200 * MS)).await.unwrap();
     orch.create("a/2", "w", None).await.unwrap();
     tokio::time::sleep(500 * MS).await;
@@ -349,43 +267,11 @@ async fn list_expires_what_is_due_instead_of_listing_it() {
         orch.list("a/").await.unwrap(),
         vec![("a/2".to_owned(), "w".to_owned())]
     );
-    assert_eq!(expiries(&drain(&mut rx).await), ["a/1"]);
+    assert_eq!(expiries(&drain::<Redis>(&mut rx).await), ["a/1"]);
     assert!(orch.list("a/").await.unwrap().len() == 1);
 }
 
 /// Two managers compete for the same three slots.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_hold_their_limit_across_two_managers() {
-    let server = RedisServer::start().await;
-    let a = server.orchestrator().await;
-    let b = server.orchestrator().await;
-    let tasks: Vec<_> = (0..32)
-        .map(|i| {
-            let orch = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(async move { orch.acquire_slot(&format!("h{i}"), 3).await.unwrap() })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for (i, task) in tasks.into_iter().enumerate() {
-        if task.await.unwrap() {
-            winners.push(format!("h{i}"));
-        }
-    }
-    assert_eq!(winners.len(), 3);
-    assert_eq!(a.slots_taken().await.unwrap(), 3);
-    assert_eq!(b.slots_taken().await.unwrap(), 3);
-
-    // Holding a slot already is not taking a second one, whichever manager asks.
-    assert!(b.acquire_slot(&winners[0], 3).await.unwrap());
-    assert_eq!(a.slots_taken().await.unwrap(), 3);
-    assert!(!a.acquire_slot("late", 3).await.unwrap());
-
-    b.release_slot(&winners[0]).await.unwrap();
-    a.release_slot("nobody").await.unwrap();
-    assert_eq!(a.slots_taken().await.unwrap(), 2);
-    assert!(a.acquire_slot("late", 3).await.unwrap());
-    assert_eq!(b.slots_taken().await.unwrap(), 3);
-}
 
 #[tokio::test]
 async fn a_dead_managers_slots_lapse_after_the_slot_ttl() {
@@ -411,11 +297,11 @@ async fn watchers_see_their_prefix_on_every_manager_and_an_expiry_on_one() {
     let server = RedisServer::start().await;
     let a = server.orchestrator().await;
     let b = server.orchestrator().await;
-    let mut building = a.watch("building/");
-    let mut cancel = a.watch("cancel/");
-    let dropped = a.watch("building/");
+    let mut building = a.watch("building/", ALL);
+    let mut cancel = a.watch("cancel/", ALL);
+    let dropped = a.watch("building/", ALL);
     drop(dropped);
-    let mut everything_b = b.watch("");
+    let mut everything_b = b.watch("", ALL);
 
     a.create("building/a", "1", Some(S)).await.unwrap();
     a.create("cancel/a", "2", None).await.unwrap();
@@ -423,9 +309,9 @@ async fn watchers_see_their_prefix_on_every_manager_and_an_expiry_on_one() {
     a.take("cancel/a").await.unwrap();
     tokio::time::sleep(2500 * MS).await;
 
-    let building = drain(&mut building).await;
-    let cancel = drain(&mut cancel).await;
-    let everything_b = drain(&mut everything_b).await;
+    let building = drain::<Redis>(&mut building).await;
+    let cancel = drain::<Redis>(&mut cancel).await;
+    let everything_b = drain::<Redis>(&mut everything_b).await;
     assert_eq!(building[0], change(KeyEvent::Create, "building/a", "1"));
     assert_eq!(
         cancel,
@@ -469,7 +355,7 @@ async fn an_expiry_notification_reaches_exactly_one_of_three_managers() {
         let mut config = server.config();
         config.sweep_interval = NO_SWEEP;
         let orch = server.orchestrator_with(config).await;
-        watchers.push(orch.watch("building/"));
+        watchers.push(orch.watch("building/", ALL));
         managers.push(orch);
     }
     for i in 0..30 {
@@ -480,7 +366,7 @@ async fn an_expiry_notification_reaches_exactly_one_of_three_managers() {
 
     let mut expired: HashMap<String, usize> = HashMap::new();
     for rx in &mut watchers {
-        for key in expiries(&drain(rx).await) {
+        for key in expiries(&drain::<Redis>(rx).await) {
             *expired.entry(key.to_owned()).or_default() += 1;
         }
     }
@@ -509,7 +395,7 @@ async fn events_are_published_on_quays_channel_in_quays_shape() {
         .unwrap();
     orch.take(&key).await.unwrap();
     orch.create(&key, "v3", Some(300 * MS)).await.unwrap();
-    let _watcher = orch.watch("building/");
+    let _watcher = orch.watch("building/", ALL);
 
     let full_key = format!("{PREFIX}{key}");
     let want = [(1, "{\"a\":1}"), (2, "v2"), (3, "v2"), (1, "v3"), (4, "v3")];
@@ -534,71 +420,33 @@ async fn events_are_published_on_quays_channel_in_quays_shape() {
 async fn the_key_layout_is_quays() {
     let server = RedisServer::start().await;
     let orch = server.orchestrator().await;
-    let mut rx = orch.watch("building/");
+    assert!(!orch.is_process_local());
+    let mut rx = orch.watch("building/", ALL);
     let key = format!("building/{UUID}");
     let real = format!("{PREFIX}{key}");
     orch.create(&key, "record", Some(2 * S)).await.unwrap();
 
     let mut raw = server.raw().await;
-    let flags: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert!(
-        flags[1].contains('K') && flags[1].contains('x'),
-        "{flags:?}"
-    );
+    let flags = keyspace_flags(&mut raw).await;
+    assert!(flags.contains('K') && flags.contains('x'), "{flags:?}");
 
-    assert_eq!(
-        raw.get::<_, Option<String>>(&real)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("record")
-    );
+    let (value, left) = stored(&mut raw, &real).await;
+    assert_eq!(value.as_deref(), Some("record"));
     let day = 24 * 3600 * 1000;
-    let left: i64 = raw.pttl(&real).await.unwrap();
     assert!(left > day && left <= day + 2000, "{left}");
     let shadow = format!("{real}/expiring");
-    assert_eq!(
-        raw.get::<_, Option<String>>(&shadow)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("")
-    );
-    let left: i64 = raw.pttl(&shadow).await.unwrap();
+    let (value, left) = stored(&mut raw, &shadow).await;
+    assert_eq!(value.as_deref(), Some(""));
     assert!(left > 0 && left <= 2000, "{left}");
-    let deadline: Option<f64> = raw
-        .zscore(format!("{PREFIX}deadlines"), &key)
-        .await
-        .unwrap();
-    assert!(deadline.is_some());
+    assert!(deadline(&mut raw, &key).await.is_some());
 
-    assert_eq!(next(&mut rx).await.event, KeyEvent::Create);
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Expire, &key, "record")
-    );
+    created_then_expired::<Redis>(&mut rx, &key, "record").await;
     assert!(!raw.exists::<_, bool>(&real).await.unwrap());
     assert!(!raw.exists::<_, bool>(&shadow).await.unwrap());
-    let copy = format!("{real}/expired");
-    assert_eq!(
-        raw.get::<_, Option<String>>(&copy)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("record")
-    );
-    let left: i64 = raw.pttl(&copy).await.unwrap();
+    let (value, left) = stored(&mut raw, &format!("{real}/expired")).await;
+    assert_eq!(value.as_deref(), Some("record"));
     assert!(left > 0 && left <= 3600 * 1000, "{left}");
-    let deadline: Option<f64> = raw
-        .zscore(format!("{PREFIX}deadlines"), &key)
-        .await
-        .unwrap();
-    assert_eq!(deadline, None);
+    assert_eq!(deadline(&mut raw, &key).await, None);
 }
 
 /// A job's shadow expires while no manager runs: nobody hears the notification. The next
@@ -630,10 +478,10 @@ async fn the_sweep_expires_what_expired_while_no_manager_ran() {
     );
     // The sweep at start claims nothing while no watcher would receive it; adding one sweeps.
     tokio::time::sleep(300 * MS).await;
-    let mut rx_b = b.watch("building/");
-    let mut rx_c = c.watch("building/");
-    let mut seen = drain(&mut rx_b).await;
-    seen.extend(drain(&mut rx_c).await);
+    let mut rx_b = b.watch("building/", ALL);
+    let mut rx_c = c.watch("building/", ALL);
+    let mut seen = drain::<Redis>(&mut rx_b).await;
+    seen.extend(drain::<Redis>(&mut rx_c).await);
     assert_eq!(seen, vec![change(KeyEvent::Expire, "building/a", "record")]);
     // Nobody watches cancel/: that one waits for a manager that does.
     assert!(
@@ -641,9 +489,9 @@ async fn the_sweep_expires_what_expired_while_no_manager_ran() {
             .await
             .unwrap()
     );
-    let mut rx_cancel = c.watch("cancel/");
+    let mut rx_cancel = c.watch("cancel/", ALL);
     assert_eq!(
-        next(&mut rx_cancel).await,
+        next::<Redis>(&mut rx_cancel).await,
         change(KeyEvent::Expire, "cancel/b", "other")
     );
 }
@@ -658,27 +506,17 @@ async fn the_sweep_expires_keys_when_notifications_are_off() {
     config.sweep_interval = 300 * MS;
     let orch = server.orchestrator_with(config).await;
     let mut raw = server.raw().await;
-    let flags: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(flags[1], "");
+    assert_eq!(keyspace_flags(&mut raw).await, "");
 
-    let mut rx = orch.watch("building/");
+    let mut rx = orch.watch("building/", ALL);
     let start = Instant::now();
     orch.create("building/a", "v", Some(500 * MS))
         .await
         .unwrap();
-    assert_eq!(next(&mut rx).await.event, KeyEvent::Create);
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Expire, "building/a", "v")
-    );
+    created_then_expired::<Redis>(&mut rx, "building/a", "v").await;
     let elapsed = start.elapsed();
     assert!(elapsed >= 500 * MS && elapsed < 2 * S, "{elapsed:?}");
-    assert!(drain(&mut rx).await.is_empty());
+    assert!(drain::<Redis>(&mut rx).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,7 +525,7 @@ async fn a_dead_redis_fails_calls_cleanly_and_everything_recovers() {
     let mut config = server.config();
     config.sweep_interval = NO_SWEEP;
     let orch = server.orchestrator_with(config).await;
-    let mut rx = orch.watch("building/");
+    let mut rx = orch.watch("building/", ALL);
     orch.create("building/old", "v", None).await.unwrap();
 
     server.stop().await;
@@ -713,11 +551,11 @@ async fn a_dead_redis_fails_calls_cleanly_and_everything_recovers() {
     expect_unavailable(orch.get("building/x").await.map(drop), "get building/x");
     expect_unavailable(orch.take("building/x").await.map(drop), "take building/x");
     expect_unavailable(orch.list("building/").await.map(drop), "listing keys");
-    expect_unavailable(orch.acquire_slot("h", 1).await.map(drop), "worker slot");
-    expect_unavailable(orch.release_slot("h").await, "worker slot");
+    expect_unavailable(orch.acquire_slot("s", 1).await.map(drop), "worker slot");
+    expect_unavailable(orch.release_slot("s").await, "worker slot");
     expect_unavailable(orch.slots_taken().await.map(drop), "count worker slots");
     expect_unavailable(orch.sweep().await.map(drop), "sweeping");
-    let _late_watcher = orch.watch("cancel/");
+    let _late_watcher = orch.watch("cancel/", ALL);
     assert!(
         start.elapsed() < 15 * S,
         "errors took {:?}",
@@ -877,15 +715,11 @@ async fn tls_checks_the_server_against_the_given_ca() {
             Err(e) => panic!("no TLS connection: {e}"),
         }
     };
-    let mut rx = orch.watch("");
+    let mut rx = orch.watch("", ALL);
     orch.create("building/a", "v", Some(300 * MS))
         .await
         .unwrap();
-    assert_eq!(next(&mut rx).await.event, KeyEvent::Create);
-    assert_eq!(
-        next(&mut rx).await,
-        change(KeyEvent::Expire, "building/a", "v")
-    );
+    created_then_expired::<Redis>(&mut rx, "building/a", "v").await;
 
     // The system's roots do not know the test CA.
     config.tls_ca_cert = None;

@@ -1,0 +1,380 @@
+//! The one [`Store`] implementation, over any [`Backend`]: the statements both databases
+//! run as they are, and the queue's rules around them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use buildman_core::queue::queue_name;
+use buildman_core::{Build, BuildId, BuildSource, ClaimedItem, LogEntry, NewBuild, Phase};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
+use uuid::Uuid;
+
+use super::logs::{LogBatch, encode};
+use super::rows::{
+    BUILD_COLUMNS, BuildRow, LOG_PAGE, LOG_TOTAL, LogPageRow, QueueRow, after, duration_millis,
+    log_total, millis, now_stored, phase, time,
+};
+use super::{Backend, RowsAffected};
+use crate::{LogPage, QueueState, Result, Store, StoreError, WorkerLine};
+
+// The bounds say that `B::Db` runs queries on its connections and pool, and binds and reads
+// the types used here: both sqlx drivers do.
+#[async_trait]
+impl<B> Store for B
+where
+    B: Backend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'n> &'n str: ColumnIndex<<B::Db as Database>::Row>,
+    usize: ColumnIndex<<B::Db as Database>::Row>,
+    for<'q> i64: Encode<'q, B::Db> + Decode<'q, B::Db> + Type<B::Db>,
+    for<'q> bool: Decode<'q, B::Db> + Type<B::Db>,
+    for<'q> String: Encode<'q, B::Db> + Decode<'q, B::Db> + Type<B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Option<&'q str>: Encode<'q, B::Db>,
+    for<'q> Json<&'q BuildSource>: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> Json<&'q [String]>: Encode<'q, B::Db> + Type<B::Db>,
+{
+    async fn create_build(
+        &self,
+        new: NewBuild,
+        retries: u32,
+        max_queued: Option<u32>,
+    ) -> Result<Build> {
+        let now = now_stored();
+        let id = BuildId::new();
+        let key = id.to_string();
+        let mut tx = self.begin_deciding().await?;
+        if let Some(limit) = max_queued {
+            B::lock_namespace(&mut tx, &new.namespace).await?;
+            let (queued,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM queue_items WHERE namespace = $1")
+                    .bind(new.namespace.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if queued >= i64::from(limit) {
+                tx.rollback().await?;
+                return Err(StoreError::QueueFull {
+                    namespace: new.namespace,
+                    limit,
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO builds (id, namespace, repository, phase, source, tags, context, \
+             dockerfile_path, display_name, manual_user, pull_robot, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+        )
+        .bind(key.as_str())
+        .bind(new.namespace.as_str())
+        .bind(new.repository.as_str())
+        .bind(Phase::Waiting.as_str())
+        .bind(Json(&new.source))
+        .bind(Json(new.tags.as_slice()))
+        .bind(new.context.as_str())
+        .bind(new.dockerfile_path.as_str())
+        .bind(new.display_name.as_str())
+        .bind(new.manual_user.as_deref())
+        .bind(new.pull_robot.as_deref())
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO queue_items (queue_name, build_id, namespace, available_after, \
+             available, retries_remaining, state_id) VALUES ($1, $2, $3, $4, TRUE, $5, $6)",
+        )
+        .bind(queue_name(&new.namespace, &new.repository))
+        .bind(key.as_str())
+        .bind(new.namespace.as_str())
+        .bind(millis(now))
+        .bind(i64::from(retries))
+        .bind(Uuid::new_v4().to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(new.into_build(id, now))
+    }
+
+    async fn get_build(&self, id: BuildId) -> Result<Option<Build>> {
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1");
+        let row: Option<BuildRow> = sqlx::query_as(&sql)
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(Build::try_from).transpose()
+    }
+
+    async fn list_builds(
+        &self,
+        namespace: &str,
+        repository: &str,
+        limit: u32,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Build>> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds \
+             WHERE namespace = $1 AND repository = $2 AND created_at >= $3 \
+             ORDER BY {} LIMIT $4",
+            B::NEWEST_FIRST
+        );
+        let rows: Vec<BuildRow> = sqlx::query_as(&sql)
+            .bind(namespace)
+            .bind(repository)
+            .bind(since.map_or(i64::MIN, millis))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter().map(Build::try_from).collect()
+    }
+
+    async fn set_phase(
+        &self,
+        id: BuildId,
+        to: Phase,
+        from: &[Phase],
+        error: Option<&str>,
+    ) -> Result<Option<Phase>> {
+        let key = id.to_string();
+        let sql = format!("SELECT phase FROM builds WHERE id = $1{}", B::LOCK_BUILD);
+        let mut tx = self.begin_deciding().await?;
+        let current: Option<(String,)> = sqlx::query_as(&sql)
+            .bind(key.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let current = phase(&current.ok_or(StoreError::NotFound(id))?.0, id)?;
+        if !from.is_empty() && !from.contains(&current) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE builds SET phase = $1, updated_at = $2, error = COALESCE($3, error) \
+             WHERE id = $4",
+        )
+        .bind(to.as_str())
+        .bind(millis(Utc::now()))
+        .bind(error)
+        .bind(key.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(current))
+    }
+
+    async fn set_result_location(&self, id: BuildId, location: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE builds SET result_location = $1 WHERE id = $2")
+            .bind(location)
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        if done.count() == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, now: DateTime<Utc>, lease: Duration) -> Result<Option<ClaimedItem>> {
+        // Queue names another claimer was busy with, or whose item had nothing to claim
+        // after all. Each failed attempt adds one that was not skipped yet, so the loop ends.
+        let mut skip = Vec::new();
+        while let Some((mut tx, item)) = self.lock_claimable(now, &mut skip).await? {
+            let claimed = item.claimed(Uuid::new_v4().to_string())?;
+            let done = sqlx::query(
+                "UPDATE queue_items SET available = FALSE, processing_expires = $1, \
+                 retries_remaining = retries_remaining - 1, state_id = $2 \
+                 WHERE id = $3 AND state_id = $4",
+            )
+            .bind(after(now, lease))
+            .bind(claimed.state_id.as_str())
+            .bind(item.id)
+            .bind(item.state_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if done.count() != 1 {
+                // Cannot happen under the backend's locks; kept correct regardless.
+                tx.rollback().await?;
+                skip.push(item.queue_name);
+                continue;
+            }
+            // A new attempt means a new worker, whose sequence numbers start afresh.
+            sqlx::query("UPDATE builds SET last_worker_sequence = NULL WHERE id = $1")
+                .bind(claimed.build_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Some(claimed));
+        }
+        Ok(None)
+    }
+
+    async fn complete_item(&self, item: &ClaimedItem) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM queue_items WHERE id = $1 AND state_id = $2")
+            .bind(item.item_id)
+            .bind(item.state_id.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(done.count() == 1)
+    }
+
+    async fn return_item(
+        &self,
+        item: &ClaimedItem,
+        now: DateTime<Utc>,
+        retry_after: Duration,
+        restore_retry: bool,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE queue_items SET available = TRUE, processing_expires = NULL, \
+             available_after = $1, retries_remaining = retries_remaining + $2, state_id = $3 \
+             WHERE id = $4 AND state_id = $5",
+        )
+        .bind(after(now, retry_after))
+        .bind(i64::from(restore_retry))
+        .bind(Uuid::new_v4().to_string())
+        .bind(item.item_id)
+        .bind(item.state_id.as_str())
+        .execute(self.pool())
+        .await?;
+        Ok(done.count() == 1)
+    }
+
+    async fn extend_item(
+        &self,
+        item: &ClaimedItem,
+        now: DateTime<Utc>,
+        lease: Duration,
+        minimum: Duration,
+    ) -> Result<bool> {
+        // Read first: most heartbeats move the lease too little to write, and a read takes
+        // no write lock.
+        let current: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT processing_expires FROM queue_items WHERE id = $1 AND state_id = $2",
+        )
+        .bind(item.item_id)
+        .bind(item.state_id.as_str())
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((current,)) = current else {
+            return Ok(false);
+        };
+        let expires = after(now, lease);
+        if current.is_some_and(|c| expires.saturating_sub(c) <= duration_millis(minimum)) {
+            return Ok(true);
+        }
+        let done = sqlx::query(
+            "UPDATE queue_items SET processing_expires = $1 WHERE id = $2 AND state_id = $3",
+        )
+        .bind(expires)
+        .bind(item.item_id)
+        .bind(item.state_id.as_str())
+        .execute(self.pool())
+        .await?;
+        Ok(done.count() == 1)
+    }
+
+    async fn release_all_claims(&self, now: DateTime<Utc>) -> Result<u64> {
+        let sql = format!(
+            "UPDATE queue_items SET available = TRUE, processing_expires = NULL, \
+             available_after = $1, retries_remaining = retries_remaining + 1, \
+             state_id = {} WHERE NOT available",
+            B::RANDOM_STATE_ID
+        );
+        let done = sqlx::query(&sql)
+            .bind(millis(now))
+            .execute(self.pool())
+            .await?;
+        Ok(done.count())
+    }
+
+    async fn delete_item(&self, build: BuildId) -> Result<()> {
+        sqlx::query("DELETE FROM queue_items WHERE build_id = $1")
+            .bind(build.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_state(&self, build: BuildId) -> Result<Option<QueueState>> {
+        let row: Option<QueueRow> = sqlx::query_as(
+            "SELECT id, retries_remaining, available, available_after, processing_expires \
+             FROM queue_items WHERE build_id = $1",
+        )
+        .bind(build.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(QueueState::try_from).transpose()
+    }
+
+    async fn next_available_after(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let (next,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(available_after) FROM queue_items \
+             WHERE available AND retries_remaining > 0 AND available_after > $1",
+        )
+        .bind(millis(now))
+        .fetch_one(self.pool())
+        .await?;
+        next.map(|ms| time(ms, "available_after")).transpose()
+    }
+
+    async fn append_logs(&self, id: BuildId, entries: &[LogEntry]) -> Result<u64> {
+        let key = id.to_string();
+        if entries.is_empty() {
+            let (total,): (i64,) = sqlx::query_as(LOG_TOTAL)
+                .bind(key.as_str())
+                .fetch_one(self.pool())
+                .await?;
+            return log_total(total, id);
+        }
+        let encoded = encode(entries.iter())?;
+        let mut tx = self.begin_deciding().await?;
+        let mut batch = LogBatch::new(B::lock_log_heads(&mut tx, &[&key]).await?);
+        for entry in &encoded {
+            batch.push(id, &key, None, entry)?;
+        }
+        B::insert_logs(&mut tx, &batch.rows).await?;
+        tx.commit().await?;
+        log_total(batch.total(&key).ok_or(StoreError::NotFound(id))?, id)
+    }
+
+    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<bool>> {
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = encode(lines.iter().map(|l| &l.entry))?;
+        let keys: Vec<String> = lines.iter().map(|l| l.build.to_string()).collect();
+        let mut builds: Vec<&str> = keys.iter().map(String::as_str).collect();
+        builds.sort_unstable();
+        builds.dedup();
+        let mut tx = self.begin_deciding().await?;
+        let mut batch = LogBatch::new(B::lock_log_heads(&mut tx, &builds).await?);
+        for ((line, key), entry) in lines.iter().zip(&keys).zip(&encoded) {
+            batch.push(line.build, key, Some(line.sequence), entry)?;
+        }
+        if !batch.rows.builds.is_empty() {
+            B::insert_logs(&mut tx, &batch.rows).await?;
+            B::set_last_sequences(&mut tx, &batch.last_sequences()).await?;
+        }
+        tx.commit().await?;
+        Ok(batch.stored)
+    }
+
+    async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage> {
+        let rows: Vec<LogPageRow> = sqlx::query_as(LOG_PAGE)
+            .bind(id.to_string())
+            .bind(i64::try_from(start).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        let total = rows.first().map_or(0, |row| row.total);
+        let entries = rows
+            .iter()
+            .filter_map(|row| row.entry(id).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LogPage {
+            start,
+            total: log_total(total, id)?,
+            entries,
+        })
+    }
+}
