@@ -20,8 +20,6 @@ pub struct Api {
 impl Api {
     /// A client for the API at `base` with `token`.
     pub fn new(base: &str, token: &str) -> anyhow::Result<Api> {
-        // reqwest is built without a default TLS provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)

@@ -106,6 +106,8 @@ struct Common {
 }
 
 fn main() -> ExitCode {
+    // The process-wide TLS provider for reqwest (built without one of its own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -46,6 +46,8 @@ async fn start_early(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_ahead_of_the_scheduler_is_accepted() {
+    // What the binaries do at start: reqwest is built without a TLS provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let shared = Arc::new(Shared::default());
     let (handoff, mut workers) = mpsc::unbounded_channel();
     let state: Early = (

@@ -15,6 +15,8 @@ use buildman_core::config::Config;
 
 /// A manager on free loopback ports whose bench executor calls back `callbacks`.
 async fn manager(callbacks: &Callbacks, workers: u32) -> (Running, tempfile::TempDir, String) {
+    // What the binaries do at start: reqwest is built without a TLS provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("temp dir");
     let yaml = format!(
         "FEATURE_BUILD_SUPPORT: true\nSERVER_HOSTNAME: bench.test\nBUILD_MANAGER:\n- ephemeral\n\

@@ -73,6 +73,9 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // The one place the process-wide TLS provider is chosen: ring, for every rustls client
+    // and server in the process (reqwest and redis are built without one of their own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -201,7 +204,6 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run_worker() -> ExitCode {
     use buildman_worker::job::{self, Outcome, WorkerEnv};
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let env = match WorkerEnv::from_env(|k| std::env::var(k).ok()) {
         Ok(env) => env,
         Err(e) => {

@@ -15,10 +15,10 @@ use buildman_executor::local::{LocalExecutor, LocalSettings};
 use buildman_manager::{
     ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
 };
-use buildman_server::rest::filedrop_url;
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_orchestrator::redis::{RedisOrchestrator, RedisOrchestratorConfig};
 use buildman_server::rest::RestOptions;
+use buildman_server::rest::filedrop_url;
 use buildman_store::postgres::PostgresStore;
 use buildman_store::sqlite::SqliteStore;
 use tokio::net::TcpListener;

@@ -99,7 +99,10 @@ impl NewBuild {
     /// defaults); relative paths are made absolute.
     pub fn validate(mut self) -> Result<NewBuild, InvalidBuild> {
         let invalid = |m: String| Err(InvalidBuild(m));
-        for (what, name) in [("namespace", &self.namespace), ("repository", &self.repository)] {
+        for (what, name) in [
+            ("namespace", &self.namespace),
+            ("repository", &self.repository),
+        ] {
             if !valid_name(name) {
                 return invalid(format!(
                     "invalid {what} {name:?}: use lower-case letters, digits, '.', '_' and '-' (at most 255)"
@@ -108,7 +111,11 @@ impl NewBuild {
         }
         self.source.validate()?;
         validate_tags(&self.tags)?;
-        let context = if self.context.is_empty() { "/" } else { &self.context };
+        let context = if self.context.is_empty() {
+            "/"
+        } else {
+            &self.context
+        };
         self.context = context_path("context", context)?;
         self.dockerfile_path = if self.dockerfile_path.is_empty() {
             format!("{}/Dockerfile", self.context.trim_end_matches('/'))
@@ -303,25 +310,46 @@ mod tests {
     #[test]
     fn validation_applies_quays_defaults() {
         let b = request(vec![]).validate().unwrap();
-        assert_eq!((b.context.as_str(), b.dockerfile_path.as_str()), ("/", "/Dockerfile"));
+        assert_eq!(
+            (b.context.as_str(), b.dockerfile_path.as_str()),
+            ("/", "/Dockerfile")
+        );
         let mut r = request(vec!["v1".into()]);
         r.context = "sub".into();
         let b = r.validate().unwrap();
-        assert_eq!((b.context.as_str(), b.dockerfile_path.as_str()), ("/sub", "/sub/Dockerfile"));
+        assert_eq!(
+            (b.context.as_str(), b.dockerfile_path.as_str()),
+            ("/sub", "/sub/Dockerfile")
+        );
         let mut r = request(vec![]);
         r.dockerfile_path = "../../etc/passwd".into();
-        assert!(r.validate().unwrap_err().0.contains("must stay inside the build context"));
+        assert!(
+            r.validate()
+                .unwrap_err()
+                .0
+                .contains("must stay inside the build context")
+        );
     }
 
     #[test]
     fn tags_are_bounded_and_the_limit_is_named() {
         let many = request((0..100_000).map(|i| format!("t{i}")).collect());
         let e = many.validate().unwrap_err().0;
-        assert!(e.contains("100000 tags given") && e.contains("at most 100"), "{e}");
+        assert!(
+            e.contains("100000 tags given") && e.contains("at most 100"),
+            "{e}"
+        );
         let long = request(vec!["a".repeat(10 * 1024)]);
         let e = long.validate().unwrap_err().0;
-        assert!(e.contains("10240 characters") && e.contains("limit is 128"), "{e}");
-        assert!(request((0..100).map(|i| format!("t{i}")).collect()).validate().is_ok());
+        assert!(
+            e.contains("10240 characters") && e.contains("limit is 128"),
+            "{e}"
+        );
+        assert!(
+            request((0..100).map(|i| format!("t{i}")).collect())
+                .validate()
+                .is_ok()
+        );
         let e = request(vec!["bad tag".into()]).validate().unwrap_err().0;
         assert!(e.starts_with("invalid tag \"bad tag\""), "{e}");
     }
@@ -329,10 +357,14 @@ mod tests {
     #[test]
     fn source_urls_are_checked() {
         let mut r = request(vec![]);
-        r.source = BuildSource::ArchiveUrl { url: "file:///etc/passwd".into() };
+        r.source = BuildSource::ArchiveUrl {
+            url: "file:///etc/passwd".into(),
+        };
         assert!(r.validate().unwrap_err().0.contains("http:// or https://"));
         let mut r = request(vec![]);
-        r.source = BuildSource::ArchiveUrl { url: format!("https://h/{}", "a".repeat(5000)) };
+        r.source = BuildSource::ArchiveUrl {
+            url: format!("https://h/{}", "a".repeat(5000)),
+        };
         assert!(r.validate().unwrap_err().0.contains("limit is 2048"));
     }
 

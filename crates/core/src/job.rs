@@ -98,7 +98,10 @@ pub enum QueueAction {
     Remove,
     /// The item goes back to the queue, claimable again `after` from now, with the retry
     /// the claim took given back or spent.
-    Requeue { after: Duration, restore_retry: bool },
+    Requeue {
+        after: Duration,
+        restore_retry: bool,
+    },
     /// The last retry is spent: the item is deleted and the build ends for good in
     /// `internalerror` (shown as `expired`).
     GiveUp,
@@ -209,7 +212,11 @@ mod tests {
         };
         assert_eq!(JobEnd::WorkerSilent.queue_action(0, D), restored);
         assert_eq!(JobEnd::WorkerSilent.queue_action(2, D), restored);
-        for end in [JobEnd::NeverStarted, JobEnd::NeverRegistered, JobEnd::Overran] {
+        for end in [
+            JobEnd::NeverStarted,
+            JobEnd::NeverRegistered,
+            JobEnd::Overran,
+        ] {
             assert_eq!(
                 end.queue_action(1, D),
                 QueueAction::Requeue {

@@ -55,8 +55,6 @@ struct StopBody<'a> {
 impl BenchExecutor {
     /// An executor that calls back `callback_url` (http or https).
     pub fn new(callback_url: &str) -> Result<Self> {
-        // reqwest is built without a default TLS provider; the callback may be https.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(CALLBACK_TIMEOUT)
             .build()

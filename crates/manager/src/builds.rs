@@ -88,7 +88,10 @@ impl Builds {
     /// True when the build is `internalerror` with no retry left: the status view shows
     /// it as `expired`.
     pub async fn is_expired(&self, build: &Build) -> Result<bool, ManagerError> {
-        Ok(build.phase == Phase::InternalError && self.store.queue_state(build.id).await?.is_none())
+        Ok(
+            build.phase == Phase::InternalError
+                && self.store.queue_state(build.id).await?.is_none(),
+        )
     }
 
     /// A new upload id (the capability to upload one context, and to fetch it).

@@ -136,7 +136,10 @@ async fn copy_bounded(
     let mut buf = vec![0u8; 64 * 1024];
     let mut size: u64 = 0;
     loop {
-        let n = body.read(&mut buf).await.map_err(UploadError::Interrupted)?;
+        let n = body
+            .read(&mut buf)
+            .await
+            .map_err(UploadError::Interrupted)?;
         if n == 0 {
             break;
         }
@@ -166,8 +169,14 @@ mod tests {
         let files = store(dir.path());
         let id = FileStore::new_id();
         assert!(files.path(&id).is_none());
-        assert_eq!(files.write(&id, &b"FROM scratch\n"[..], 13).await.unwrap(), 13);
-        assert_eq!(std::fs::read(files.path(&id).unwrap()).unwrap(), b"FROM scratch\n");
+        assert_eq!(
+            files.write(&id, &b"FROM scratch\n"[..], 13).await.unwrap(),
+            13
+        );
+        assert_eq!(
+            std::fs::read(files.path(&id).unwrap()).unwrap(),
+            b"FROM scratch\n"
+        );
         assert!(matches!(
             files.write(&id, &b"again"[..], 100).await,
             Err(UploadError::AlreadyUploaded)

@@ -21,7 +21,13 @@ const PRUNE_MIN: usize = 4096;
 impl LeaseMarks {
     /// True when this claim's lease, as last written here, is already within `minimum`
     /// (ms) of `wanted` (unix ms).
-    pub(crate) fn is_fresh(&self, build: BuildId, state_id: &str, wanted: i64, minimum: i64) -> bool {
+    pub(crate) fn is_fresh(
+        &self,
+        build: BuildId,
+        state_id: &str,
+        wanted: i64,
+        minimum: i64,
+    ) -> bool {
         self.marks
             .get(&build)
             .is_some_and(|(claim, expires)| claim == state_id && wanted - expires <= minimum)

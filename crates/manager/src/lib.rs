@@ -43,8 +43,8 @@ pub use settings::{Settings, Timings};
 pub use tokens::{KeyPair, TokenService, TokenType};
 
 use crate::executors::Executors;
-use crate::records::JobRecords;
 use crate::reaper::Reaper;
+use crate::records::JobRecords;
 use crate::scheduler::{Scheduler, Wake};
 use crate::tasks::Tasks;
 

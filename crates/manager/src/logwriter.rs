@@ -212,7 +212,10 @@ mod tests {
                 Err(e) => panic!("unexpected error {e}"),
             }
         }
-        assert!(acknowledged > 0, "lines handed over before the stop are written");
+        assert!(
+            acknowledged > 0,
+            "lines handed over before the stop are written"
+        );
         assert_eq!(
             store.read_logs(build, 0, 500).await.unwrap().total,
             acknowledged,

@@ -14,9 +14,7 @@
 use std::sync::Arc;
 
 use buildman_core::job::cancel_key;
-use buildman_core::{
-    Actor, BuildId, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase, QueueAction,
-};
+use buildman_core::{Actor, BuildId, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase, QueueAction};
 use buildman_orchestrator::{KeyChange, KeyEvent, Orchestrator};
 use buildman_store::Store;
 
@@ -119,7 +117,10 @@ impl Reaper {
     /// Cancels a build unless it is pushing or final; stops its worker if it has one.
     pub(crate) async fn cancel(self: &Arc<Self>, id: BuildId) -> Result<(), ManagerError> {
         let store = self.store.as_ref();
-        let build = store.get_build(id).await?.ok_or(ManagerError::NotFound(id))?;
+        let build = store
+            .get_build(id)
+            .await?
+            .ok_or(ManagerError::NotFound(id))?;
         let before = phases::change(
             store,
             id,
@@ -130,10 +131,7 @@ impl Reaper {
         )
         .await?;
         if before.is_none() {
-            let phase = store
-                .get_build(id)
-                .await?
-                .map_or(build.phase, |b| b.phase);
+            let phase = store.get_build(id).await?.map_or(build.phase, |b| b.phase);
             return Err(ManagerError::Conflict(format!(
                 "build {id} is {phase} and can no longer be cancelled"
             )));

@@ -102,7 +102,10 @@ impl Scheduler {
         if !self.orchestrator.acquire_slot(&slot, limit).await? {
             return Ok(false);
         }
-        let claimed = self.store.claim(chrono::Utc::now(), self.claim_lease()).await;
+        let claimed = self
+            .store
+            .claim(chrono::Utc::now(), self.claim_lease())
+            .await;
         let item = match claimed {
             Ok(Some(item)) => item,
             other => {

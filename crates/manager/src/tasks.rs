@@ -96,7 +96,13 @@ mod tests {
         .expect("shutdown ends although a loop never would");
         assert!(tasks.stopping());
         assert_eq!(abandoned, 1, "only the slow task was abandoned");
-        assert!(quick_done.load(Ordering::SeqCst), "work within the deadline finished");
-        assert!(!slow_done.load(Ordering::SeqCst), "work past the deadline was given up");
+        assert!(
+            quick_done.load(Ordering::SeqCst),
+            "work within the deadline finished"
+        );
+        assert!(
+            !slow_done.load(Ordering::SeqCst),
+            "work past the deadline was given up"
+        );
     }
 }

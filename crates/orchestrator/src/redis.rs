@@ -317,12 +317,7 @@ fn client(config: &RedisOrchestratorConfig) -> std::result::Result<Client, Strin
             .set_redis_settings(settings);
         return Client::open(info).map_err(|e| e.to_string());
     }
-    // redis' rustls client takes the process-wide provider; make sure it is ring, the one
-    // this workspace builds, should several providers ever be compiled in.
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    // redis' rustls client takes the process-wide provider, which the binary installs.
     let addr = ConnectionAddr::TcpTls {
         host: config.host.clone(),
         port: config.port,

@@ -206,7 +206,11 @@ impl BuildManager for WorkerService {
             phase: pb::Phase::try_from(req.phase).ok().map(phase_of),
             pull_metadata,
         };
-        let success = self.sessions.set_phase(&ctx, report).await.map_err(status)?;
+        let success = self
+            .sessions
+            .set_phase(&ctx, report)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::SetPhaseResponse {
             success,
             sequence_number: req.sequence_number,

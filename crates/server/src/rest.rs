@@ -83,7 +83,10 @@ pub struct RestOptions {
 
 /// The URL a worker downloads an uploaded context from.
 pub fn filedrop_url(public_url: &str, file_id: &str) -> String {
-    format!("{}/api/v1/filedrop/{file_id}", public_url.trim_end_matches('/'))
+    format!(
+        "{}/api/v1/filedrop/{file_id}",
+        public_url.trim_end_matches('/')
+    )
 }
 
 /// The API's routes.

@@ -40,9 +40,15 @@ pub fn busybox() -> PathBuf {
         .expect("busybox-static is installed")
 }
 
+/// Installs the process-wide rustls provider, as the `buildman` binary does at start: a
+/// test binary that builds TLS or HTTP clients from the libraries calls this first.
+pub fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// An HTTP client (reqwest is built without a default rustls provider).
 pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tls_provider();
     reqwest::Client::new()
 }
 

@@ -245,7 +245,6 @@ impl ApiClient {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             anyhow::bail!("invalid --server URL {server:?}: expected http:// or https://");
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("buildman/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))

@@ -120,7 +120,9 @@ impl WorkerSessions {
             .records
             .modify(&ctx.job_key, |record| {
                 if record.build_id != ctx.build_id {
-                    return Err(TokenError::Refused("token does not belong to this job".into()).into());
+                    return Err(
+                        TokenError::Refused("token does not belong to this job".into()).into(),
+                    );
                 }
                 if record.registered() {
                     refusal = Some("a worker already registered for this job");
@@ -147,9 +149,7 @@ impl WorkerSessions {
         let s = &self.settings;
         let source = match &build.source {
             BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
-            BuildSource::Uploaded { file_id } => {
-                PackageSource::Url(self.files.worker_url(file_id))
-            }
+            BuildSource::Uploaded { file_id } => PackageSource::Url(self.files.worker_url(file_id)),
             BuildSource::Git {
                 url,
                 sha,

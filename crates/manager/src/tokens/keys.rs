@@ -30,8 +30,7 @@ impl KeyPair {
     pub fn generate() -> Result<Self, TokenError> {
         use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
         let key = |e: &dyn std::fmt::Display| TokenError::Key(format!("key generation: {e}"));
-        let private =
-            rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| key(&e))?;
+        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| key(&e))?;
         let private_pem = private.to_pkcs8_pem(LineEnding::LF).map_err(|e| key(&e))?;
         let public_pem = private
             .to_public_key()
@@ -47,7 +46,8 @@ impl KeyPair {
     /// Reads `signing-key.pem` from `dir`, or generates it (mode 0600) on first start.
     pub fn load_or_generate(dir: &Path) -> Result<Self, TokenError> {
         let path = dir.join("signing-key.pem");
-        let io = |e: std::io::Error| TokenError::Key(format!("signing key {}: {e}", path.display()));
+        let io =
+            |e: std::io::Error| TokenError::Key(format!("signing key {}: {e}", path.display()));
         if path.exists() {
             let private_pem = std::fs::read_to_string(&path).map_err(io)?;
             return Self::from_private_pem(None, &private_pem)

@@ -152,7 +152,12 @@ impl TokenService {
         };
         // A key ring refuses (under 2048 bits, say) fails here, at start, not on first use.
         service
-            .issue(TokenType::Job, BuildId::new(), "probe", Duration::from_secs(1))
+            .issue(
+                TokenType::Job,
+                BuildId::new(),
+                "probe",
+                Duration::from_secs(1),
+            )
             .map_err(|e| TokenError::Key(format!("signing key {:?}: {e}", signing.kid)))?;
         Ok(service)
     }

@@ -41,7 +41,11 @@ fn parsed(der: &[u8]) -> Result<Arc<RsaKeyPair>, Error> {
     {
         return Ok(pair.clone());
     }
-    let pair = Arc::new(RsaKeyPair::from_der(der).map_err(|_| Error::from(ErrorKind::InvalidRsaKey(String::from("ring refused the RSA private key (it must be 2048 to 8192 bits)"))))?);
+    let pair = Arc::new(RsaKeyPair::from_der(der).map_err(|_| {
+        Error::from(ErrorKind::InvalidRsaKey(String::from(
+            "ring refused the RSA private key (it must be 2048 to 8192 bits)",
+        )))
+    })?);
     *last = Some((der.to_vec(), pair.clone()));
     Ok(pair)
 }

@@ -638,6 +638,7 @@ async fn run(program: &str, args: &[&str], dir: &std::path::Path) {
 /// command) is trusted with that CA, and refused without it.
 #[tokio::test]
 async fn tls_checks_the_server_against_the_given_ca() {
+    buildman_testkit::tls_provider();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path();
     let quiet = ["-nodes", "-newkey", "rsa:2048"];
