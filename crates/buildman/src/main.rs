@@ -84,12 +84,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // A worker's stderr is read into the manager's log: colour only for a person.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A write that fails is dropped. Otherwise tracing reports it with `eprintln!`, which
+        // panics when stderr is gone: a worker whose manager died (the pipe's reader) would
+        // die with it instead of reconnecting.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say(format_args!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -107,10 +111,17 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say(format_args!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a line to stderr. Unlike `eprintln!`, it does not panic when stderr is closed
+/// (a worker outliving the manager that read its output).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Reads and validates a config file, printing every problem; `Err` lists the errors.
@@ -207,19 +218,19 @@ async fn run_worker() -> ExitCode {
     let env = match WorkerEnv::from_env(|k| std::env::var(k).ok()) {
         Ok(env) => env,
         Err(e) => {
-            eprintln!("error: {e}");
+            say(format_args!("error: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match job::run(&env).await {
         Ok(Outcome::Complete) => ExitCode::SUCCESS,
         Ok(Outcome::Failed(why)) => {
-            eprintln!("build failed: {why}");
+            say(format_args!("build failed: {why}"));
             ExitCode::FAILURE
         }
         Ok(Outcome::Cancelled) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("error: {e}");
+            say(format_args!("error: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -7,53 +7,25 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use buildman_manager::{FileStore, KeyPair, Timings};
-use buildman_testkit::redis::RedisServer;
+use buildman_manager::Timings;
 use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-/// What the managers of one test share: the database, the Redis, the prefix, the key.
-struct Cluster {
-    database_url: String,
-    redis: RedisServer,
-    prefix: String,
-    signing_key: PathBuf,
-    _keys: tempfile::TempDir,
-}
-
 impl Cluster {
-    async fn start() -> Cluster {
-        let keys = tempfile::tempdir().expect("temp dir");
-        let signing_key = keys.path().join("signing-key.pem");
-        let pair = KeyPair::generate().expect("a key pair");
-        std::fs::write(&signing_key, pair.private_pem).expect("signing key");
-        Cluster {
-            database_url: buildman_testkit::postgres::fresh_database().await,
-            redis: RedisServer::start().await,
-            prefix: format!("buildman/test-{}/", &FileStore::new_id()[..16]),
-            signing_key,
-            _keys: keys,
-        }
-    }
-
     /// A manager's configuration: the shared backends and key, `allowed` workers, and one
     /// popen executor named `executor` (so reports tell which manager ran a worker).
     fn config(&self, dir: &Path, allowed: u32, executor: &str, executor_keys: &str) -> String {
-        let manager_keys = format!(
-            "ALLOWED_WORKER_COUNT: {allowed}\n  ORCHESTRATOR_PREFIX: {}\n  ORCHESTRATOR: {{REDIS_HOST: 127.0.0.1, REDIS_PORT: {}}}",
-            self.prefix,
-            self.redis.port()
-        );
+        let manager_keys = self.manager_keys(allowed);
+        let executors = popen(dir, executor, executor_keys);
         format!(
-            "BUILDMAN_DATABASE_URL: {}\nBUILDMAN_JWT_SIGNING_KEY: {{KID: k1, PRIVATE_KEY_PATH: {}}}\n{}",
-            self.database_url,
-            self.signing_key.display(),
-            config_yaml(&manager_keys, &popen(dir, executor, executor_keys))
+            "{}{}",
+            self.shared_keys(),
+            config_yaml(&manager_keys, &executors)
         )
     }
 

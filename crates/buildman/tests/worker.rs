@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,34 +12,6 @@ use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(180);
-
-/// A gzipped tar of `(path, contents)` entries; paths are written raw, so hostile names
-/// survive.
-fn tar_gz(entries: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    // Links first, so later entries can try to write through them.
-    for (path, target) in links {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_size(0);
-        header.set_mode(0o777);
-        builder.append_link(&mut header, path, target).unwrap();
-    }
-    for (path, data) in entries {
-        let mut header = tar::Header::new_old();
-        let name = &mut header.as_old_mut().name;
-        name[..path.len()].copy_from_slice(path.as_bytes());
-        header.set_size(data.len() as u64);
-        header.set_mode(0o755);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, *data).unwrap();
-    }
-    let tar = builder.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap()
-}
 
 /// A registry with a busybox base image pushed as `base:latest`.
 async fn registry_with_base(scratch: &Path) -> Registry {
@@ -104,17 +75,7 @@ async fn a_real_build_pushes_every_tag_to_the_registry() {
             "{tag}: {history}"
         );
     }
-    assert_eq!(
-        phases(&logs),
-        [
-            "build-scheduled",
-            "unpacking",
-            "pulling",
-            "building",
-            "pushing",
-            "complete"
-        ]
-    );
+    assert_eq!(phases(&logs), COMPLETE_RUN);
     let pulling = logs.iter().find(|e| e["message"] == "pulling").unwrap();
     assert_eq!(pulling["data"]["registry_url"], registry.addr.as_str());
     assert_eq!(pulling["data"]["base_image"], "base");
@@ -347,70 +308,6 @@ async fn without_a_registry_the_image_is_written_as_an_oci_layout() {
     s.stop().await;
 }
 
-/// A TCP proxy between the worker and the manager's gRPC port that a test can cut: while
-/// cut, live connections are dropped and new ones refused.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-    target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Proxy {
-    async fn start() -> Proxy {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, cut_rx) = tokio::sync::watch::channel(false);
-        let (target, target_rx) = tokio::sync::watch::channel(None);
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            let mut listener = Some(listener);
-            let mut links = tokio::task::JoinSet::new();
-            let mut cut_rx = cut_rx;
-            loop {
-                if *cut_rx.borrow() {
-                    links.abort_all();
-                    listener = None;
-                    let _ = cut_rx.wait_for(|c| !c).await;
-                    continue;
-                }
-                let l = match &listener {
-                    Some(l) => l,
-                    None => {
-                        listener = Some(
-                            tokio::net::TcpListener::bind(("127.0.0.1", port))
-                                .await
-                                .unwrap(),
-                        );
-                        continue;
-                    }
-                };
-                tokio::select! {
-                    _ = cut_rx.changed() => {}
-                    accepted = l.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let Some(to) = *target_rx.borrow() else { continue };
-                        links.spawn(async move {
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            }
-                        });
-                    }
-                }
-            }
-        });
-        Proxy {
-            port,
-            cut,
-            target,
-            accepted,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_doubled() {
     let proxy = Proxy::start().await;
@@ -473,17 +370,7 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
         .map(|l| l.split(" :").next().unwrap_or(l).to_string())
         .collect();
     assert_eq!(got, expected, "every line exactly once, in order");
-    assert_eq!(
-        phases(&logs),
-        [
-            "build-scheduled",
-            "unpacking",
-            "pulling",
-            "building",
-            "pushing",
-            "complete"
-        ]
-    );
+    assert_eq!(phases(&logs), COMPLETE_RUN);
     s.stop().await;
 }
 

@@ -62,6 +62,8 @@ impl LogEntry {
     /// Turns one worker line (a Docker build-stream JSON object) into a log entry:
     /// `{"stream": s}` is output, or a `command` when it is a `Step N/M :` line;
     /// `{"status": s, ...}` is progress; `{"error": e, "errorDetail": d}` is an error.
+    /// `{"stream": s, "continues": true}` is a chunk of an over-long line, kept with
+    /// `data: {"continues": true}`: displays join it with the next entry.
     pub fn from_worker_line(line: &str) -> Result<Self, NotJson> {
         let value: Value = serde_json::from_str(line).map_err(|e| NotJson(e.to_string()))?;
         let Value::Object(mut obj) = value else {
@@ -77,10 +79,11 @@ impl LogEntry {
         }
         if let Some(Value::String(stream)) = obj.remove("stream") {
             let kind = is_step_line(&stream).then_some(LogType::Command);
+            let continues = obj.get("continues") == Some(&Value::Bool(true));
             return Ok(LogEntry {
                 message: stream,
                 kind,
-                data: None,
+                data: continues.then(|| serde_json::json!({ "continues": true })),
             });
         }
         if let Some(Value::String(status)) = obj.remove("status") {
@@ -158,6 +161,25 @@ mod tests {
         let e = LogEntry::from_worker_line(r#"{"status":"Pulling","id":"abc"}"#).unwrap();
         assert_eq!(e.message, "Pulling");
         assert_eq!(e.data, Some(serde_json::json!({"id":"abc"})));
+    }
+
+    #[test]
+    fn continued_chunks_are_marked_and_only_they() {
+        let e = LogEntry::from_worker_line(r#"{"stream":"aaaa","continues":true}"#).unwrap();
+        assert_eq!(e.message, "aaaa");
+        assert_eq!(e.data, Some(serde_json::json!({"continues": true})));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["data"]["continues"], true);
+        for line in [
+            r#"{"stream":"end\n"}"#,
+            r#"{"stream":"x","continues":false}"#,
+        ] {
+            assert_eq!(
+                LogEntry::from_worker_line(line).unwrap().data,
+                None,
+                "{line}"
+            );
+        }
     }
 
     #[test]

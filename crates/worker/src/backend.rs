@@ -62,6 +62,7 @@ mod docker;
 mod dockerfile;
 mod oci;
 mod process;
+mod pump;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,13 +70,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use docker::DockerBackend;
-pub use dockerfile::{from_lines, normalize_step_line};
+pub use dockerfile::{from_lines, glued_tool_message, normalize_step_line};
 pub use oci::OciBackend;
 
-/// Where a backend sends output lines: one `String` per line, without the trailing newline
-/// (nor a trailing `\r`), in the order they were read (stdout and stderr interleaved as they
-/// arrive). A closed receiver is ignored: the command still runs to its end.
-pub type LineSink = tokio::sync::mpsc::Sender<String>;
+/// Where a backend sends its output: lines (and chunks of over-long ones) without their
+/// line ends, in the order they were read (stdout and stderr interleaved as they arrive).
+/// Pushing never waits, so the tool is never slowed down; see [`crate::output`].
+pub use crate::output::LineSink;
 
 /// How many of the last output lines a failed command carries in its error.
 pub const ERROR_TAIL_LINES: usize = 20;
@@ -167,6 +168,10 @@ pub enum BackendError {
         /// The last [`ERROR_TAIL_LINES`] output lines, passwords redacted.
         tail: Vec<String>,
     },
+    /// The tool printed more than the output spool may hold while the manager was slower
+    /// (see [`crate::output::SPOOL_MAX_BYTES`]); it was stopped.
+    #[error("{0}; the command was stopped")]
+    OutputBacklog(crate::output::Overflow),
     /// Local file handling around the tool (auth files, id files, unpacking) failed.
     #[error("{context}: {source}")]
     Io {

@@ -16,7 +16,7 @@ use buildman_worker::backend::{
     Backend, BackendConfig, BackendError, BuildRequest, Credentials, LineSink, Tool, find_on_path,
     from_env, normalize_step_line, select_tool,
 };
-use tokio::sync::mpsc;
+use buildman_worker::output::spool;
 
 /// Everything a backend test needs: a registry and a temp dir for storage, contexts and
 /// exports. buildah, docker-registry and busybox-static must be installed (`.ci/run` does).
@@ -112,11 +112,11 @@ impl Env {
 
 /// A sink and a task gathering what it receives (await the handle after dropping the sink).
 fn collect() -> (LineSink, tokio::task::JoinHandle<Vec<String>>) {
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = spool(&std::env::temp_dir());
     let handle = tokio::spawn(async move {
         let mut lines = Vec::new();
-        while let Some(line) = rx.recv().await {
-            lines.push(line);
+        while let Some(chunk) = rx.next().await {
+            lines.push(chunk.text);
         }
         lines
     });
@@ -318,14 +318,14 @@ async fn backend_buildah_cancelled_build_leaves_no_process() {
     // A unique argument to find the RUN step's process by.
     let context = env.context("ctx", &format!("FROM {addr}/base\nRUN sleep 4243\n"));
     let request = env.request(&context, "localhost/cancelled:1");
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = spool(&std::env::temp_dir());
     {
         let build = backend.build(&request, &tx);
         tokio::pin!(build);
         loop {
             tokio::select! {
                 result = &mut build => panic!("build ended: {result:?}"),
-                line = rx.recv() => if line.as_deref() == Some("STEP 2/2: RUN sleep 4243") { break },
+                chunk = rx.next() => if chunk.map(|c| c.text).as_deref() == Some("STEP 2/2: RUN sleep 4243") { break },
             }
         }
         // Let the RUN step really start, then drop the build.

@@ -684,6 +684,7 @@ mod context {
 
     /// Serves `routes` (path -> body) on 127.0.0.1; anything else is a 404.
     async fn serve(routes: Vec<(&'static str, Vec<u8>)>) -> String {
+        buildman_testkit::tls_provider();
         let mut app = axum::Router::new();
         for (path, body) in routes {
             app = app.route(

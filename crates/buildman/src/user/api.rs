@@ -130,6 +130,18 @@ pub struct LogEntry {
     /// `command`, `phase`, `error`, or absent for plain output.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// Details: pull metadata of a phase, `{"continues": true}` on a chunk of a long line.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+impl LogEntry {
+    /// True for a chunk of an over-long output line that goes on in the next entry.
+    pub fn continues(&self) -> bool {
+        self.data
+            .as_ref()
+            .is_some_and(|d| d["continues"] == serde_json::Value::Bool(true))
+    }
 }
 
 /// One page of a build's log.

@@ -35,8 +35,12 @@ pub fn final_exit_code(phase: &str) -> Option<u8> {
 }
 
 /// Renders one log entry as the text to print, always ending in exactly the entry's own
-/// newline (one is added only when the message does not already end in one).
+/// newline (one is added only when the message does not already end in one). A chunk of an
+/// over-long line is printed as it is, so that it joins the next entry into one line.
 pub fn format_entry(entry: &LogEntry) -> String {
+    if entry.continues() {
+        return entry.message.clone();
+    }
     let mut text = match entry.kind.as_deref() {
         Some("phase") => format!("==> {}", entry.message.trim_end()),
         Some("error") => format!("error: {}", entry.message),
@@ -223,6 +227,7 @@ mod tests {
         LogEntry {
             message: message.into(),
             kind: kind.map(Into::into),
+            data: None,
         }
     }
 
@@ -248,6 +253,29 @@ mod tests {
         assert_eq!(format_entry(&entry(None, "two\nlines\n")), "two\nlines\n");
         assert_eq!(format_entry(&entry(None, "")), "\n");
         assert_eq!(format_entry(&entry(Some("other"), "x")), "x\n");
+    }
+
+    #[test]
+    fn continued_chunks_join_the_next_entry() {
+        let chunk = |m: &str| LogEntry {
+            data: Some(serde_json::json!({"continues": true})),
+            ..entry(None, m)
+        };
+        let printed: String = [
+            chunk("ab"),
+            chunk("cd"),
+            entry(None, "ef\n"),
+            entry(None, "g"),
+        ]
+        .iter()
+        .map(format_entry)
+        .collect();
+        assert_eq!(printed, "abcdef\ng\n");
+        let phase = LogEntry {
+            data: Some(serde_json::json!({"datetime": "now"})),
+            ..entry(Some("phase"), "building")
+        };
+        assert_eq!(format_entry(&phase), "==> building\n");
     }
 
     #[test]

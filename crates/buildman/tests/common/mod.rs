@@ -1,7 +1,16 @@
 //! A manager started in-process on 127.0.0.1 with free ports, a temp data dir, and local
 //! executors that run the scripted test worker; plus HTTP and gRPC helpers.
 
-#![allow(dead_code)]
+// Each test binary uses a part of this module.
+#![allow(dead_code, unused_imports)]
+
+mod archive;
+mod cluster;
+mod proxy;
+
+pub use archive::tar_gz;
+pub use cluster::Cluster;
+pub use proxy::Proxy;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -178,24 +187,7 @@ impl TestServer {
 
     /// Uploads `bytes` through the file drop; returns the file id.
     pub async fn upload(&self, bytes: &[u8]) -> String {
-        let drop: Value = self
-            .req(reqwest::Method::POST, "/api/v1/filedrop/")
-            .json(&json!({"mimeType": "application/octet-stream"}))
-            .send()
-            .await
-            .expect("filedrop")
-            .json()
-            .await
-            .expect("filedrop json");
-        let id = drop["file_id"].as_str().expect("file_id").to_string();
-        let put = self
-            .req(reqwest::Method::PUT, &format!("/api/v1/filedrop/{id}"))
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .expect("upload");
-        assert!(put.status().is_success(), "upload: {}", put.status());
-        id
+        upload_at(&self.http, &self.base, &self.token, bytes).await
     }
 
     /// Submits a build of an uploaded lone Dockerfile; returns the build view.
@@ -206,23 +198,7 @@ impl TestServer {
 
     /// Submits a build of an uploaded context (an archive or a Dockerfile).
     pub async fn submit_bytes(&self, repo: &str, tags: &[&str], context: &[u8]) -> Value {
-        let file_id = self.upload(context).await;
-        let resp = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/api/v1/repository/{repo}/build/"),
-            )
-            .json(&json!({"file_id": file_id, "docker_tags": tags}))
-            .send()
-            .await
-            .expect("create build");
-        assert_eq!(
-            resp.status(),
-            201,
-            "create build: {}",
-            resp.text().await.unwrap_or_default()
-        );
-        resp.json().await.expect("build view")
+        submit_at(&self.http, &self.base, &self.token, repo, tags, context).await
     }
 
     /// Asks to cancel a build (DELETE on Quay's build resource).
@@ -264,20 +240,9 @@ impl TestServer {
         }
     }
 
-    /// The whole log of a build, paging from 0.
+    /// The whole log of a build, page after page from 0.
     pub async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
-        let page: Value = self
-            .req(
-                reqwest::Method::GET,
-                &format!("/api/v1/repository/{repo}/build/{id}/logs?start=0"),
-            )
-            .send()
-            .await
-            .expect("logs")
-            .json()
-            .await
-            .expect("logs json");
-        page["logs"].as_array().cloned().unwrap_or_default()
+        logs_at(&self.http, &self.base, &self.token, repo, id).await
     }
 
     /// The worker reports so far, one JSON object per event.
@@ -302,6 +267,97 @@ impl TestServer {
                 self.reports()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Uploads `bytes` through the file drop of the REST API at `base`; returns the file id.
+pub async fn upload_at(http: &reqwest::Client, base: &str, token: &str, bytes: &[u8]) -> String {
+    let drop: Value = http
+        .post(format!("{base}/api/v1/filedrop/"))
+        .bearer_auth(token)
+        .json(&json!({"mimeType": "application/octet-stream"}))
+        .send()
+        .await
+        .expect("filedrop")
+        .json()
+        .await
+        .expect("filedrop json");
+    let id = drop["file_id"].as_str().expect("file_id").to_string();
+    let put = http
+        .put(format!("{base}/api/v1/filedrop/{id}"))
+        .bearer_auth(token)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("upload");
+    assert!(put.status().is_success(), "upload: {}", put.status());
+    id
+}
+
+/// Submits a build of an uploaded context to the REST API at `base`; returns the view.
+pub async fn submit_at(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    repo: &str,
+    tags: &[&str],
+    context: &[u8],
+) -> Value {
+    let file_id = upload_at(http, base, token, context).await;
+    let resp = http
+        .post(format!("{base}/api/v1/repository/{repo}/build/"))
+        .bearer_auth(token)
+        .json(&json!({"file_id": file_id, "docker_tags": tags}))
+        .send()
+        .await
+        .expect("create build");
+    assert_eq!(
+        resp.status(),
+        201,
+        "create build: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    resp.json().await.expect("build view")
+}
+
+/// The phases of a build that ran once and completed.
+pub const COMPLETE_RUN: [&str; 6] = [
+    "build-scheduled",
+    "unpacking",
+    "pulling",
+    "building",
+    "pushing",
+    "complete",
+];
+
+/// The whole log of a build from the REST API at `base`, page after page from 0.
+pub async fn logs_at(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    repo: &str,
+    id: &str,
+) -> Vec<Value> {
+    let mut logs = Vec::new();
+    loop {
+        let start = logs.len();
+        let page: Value = http
+            .get(format!(
+                "{base}/api/v1/repository/{repo}/build/{id}/logs?start={start}"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("logs")
+            .json()
+            .await
+            .expect("logs json");
+        let entries = page["logs"].as_array().cloned().unwrap_or_default();
+        let total = page["total"].as_u64().unwrap_or_default();
+        logs.extend(entries.iter().cloned());
+        if entries.is_empty() || logs.len() as u64 >= total {
+            return logs;
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What the worker needs to know from a Dockerfile and from build output without running
-//! anything: the base images to pull, and Docker-style step lines.
+//! anything: the base images to pull, Docker-style step lines, and buildah's own messages
+//! glued onto a step's output.
 
 /// Base images named in a Dockerfile's FROM lines, first mention first, each once. Left out:
 /// `scratch`, names of earlier build stages (`FROM x AS b` then `FROM b`), and names that
@@ -114,6 +115,45 @@ fn try_normalize(line: &str) -> Option<String> {
     Some(format!("Step {counter} : {instruction}"))
 }
 
+/// Where a message of buildah's own starts in `line`, when buildah wrote it right after a
+/// `RUN` step's last output, which had no newline: both go to one stdout, so the step's
+/// `abc` and buildah's `--> 37c2775a101` arrive as `abc--> 37c2775a101` (likewise
+/// `defCOMMIT localhost/x:1`, `def[2/2] COMMIT ...`, `abcSTEP 4/4: RUN ...`). `None` when
+/// the line starts with such a message or holds none.
+pub fn glued_tool_message(line: &str) -> Option<usize> {
+    line.match_indices(['-', '[', 'C', 'S'])
+        .map(|(at, _)| at)
+        .filter(|&at| at > 0)
+        .find(|&at| is_tool_message(&line[at..]))
+}
+
+/// True when `s` is one of the messages buildah prints between steps.
+fn is_tool_message(s: &str) -> bool {
+    if let Some(id) = s.strip_prefix("--> ") {
+        // A short image id, as buildah prints it after each committed step.
+        return (11..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    }
+    let s = match s.strip_prefix('[').and_then(|rest| rest.split_once("] ")) {
+        Some((stage, rest)) if stage.len() <= 12 && is_counter(stage) => rest,
+        _ => s,
+    };
+    if let Some(name) = s.strip_prefix("COMMIT") {
+        // `COMMIT` alone (an unnamed stage) or with an image reference.
+        return name.is_empty()
+            || name.strip_prefix(' ').is_some_and(|r| {
+                !r.is_empty() && !r.contains(' ') && (r.contains('/') || r.contains(':'))
+            });
+    }
+    // `STEP N/M: ...`, with the counter looked for in a bounded window only.
+    s.strip_prefix("STEP ")
+        .and_then(|rest| rest.get(..rest.len().min(24)))
+        .and_then(|head| head.split_once(':'))
+        .is_some_and(|(counter, _)| is_counter(counter) || is_number(counter))
+}
+
 /// `N/M` with both numbers.
 fn is_counter(s: &str) -> bool {
     s.split_once('/')
@@ -188,6 +228,34 @@ FROM golang:1.22
             "hello STEP 1/2: x",
         ] {
             assert_eq!(normalize_step_line(unchanged), unchanged);
+        }
+    }
+
+    #[test]
+    fn buildah_messages_glued_onto_output_are_found() {
+        for (line, at) in [
+            ("abc--> 37c2775a101", 3),
+            ("defCOMMIT localhost/bt:2", 3),
+            ("def[2/2] COMMIT localhost/bt:3", 3),
+            ("abc[2/2] STEP 1/3: FROM scratch", 3),
+            ("abcSTEP 4/4: RUN [\"/bin/busybox\", \"echo\", \"next\"]", 3),
+            ("line 134COMMIT built:1", 8),
+            ("x--> Step--> 0123456789a", 9),
+        ] {
+            assert_eq!(glued_tool_message(line), Some(at), "{line}");
+        }
+        for alone in [
+            "--> 37c2775a101",
+            "STEP 1/2: FROM a",
+            "COMMIT x:1",
+            "plain output",
+            "please COMMIT now",
+            "a--> not-hex-at-all",
+            "a--> 123",
+            "echo STEP one: two",
+            "[x] STEP",
+        ] {
+            assert_eq!(glued_tool_message(alone), None, "{alone}");
         }
     }
 }

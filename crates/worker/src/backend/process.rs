@@ -1,28 +1,36 @@
-//! Running a tool: stdout and stderr streamed line by line as they come, the last lines kept
-//! for the error, and the whole process group killed when the caller stops waiting.
+//! Running a tool: stdout and stderr read as fast as they come into a [`LineSink`] (which
+//! never makes the tool wait; see [`crate::output`]), the last lines kept for the error,
+//! and the whole process group killed when the caller stops waiting.
 
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
-use tokio::sync::mpsc;
 
+use super::pump::pump;
 use super::{BackendError, ERROR_TAIL_LINES, LineSink};
-
-/// What replaces a secret that turns up in output.
-const REDACTED: &str = "<redacted>";
 
 /// How long a cancelled command's process group gets between SIGTERM and SIGKILL. buildah
 /// needs well under a second to remove its working container after SIGTERM.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs `cmd` to its end. Each output line (stdout and stderr merged, newline stripped,
-/// `secrets` replaced) goes to `out` as soon as it is read; a non-zero exit becomes
-/// [`BackendError::Failed`] named `label` with the last [`ERROR_TAIL_LINES`] lines.
+/// The buffer asked for on the tool's stdout and stderr pipes (Linux's default is 64 KiB, its
+/// maximum for unprivileged processes 1 MiB): room for a burst while the worker is not
+/// scheduled, before buildah's relay of a `RUN` step has to wait (and, when the step ends
+/// then, drop what it still holds).
+const PIPE_BYTES: i32 = 1024 * 1024;
+
+/// Runs `cmd` to its end. Its output (stdout and stderr, each cut into lines and chunks of
+/// long lines, `secrets` replaced) goes to `out` as soon as it is read; a non-zero exit
+/// becomes [`BackendError::Failed`] named `label` with the last [`ERROR_TAIL_LINES`] lines.
+/// More output waiting in `out` than its bound stops the command with
+/// [`BackendError::OutputBacklog`].
 ///
 /// The child leads its own process group: buildah's chroot isolation runs a `RUN` step as
 /// `buildah-chroot-runtime` → `buildah-chroot-exec` → the step's command, all in that group.
@@ -54,36 +62,35 @@ pub(crate) async fn run(
     );
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    for pipe in [
+        stdout.as_ref().map(AsFd::as_fd),
+        stderr.as_ref().map(AsFd::as_fd),
+    ] {
+        // Best effort: the default size works, with less room.
+        let _ = pipe.map(|fd| fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)));
+    }
 
-    let (tx, mut rx) = mpsc::channel::<String>(256);
-    let pump_out = pump(stdout, tx.clone());
-    let pump_err = pump(stderr, tx);
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(ERROR_TAIL_LINES);
-    let forward = async {
-        while let Some(line) = rx.recv().await {
-            let line = redact(line, secrets);
-            if tail.len() == ERROR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line.clone());
-            if let Some(out) = out {
-                // A gone receiver only means nobody listens any more; the command goes on.
-                let _ = out.send(line).await;
-            }
-        }
+    let tail = Mutex::new(VecDeque::with_capacity(ERROR_TAIL_LINES));
+    let pumps = async {
+        tokio::try_join!(
+            pump(stdout, out, secrets, &tail),
+            pump(stderr, out, secrets, &tail)
+        )
     };
     let wait = async {
         let status = child.wait().await;
         // Anything still in the group now is a stray of a finished command; it could also
         // hold our pipes open forever, so it goes.
         group.kill_now();
-        status
+        Ok(status)
     };
-    let ((), (), (), status) = tokio::join!(pump_out, pump_err, forward, wait);
+    // An overflow returns at once; `group`, dropped then, stops the command.
+    let (_, status) = tokio::try_join!(pumps, wait)?;
     let status = status.map_err(|e| BackendError::io(format!("waiting for {label}"), e))?;
     if status.success() {
         Ok(())
     } else {
+        let tail = tail.into_inner().unwrap_or_else(|e| e.into_inner());
         Err(BackendError::Failed {
             command: label.to_string(),
             status: status.to_string(),
@@ -135,46 +142,11 @@ impl Drop for GroupKiller {
     }
 }
 
-/// Reads `reader` line by line into `tx` until EOF, a read error or a closed channel.
-async fn pump(reader: Option<impl AsyncRead + Unpin>, tx: mpsc::Sender<String>) {
-    let Some(reader) = reader else { return };
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                    buf.pop();
-                }
-                // Tools print UTF-8, but a RUN step may print anything: never fail on it.
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send(line).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// `line` with every non-empty secret replaced.
-fn redact(line: String, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .filter(|s| !s.is_empty())
-        .fold(line, |line, secret| {
-            if line.contains(secret) {
-                line.replace(secret, REDACTED)
-            } else {
-                line
-            }
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::pump::TAIL_ENTRY_BYTES;
+    use crate::output::{LineSource, Spool, spool_with};
 
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("sh");
@@ -182,9 +154,22 @@ mod tests {
         cmd
     }
 
+    fn sink() -> (LineSink, LineSource) {
+        crate::output::spool(&std::env::temp_dir())
+    }
+
+    /// Everything the source hands on (drop every sink first).
+    async fn texts(mut source: LineSource) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(chunk) = source.next().await {
+            lines.push(chunk.text);
+        }
+        lines
+    }
+
     #[tokio::test]
     async fn streams_both_streams_and_strips_newlines() {
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, rx) = sink();
         run(
             sh("echo one; echo two >&2; printf 'three\\r\\n'; printf last"),
             "sh",
@@ -194,27 +179,79 @@ mod tests {
         .await
         .unwrap();
         drop(tx);
-        let mut lines = Vec::new();
-        while let Some(l) = rx.recv().await {
-            lines.push(l);
-        }
+        let mut lines = texts(rx).await;
         lines.sort();
         assert_eq!(lines, ["last", "one", "three", "two"]);
     }
 
     #[tokio::test]
     async fn lines_arrive_while_the_command_still_runs() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let fut = run(sh("echo first; sleep 2; echo second"), "sh", Some(&tx), &[]);
-        tokio::pin!(fut);
-        let started = std::time::Instant::now();
-        tokio::select! {
-            _ = &mut fut => panic!("finished before its first line was seen"),
-            line = rx.recv() => assert_eq!(line.as_deref(), Some("first")),
+        let (tx, mut rx) = sink();
+        {
+            let fut = run(sh("echo first; sleep 2; echo second"), "sh", Some(&tx), &[]);
+            tokio::pin!(fut);
+            let started = std::time::Instant::now();
+            tokio::select! {
+                _ = &mut fut => panic!("finished before its first line was seen"),
+                chunk = rx.next() => assert_eq!(chunk.map(|c| c.text).as_deref(), Some("first")),
+            }
+            assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+            fut.await.unwrap();
         }
-        assert!(started.elapsed() < std::time::Duration::from_millis(1500));
-        fut.await.unwrap();
-        assert_eq!(rx.recv().await.as_deref(), Some("second"));
+        drop(tx);
+        assert_eq!(texts(rx).await, ["second"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_never_waits_for_the_reader_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        // A small memory bound, so most of it goes through the spool file.
+        let (tx, rx) = spool_with(Spool::new(dir.path().into(), 64 * 1024, u64::MAX));
+        // Nobody reads until the command has ended.
+        run(
+            sh("seq 1 200000; printf 'no newline'"),
+            "seq",
+            Some(&tx),
+            &[],
+        )
+        .await
+        .unwrap();
+        drop(tx);
+        let lines = texts(rx).await;
+        let expected: Vec<String> = (1..=200_000)
+            .map(|n| n.to_string())
+            .chain(["no newline".to_string()])
+            .collect();
+        assert_eq!(lines, expected);
+    }
+
+    #[tokio::test]
+    async fn too_much_waiting_output_stops_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = spool_with(Spool::new(dir.path().into(), 1024, 1024 * 1024));
+        let err = run(sh("yes"), "yes", Some(&tx), &[]).await.unwrap_err();
+        assert!(matches!(err, BackendError::OutputBacklog(_)), "{err:?}");
+        assert!(err.to_string().contains("1 MiB"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failure_tail_keeps_only_the_start_of_long_lines() {
+        let err = run(
+            sh("head -c 200000 /dev/zero | tr '\\0' x; exit 1"),
+            "sh",
+            None,
+            &[],
+        )
+        .await
+        .unwrap_err();
+        let BackendError::Failed { tail, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(tail.len(), 4, "three full chunks and the rest");
+        assert!(
+            tail.iter()
+                .all(|l| l.len() <= TAIL_ENTRY_BYTES + '…'.len_utf8())
+        );
     }
 
     #[tokio::test]
@@ -245,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn secrets_are_redacted_in_lines_and_errors() {
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, rx) = sink();
         let err = run(
             sh("echo 'token hunter2 ok'; echo 'denied for hunter2' >&2; exit 1"),
             "sh",
@@ -255,10 +292,7 @@ mod tests {
         .await
         .unwrap_err();
         drop(tx);
-        let mut lines = Vec::new();
-        while let Some(l) = rx.recv().await {
-            lines.push(l);
-        }
+        let mut lines = texts(rx).await;
         lines.sort();
         assert_eq!(lines, ["denied for <redacted>", "token <redacted> ok"]);
         let text = err.to_string();
@@ -280,11 +314,11 @@ mod tests {
         let pidfile = dir.join("pid");
         let mut cmd = sh(script);
         cmd.env("PIDFILE", &pidfile);
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = sink();
         let fut = run(cmd, "sh", Some(&tx), &[]);
         tokio::select! {
             _ = fut => panic!("finished early"),
-            line = rx.recv() => assert_eq!(line.as_deref(), Some("started")),
+            chunk = rx.next() => assert_eq!(chunk.map(|c| c.text).as_deref(), Some("started")),
         }
         std::fs::read_to_string(&pidfile)
             .unwrap()

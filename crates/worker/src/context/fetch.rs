@@ -21,8 +21,7 @@ pub(crate) async fn download(url: &str, to: &Path, max: u64) -> Result<(), Conte
             "{shown:?} is not an http or https URL"
         )));
     }
-    // reqwest is built without a default crypto provider; installing one twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest is built without a crypto provider: the binary installs the process's one.
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)

@@ -2,9 +2,12 @@
 //! dropped connection: unary calls are retried, the heartbeat and log streams are reopened,
 //! and log lines not yet acknowledged are re-sent with their original sequence numbers
 //! (the manager stores each once). The endpoint is dialled again each time, so a load
-//! balancer in front of several managers may route the worker to another one.
+//! balancer in front of several managers may route the worker to another one. A log stream
+//! the manager keeps refusing is given up rather than retried for ever ([`log_stream`]).
 
-use std::collections::VecDeque;
+mod log_stream;
+mod logger;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
+
+pub use log_stream::{ACK_TIMEOUT, LogFailure, MAX_LOG_REOPENS};
+use log_stream::{LogCommand, LogSender};
+pub use logger::Logger;
 
 type Client = BuildManagerClient<Channel>;
 
@@ -72,6 +79,31 @@ impl Target {
     }
 }
 
+/// A capped exponential backoff between reconnects: 100 ms doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+
+    fn delay(&self) -> Duration {
+        self.0
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+}
+
 /// True for failures of the connection rather than answers of the manager.
 fn transient(status: &Status) -> bool {
     matches!(
@@ -87,14 +119,13 @@ where
     Fut: Future<Output = Result<T, Status>>,
 {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         match f().await {
             Ok(v) => return Ok(v),
             Err(s) if transient(&s) && started.elapsed() < RECONNECT_FOR => {
-                tracing::warn!(call, error = %s.message(), "manager unreachable; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(call, error = %s.message(), "manager unreachable; retrying in {:?}", backoff.delay());
+                backoff.wait().await;
             }
             Err(s) if transient(&s) => {
                 return Err(SessionError::Unreachable {
@@ -119,6 +150,7 @@ pub struct Session {
     job_jwt: String,
     phase_sequence: i32,
     log: mpsc::Sender<LogCommand>,
+    log_failure: watch::Receiver<Option<LogFailure>>,
     cancelled: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -129,11 +161,6 @@ impl Drop for Session {
             t.abort();
         }
     }
-}
-
-enum LogCommand {
-    Line(pb::LogMessageRequest),
-    Flush(oneshot::Sender<()>),
 }
 
 impl Session {
@@ -163,8 +190,9 @@ impl Session {
         .into_inner();
         let job_jwt = pack.job_jwt.clone();
         let (cancel_tx, cancelled) = watch::channel(false);
+        let (failure_tx, log_failure) = watch::channel(None);
         let tasks = vec![
-            tokio::spawn(log_stream(client.clone(), log_rx)),
+            tokio::spawn(LogSender::new(client.clone(), log_rx, failure_tx).run()),
             tokio::spawn(heartbeats(client.clone(), job_jwt.clone(), cancel_tx)),
         ];
         Ok((
@@ -174,6 +202,7 @@ impl Session {
                 job_jwt,
                 phase_sequence: 0,
                 log: log_tx,
+                log_failure,
                 cancelled,
                 tasks,
             },
@@ -181,12 +210,14 @@ impl Session {
         ))
     }
 
-    /// Reports a phase; an error when the manager refuses the transition.
+    /// Reports a phase, after every log line logged before it was acknowledged (so the
+    /// log shows the change where it happened); an error when the manager refuses it.
     pub async fn set_phase(
         &mut self,
         phase: pb::Phase,
         pull_metadata: Option<pb::set_phase_request::PullMetadata>,
     ) -> Result<(), SessionError> {
+        self.flush_logs().await;
         self.phase_sequence += 1;
         let request = pb::SetPhaseRequest {
             job_jwt: self.job_jwt.clone(),
@@ -232,18 +263,43 @@ impl Session {
 
     /// A sender for build-output lines: each is a Docker build-stream JSON object.
     pub fn logger(&self, phase: &str) -> Logger {
-        Logger {
-            tx: self.log.clone(),
-            jwt: self.job_jwt.clone(),
-            phase: phase.to_string(),
-        }
+        Logger::new(self.log.clone(), self.job_jwt.clone(), phase)
     }
 
-    /// Waits until every log line sent so far was acknowledged.
+    /// Waits until every log line sent so far was acknowledged (or dropped, once the log
+    /// stream gave up).
     pub async fn flush_logs(&self) {
         let (tx, rx) = oneshot::channel();
         if self.log.send(LogCommand::Flush(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// Why the log stream gave up, if it did.
+    pub fn log_failure(&self) -> Option<LogFailure> {
+        self.log_failure.borrow().clone()
+    }
+
+    /// The manager's `host:port`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A future that resolves when the log stream gave up (see [`log_stream`]): the build
+    /// cannot be followed any more and must end.
+    pub fn log_failed(&self) -> impl Future<Output = LogFailure> + Send + 'static {
+        let mut rx = self.log_failure.clone();
+        async move {
+            let failure = rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|f| f.clone());
+            match failure {
+                Some(failure) => failure,
+                // The log task is gone only with the session: nothing to wait for.
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -258,119 +314,10 @@ impl Session {
     }
 }
 
-/// Sends log lines for one phase; lines are numbered in the order they are sent.
-#[derive(Clone)]
-pub struct Logger {
-    tx: mpsc::Sender<LogCommand>,
-    jwt: String,
-    phase: String,
-}
-
-impl Logger {
-    /// Queues an output line (`{"stream": line}`).
-    pub async fn stream(&self, line: &str) {
-        self.raw(serde_json::json!({ "stream": line }).to_string())
-            .await;
-    }
-
-    /// Queues an error line (`{"error": ..., "errorDetail": {"message": ...}}`).
-    pub async fn error(&self, message: &str) {
-        self.raw(
-            serde_json::json!({ "error": message, "errorDetail": { "message": message } })
-                .to_string(),
-        )
-        .await;
-    }
-
-    async fn raw(&self, log_message: String) {
-        let request = pb::LogMessageRequest {
-            job_jwt: self.jwt.clone(),
-            sequence_number: 0,
-            log_message,
-            phase: self.phase.clone(),
-        };
-        let _ = self.tx.send(LogCommand::Line(request)).await;
-    }
-}
-
-/// Sends queued lines one at a time, each awaiting its acknowledgement (quay-builder's
-/// pattern). When the stream breaks it is reopened and the unacknowledged line re-sent
-/// with the same sequence number.
-async fn log_stream(client: Client, mut commands: mpsc::Receiver<LogCommand>) {
-    let mut next_sequence = 1;
-    let mut pending: VecDeque<pb::LogMessageRequest> = VecDeque::new();
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut backoff = Duration::from_millis(100);
-    'reconnect: loop {
-        let (tx, rx) = mpsc::channel(1);
-        let mut c = client.clone();
-        let mut replies = match c.log_message(ReceiverStream::new(rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                tracing::warn!(error = %e.message(), "log stream: cannot open; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        loop {
-            if pending.is_empty() {
-                for f in flushes.drain(..) {
-                    let _ = f.send(());
-                }
-                match commands.recv().await {
-                    Some(LogCommand::Line(mut line)) => {
-                        line.sequence_number = next_sequence;
-                        next_sequence += 1;
-                        pending.push_back(line);
-                    }
-                    Some(LogCommand::Flush(f)) => {
-                        flushes.push(f);
-                        continue;
-                    }
-                    None => return,
-                }
-            }
-            let Some(line) = pending.front().cloned() else {
-                continue;
-            };
-            if tx.send(line.clone()).await.is_err() {
-                continue 'reconnect;
-            }
-            match replies.message().await {
-                Ok(Some(reply)) if reply.sequence_number == line.sequence_number => {
-                    backoff = Duration::from_millis(100);
-                    if !reply.success {
-                        tracing::warn!(
-                            sequence = line.sequence_number,
-                            "log line refused by the manager"
-                        );
-                    }
-                    pending.pop_front();
-                }
-                Ok(Some(reply)) => {
-                    tracing::warn!(
-                        sent = line.sequence_number,
-                        got = reply.sequence_number,
-                        "log ack out of order"
-                    );
-                    pending.pop_front();
-                }
-                Ok(None) | Err(_) => {
-                    tracing::warn!("log stream broke; reconnecting in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue 'reconnect;
-                }
-            }
-        }
-    }
-}
-
 /// Heartbeats every [`HEARTBEAT_EVERY`], awaiting each reply; reopens the stream when it
 /// breaks. Three `false` replies in a row (each retried at once) mean the job is gone.
 async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut refused = 0;
     loop {
         let (tx, rx) = mpsc::channel(1);
@@ -378,9 +325,8 @@ async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>)
         let mut replies = match c.heartbeat(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                tracing::warn!(error = %e.message(), "heartbeat stream: cannot open; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %e.message(), "heartbeat stream: cannot open; retrying in {:?}", backoff.delay());
+                backoff.wait().await;
                 continue;
             }
         };
@@ -397,7 +343,7 @@ async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>)
             match replies.message().await {
                 Ok(Some(r)) if r.reply => {
                     refused = 0;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 Ok(Some(_)) => {
                     refused += 1;
@@ -412,8 +358,10 @@ async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>)
             }
             tokio::time::sleep(HEARTBEAT_EVERY).await;
         }
-        tracing::warn!("heartbeat stream broke; reconnecting in {backoff:?}");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tracing::warn!(
+            "heartbeat stream broke; reconnecting in {:?}",
+            backoff.delay()
+        );
+        backoff.wait().await;
     }
 }

@@ -1,0 +1,219 @@
+//! A worker outlives the manager that started it: two `buildman serve` processes on one
+//! PostgreSQL, one Redis and one signing key; the worker dials them through a TCP proxy (its
+//! SERVER). The first manager is killed with SIGKILL mid-build, the proxy is pointed at the
+//! second, and the real worker (`buildman worker`, buildah) finishes the build there.
+//! Needs buildah, runc, busybox-static, PostgreSQL and Redis (`.ci/run` installs them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const BUILDMAN: &str = env!("CARGO_BIN_EXE_buildman");
+const T: Duration = Duration::from_secs(300);
+const API_TOKEN: &str = "failover-test-token";
+
+/// A `buildman serve` process and where it listens.
+struct Serve {
+    child: Child,
+    base: String,
+    grpc: std::net::SocketAddr,
+}
+
+impl Serve {
+    /// Starts `buildman serve` with `config` in `dir/name*`; waits until it listens.
+    async fn start(dir: &Path, name: &str, config: &str) -> Serve {
+        let config_file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_file, config).expect("config");
+        let out = dir.join(format!("{name}.out"));
+        let child = Command::new(BUILDMAN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_file)
+            .arg("--data-dir")
+            .arg(dir.join(format!("{name}-data")))
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).expect("log"))
+            .spawn()
+            .expect("buildman serve");
+        // "buildman serving: REST API on http://ADDR, workers on ADDR, data in DIR"
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let line = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("buildman serving:")) {
+                break line.to_string();
+            }
+            assert!(Instant::now() < deadline, "{name} did not start: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let field = |after: &str| {
+            let rest = &line[line.find(after).expect("address") + after.len()..];
+            rest.split([',', ' ']).next().expect("address").to_string()
+        };
+        Serve {
+            child,
+            base: format!("http://{}", field("REST API on http://")),
+            grpc: field("workers on ").parse().expect("gRPC address"),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        buildman_testkit::http_client()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(API_TOKEN)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self.request(reqwest::Method::GET, path).send().await;
+        response.expect("request").json().await.expect("json")
+    }
+
+    /// Uploads `context` and submits a build of it to `repo`; returns the build's id.
+    async fn submit(&self, repo: &str, context: &[u8]) -> String {
+        let http = buildman_testkit::http_client();
+        let view = submit_at(&http, &self.base, API_TOKEN, repo, &[], context).await;
+        view["id"].as_str().expect("id").to_string()
+    }
+
+    /// The whole log of a build.
+    async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
+        logs_at(
+            &buildman_testkit::http_client(),
+            &self.base,
+            API_TOKEN,
+            repo,
+            id,
+        )
+        .await
+    }
+
+    /// Polls until the build is in one of `phases`.
+    async fn wait_phase(&self, id: &str, phases: &[&str]) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let view = self.get(&format!("/api/v1/build/{id}")).await;
+            if phases.contains(&view["phase"].as_str().unwrap_or_default()) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "build {id}: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The worker, through a wrapper that records its exit status in `exit_file`.
+fn worker_script(dir: &Path, work: &Path, exit_file: &Path) -> PathBuf {
+    let script = dir.join("worker.sh");
+    let text = format!(
+        "#!/bin/sh\nexport TMPDIR={}\n{BUILDMAN} worker\necho $? > {}\n",
+        work.display(),
+        exit_file.display()
+    );
+    std::fs::write(&script, text).expect("wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    script
+}
+
+/// 5,000 lines at once, then 20 more a quarter of a second apart.
+const OUTPUT: &str = r#"BEGIN {
+    for (i = 1; i <= 5000; i++) print "line " i
+    for (i = 5001; i <= 5020; i++) { print "line " i; system("sleep 0.25") }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_survives_its_killed_manager_and_completes_on_another() {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let exit_file = dir.path().join("worker-exit");
+    let script = worker_script(dir.path(), &work, &exit_file);
+    let proxy = Proxy::start().await;
+    let config = format!(
+        "{}BUILDMAN_HOSTNAME: 127.0.0.1:{}\nBUILDMAN_API_TOKENS: [{API_TOKEN}]\n{}",
+        cluster.shared_keys(),
+        proxy.port,
+        config_yaml(
+            &cluster.manager_keys(1),
+            &format!(
+                "  - EXECUTOR: popen\n    NAME: real\n    BUILDER_BINARY_LOCATION: {}\n",
+                script.display()
+            )
+        )
+    );
+    let mut a = Serve::start(dir.path(), "a", &config).await;
+    proxy.target.send_replace(Some(a.grpc));
+
+    let busybox = std::fs::read(buildman_testkit::busybox()).expect("busybox");
+    let dockerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nCOPY out.awk /out.awk\n\
+        RUN [\"/bin/busybox\", \"awk\", \"-f\", \"/out.awk\"]\n";
+    let context = tar_gz(
+        &[
+            ("Dockerfile", dockerfile),
+            ("busybox", &busybox),
+            ("out.awk", OUTPUT.as_bytes()),
+        ],
+        &[],
+    );
+    let id = a.submit("demo/failover", &context).await;
+
+    // Mid-build, with part of the output stored, the manager dies.
+    a.wait_phase(&id, &["building"]).await;
+    let deadline = Instant::now() + T;
+    while a.logs("demo/failover", &id).await.len() < 1000 {
+        assert!(Instant::now() < deadline, "no output stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Started now, so that it cannot have claimed the build before the first one did.
+    let b = Serve::start(dir.path(), "b", &config).await;
+    a.child.kill().expect("kill -9");
+    a.child.wait().expect("reaped");
+    proxy.target.send_replace(Some(b.grpc));
+
+    let view = b
+        .wait_phase(&id, &["complete", "error", "internalerror"])
+        .await;
+    let logs = b.logs("demo/failover", &id).await;
+    assert_eq!(view["phase"], "complete", "{view}\n{logs:?}");
+    let printed: Vec<&str> = logs
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("line "))
+        .collect();
+    let expected: Vec<String> = (1..=5020).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(printed, expected, "every line once, in order");
+    assert_eq!(phases(&logs), COMPLETE_RUN, "one attempt, not restarted");
+
+    // The worker finished normally: no panic on its dead manager's pipes.
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&exit_file)
+            && !text.trim().is_empty()
+        {
+            break text.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, "0", "the worker's exit status");
+}

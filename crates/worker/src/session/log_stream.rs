@@ -1,0 +1,313 @@
+//! The LogMessage stream: queued lines sent one at a time, each awaiting its
+//! acknowledgement (quay-builder's pattern), across reconnects, and given up with a reason
+//! instead of retried for ever when the manager keeps refusing.
+//!
+//! - A broken stream is reopened and the unacknowledged line re-sent with the same sequence
+//!   number (the manager stores it once).
+//! - While the manager cannot be reached at all, the worker keeps trying for
+//!   [`RECONNECT_FOR`], as for every other call.
+//! - A refusal — an error status that names the message, not the connection
+//!   (INVALID_ARGUMENT, OUT_OF_RANGE, RESOURCE_EXHAUSTED, UNAUTHENTICATED, ...) — ends it
+//!   at once.
+//! - So does a stream that had to be reopened [`MAX_LOG_REOPENS`] times in a row without a
+//!   single line acknowledged in between (a manager that ends the stream without
+//!   answering, or does not answer within [`ACK_TIMEOUT`]).
+//!
+//! Once given up, the reason is published (the job ends the build with it) and output lines
+//! are dropped; each error line (the job's last words) still gets one try.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use buildman_proto as pb;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+
+use super::{Backoff, Client, RECONNECT_FOR};
+
+/// How many times in a row the log stream may be reopened without one line acknowledged
+/// before the build is given up.
+pub const MAX_LOG_REOPENS: u32 = 10;
+/// How long the manager may take to acknowledge a line before the stream counts as broken.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the job asks of the log stream.
+pub(super) enum LogCommand {
+    /// A line to send; an error line is still tried (once) after the stream gave up.
+    Line {
+        request: pb::LogMessageRequest,
+        error: bool,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Why the log stream gave up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFailure {
+    /// What happened, for the build log and the worker's stderr.
+    pub reason: String,
+    /// True when the manager could not be reached at all (nothing to report to).
+    pub unreachable: bool,
+}
+
+/// A log stream: where lines go, where answers come from.
+type OpenStream = (
+    mpsc::Sender<pb::LogMessageRequest>,
+    Streaming<pb::LogMessageResponse>,
+);
+
+/// How one stream ended.
+enum Ended {
+    /// No more lines will come.
+    Done,
+    /// The stream could not be opened.
+    Unopened(Status),
+    /// Opened, then broken or ended before the line at the front was acknowledged.
+    Broken(String),
+    /// The manager refused the line at the front.
+    Refused(Status),
+}
+
+/// True for an answer that refuses the message itself: sending it again cannot help.
+fn refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::Unimplemented
+    )
+}
+
+/// The sending side of the log stream; [`LogSender::run`] until the job drops its handles.
+pub(super) struct LogSender {
+    client: Client,
+    commands: mpsc::Receiver<LogCommand>,
+    failure: watch::Sender<Option<LogFailure>>,
+    next_sequence: i32,
+    pending: VecDeque<pb::LogMessageRequest>,
+    flushes: Vec<oneshot::Sender<()>>,
+    backoff: Backoff,
+    reopens: u32,
+    unreachable_since: Option<Instant>,
+}
+
+impl LogSender {
+    pub(super) fn new(
+        client: Client,
+        commands: mpsc::Receiver<LogCommand>,
+        failure: watch::Sender<Option<LogFailure>>,
+    ) -> Self {
+        LogSender {
+            client,
+            commands,
+            failure,
+            next_sequence: 1,
+            pending: VecDeque::new(),
+            flushes: Vec::new(),
+            backoff: Backoff::new(),
+            reopens: 0,
+            unreachable_since: None,
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            if self.pending.is_empty() && !self.next_command().await {
+                return;
+            }
+            let ended = match self.open().await {
+                Ok((tx, replies)) => self.send_on(tx, replies).await,
+                Err(status) => Ended::Unopened(status),
+            };
+            match ended {
+                Ended::Done => return,
+                Ended::Unopened(status) => self.unopened(status).await,
+                Ended::Broken(why) => self.broken(why).await,
+                Ended::Refused(status) => self.refused(&status),
+            }
+        }
+    }
+
+    /// Waits for the next line (answering flushes while nothing is pending); false once the
+    /// job dropped every handle.
+    async fn next_command(&mut self) -> bool {
+        loop {
+            if self.pending.is_empty() {
+                for flush in self.flushes.drain(..) {
+                    let _ = flush.send(());
+                }
+            }
+            match self.commands.recv().await {
+                Some(LogCommand::Line { error, .. }) if self.failed() && !error => {}
+                Some(LogCommand::Line { mut request, .. }) => {
+                    request.sequence_number = self.next_sequence;
+                    self.next_sequence += 1;
+                    self.pending.push_back(request);
+                    return true;
+                }
+                Some(LogCommand::Flush(flush)) => self.flushes.push(flush),
+                None => return false,
+            }
+        }
+    }
+
+    async fn open(&mut self) -> Result<OpenStream, Status> {
+        let (tx, rx) = mpsc::channel(1);
+        let replies = self
+            .client
+            .log_message(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((tx, replies))
+    }
+
+    /// Sends the pending lines on one stream, each after the previous one's answer, until
+    /// there are no more or the stream fails.
+    async fn send_on(
+        &mut self,
+        tx: mpsc::Sender<pb::LogMessageRequest>,
+        mut replies: Streaming<pb::LogMessageResponse>,
+    ) -> Ended {
+        loop {
+            if self.pending.is_empty() && !self.next_command().await {
+                return Ended::Done;
+            }
+            let Some(line) = self.pending.front().cloned() else {
+                continue;
+            };
+            let sequence = line.sequence_number;
+            if tx.send(line).await.is_err() {
+                return Ended::Broken(format!("the stream closed before line {sequence}"));
+            }
+            match tokio::time::timeout(ACK_TIMEOUT, replies.message()).await {
+                Ok(Ok(Some(reply))) => self.acknowledged(sequence, &reply),
+                Ok(Ok(None)) => {
+                    return Ended::Broken(format!(
+                        "the build manager ended the log stream without answering line {sequence}"
+                    ));
+                }
+                Ok(Err(status)) if refusal(&status) => return Ended::Refused(status),
+                Ok(Err(status)) => return Ended::Broken(status.message().to_string()),
+                Err(_) => {
+                    return Ended::Broken(format!(
+                        "no answer to line {sequence} within {ACK_TIMEOUT:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn acknowledged(&mut self, sequence: i32, reply: &pb::LogMessageResponse) {
+        self.reopens = 0;
+        self.unreachable_since = None;
+        self.backoff.reset();
+        if reply.sequence_number != sequence {
+            tracing::warn!(
+                sent = sequence,
+                got = reply.sequence_number,
+                "log ack out of order"
+            );
+        } else if !reply.success {
+            tracing::warn!(sequence, "log line refused by the manager");
+        }
+        self.pending.pop_front();
+    }
+
+    /// The manager could not be reached: retried for [`RECONNECT_FOR`].
+    async fn unopened(&mut self, status: Status) {
+        if self.failed() {
+            self.pending.pop_front();
+            return;
+        }
+        if refusal(&status) {
+            let message = status.message();
+            return self.give_up(
+                format!("the build manager refused the log stream: {message}"),
+                false,
+            );
+        }
+        let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= RECONNECT_FOR {
+            let message = status.message();
+            let reason = format!("lost the build manager for {RECONNECT_FOR:?}: {message}");
+            return self.give_up(reason, true);
+        }
+        tracing::warn!(error = %status.message(), "log stream: cannot open; retrying in {:?}", self.backoff.delay());
+        self.backoff.wait().await;
+    }
+
+    /// Opened, but no answer came: reopened, up to [`MAX_LOG_REOPENS`] times in a row.
+    async fn broken(&mut self, why: String) {
+        self.unreachable_since = None;
+        if self.failed() {
+            self.pending.pop_front();
+            return;
+        }
+        self.reopens += 1;
+        if self.reopens >= MAX_LOG_REOPENS {
+            let reason = format!(
+                "the log stream to the build manager failed {MAX_LOG_REOPENS} times in a row \
+                 without a line acknowledged; last: {why}"
+            );
+            return self.give_up(reason, false);
+        }
+        tracing::warn!(error = %why, "log stream broke; reconnecting in {:?}", self.backoff.delay());
+        self.backoff.wait().await;
+    }
+
+    /// The manager refused the line at the front: the build is given up.
+    fn refused(&mut self, status: &Status) {
+        if self.failed() {
+            self.pending.pop_front();
+            return;
+        }
+        let sequence = self.pending.front().map_or(0, |l| l.sequence_number);
+        let (code, message) = (status.code(), status.message());
+        let reason = format!("the build manager refused log line {sequence} ({code:?}): {message}");
+        self.give_up(reason, false);
+    }
+
+    fn give_up(&mut self, reason: String, unreachable: bool) {
+        tracing::error!("{reason}; giving up the log stream");
+        self.pending.clear();
+        self.failure.send_replace(Some(LogFailure {
+            reason,
+            unreachable,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_the_answers_that_name_the_message() {
+        for code in [
+            Code::ResourceExhausted,
+            Code::OutOfRange,
+            Code::InvalidArgument,
+        ] {
+            assert!(refusal(&Status::new(code, "x")), "{code:?}");
+        }
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Internal,
+            Code::Cancelled,
+        ] {
+            assert!(!refusal(&Status::new(code, "x")), "{code:?}");
+        }
+    }
+}
