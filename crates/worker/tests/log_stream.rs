@@ -129,7 +129,6 @@ async fn serve_file(body: &'static str) -> String {
 /// `answer`; returns the outcome and what the manager saw.
 async fn run_job(answer: LogAnswer) -> (Outcome, Seen) {
     buildman_testkit::tls_provider();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let manager = Scripted {
         package_url: serve_file("FROM scratch\n").await,
