@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use buildman::serve::{self, Running, ServeOptions};
+use buildman_api::{CreateBuild, FileDrop, LogsQuery, NewFileDrop, paths};
 use buildman_core::config::Config;
 use buildman_manager::Timings;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The scripted worker binary built with these tests.
 pub const TEST_WORKER: &str = env!("CARGO_BIN_EXE_buildman-test-worker");
@@ -169,7 +170,7 @@ impl TestServer {
         &self.running.as_ref().expect("running").manager
     }
 
-    /// An authenticated request.
+    /// An authenticated request to `path` (one of [`buildman_api::paths`]).
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
@@ -178,18 +179,18 @@ impl TestServer {
 
     /// Uploads `bytes` through the file drop; returns the file id.
     pub async fn upload(&self, bytes: &[u8]) -> String {
-        let drop: Value = self
-            .req(reqwest::Method::POST, "/api/v1/filedrop/")
-            .json(&json!({"mimeType": "application/octet-stream"}))
+        let drop: FileDrop = self
+            .req(reqwest::Method::POST, paths::FILEDROP)
+            .json(&NewFileDrop::default())
             .send()
             .await
             .expect("filedrop")
             .json()
             .await
             .expect("filedrop json");
-        let id = drop["file_id"].as_str().expect("file_id").to_string();
+        let id = drop.file_id;
         let put = self
-            .req(reqwest::Method::PUT, &format!("/api/v1/filedrop/{id}"))
+            .req(reqwest::Method::PUT, &paths::file(&id))
             .body(bytes.to_vec())
             .send()
             .await
@@ -204,15 +205,18 @@ impl TestServer {
             .await
     }
 
-    /// Submits a build of an uploaded context (an archive or a Dockerfile).
+    /// Submits a build of an uploaded context (an archive or a Dockerfile) to `repo`
+    /// (`namespace/name`).
     pub async fn submit_bytes(&self, repo: &str, tags: &[&str], context: &[u8]) -> Value {
         let file_id = self.upload(context).await;
+        let request = CreateBuild {
+            docker_tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+            ..CreateBuild::uploaded(file_id)
+        };
+        let (namespace, name) = split(repo);
         let resp = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/api/v1/repository/{repo}/build/"),
-            )
-            .json(&json!({"file_id": file_id, "docker_tags": tags}))
+            .req(reqwest::Method::POST, &paths::builds(namespace, name))
+            .json(&request)
             .send()
             .await
             .expect("create build");
@@ -227,18 +231,16 @@ impl TestServer {
 
     /// Asks to cancel a build (DELETE on Quay's build resource).
     pub async fn cancel(&self, repo: &str, id: &str) -> reqwest::Response {
-        self.req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/repository/{repo}/build/{id}"),
-        )
-        .send()
-        .await
-        .expect("cancel")
+        let (namespace, name) = split(repo);
+        self.req(reqwest::Method::DELETE, &paths::build(namespace, name, id))
+            .send()
+            .await
+            .expect("cancel")
     }
 
     /// The build view.
     pub async fn build(&self, id: &str) -> Value {
-        self.req(reqwest::Method::GET, &format!("/api/v1/build/{id}"))
+        self.req(reqwest::Method::GET, &paths::build_by_id(id))
             .send()
             .await
             .expect("get build")
@@ -264,13 +266,15 @@ impl TestServer {
         }
     }
 
-    /// The whole log of a build, paging from 0.
+    /// The first page of a build's log (all of it in these tests' short builds).
     pub async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
+        let (namespace, name) = split(repo);
         let page: Value = self
             .req(
                 reqwest::Method::GET,
-                &format!("/api/v1/repository/{repo}/build/{id}/logs?start=0"),
+                &paths::build_logs(namespace, name, id),
             )
+            .query(&LogsQuery { start: Some(0) })
             .send()
             .await
             .expect("logs")
@@ -304,6 +308,12 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `namespace/name` split in two.
+pub fn split(repo: &str) -> (&str, &str) {
+    repo.split_once('/')
+        .unwrap_or_else(|| panic!("{repo:?} is not namespace/name"))
 }
 
 /// The phases recorded in a log, in order.
