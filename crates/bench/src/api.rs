@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use buildman_api::{BuildView, CreateBuild, LogPage, LogsQuery, paths};
+use buildman_core::LogEntry;
 
 /// The context URL of every bench build. The simulated workers never fetch it.
 const CONTEXT_URL: &str = "http://127.0.0.1:9/bench-context.tar.gz";
@@ -39,11 +40,11 @@ impl Api {
         namespace: &str,
         repository: &str,
     ) -> anyhow::Result<(String, Instant)> {
-        let url = format!(
-            "{}/api/v1/repository/{namespace}/{repository}/build/",
-            self.base
-        );
-        let body = json!({ "archive_url": CONTEXT_URL, "docker_tags": ["latest"] });
+        let url = format!("{}{}", self.base, paths::builds(namespace, repository));
+        let body = CreateBuild {
+            docker_tags: Some(vec!["latest".into()]),
+            ..CreateBuild::archive_url(CONTEXT_URL)
+        };
         let sent = Instant::now();
         let answer = self
             .http
@@ -54,20 +55,20 @@ impl Api {
             .await
             .with_context(|| format!("POST {url}"))?;
         let status = answer.status();
-        let view: Value = answer.json().await.unwrap_or(Value::Null);
         if status.as_u16() != 201 {
-            bail!("POST {url}: {status}: {view}");
+            let text = answer.text().await.unwrap_or_default();
+            bail!("POST {url}: {status}: {text}");
         }
-        let id = view["id"]
-            .as_str()
-            .with_context(|| format!("POST {url}: no id in {view}"))?
-            .to_string();
-        Ok((id, sent))
+        let view: BuildView = answer
+            .json()
+            .await
+            .with_context(|| format!("POST {url}: reading the build view"))?;
+        Ok((view.id.to_string(), sent))
     }
 
     /// A build's view (`GET /api/v1/build/<id>`).
-    pub async fn build(&self, id: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/api/v1/build/{id}", self.base);
+    pub async fn build(&self, id: &str) -> anyhow::Result<BuildView> {
+        let url = format!("{}{}", self.base, paths::build_by_id(id));
         let answer = self
             .http
             .get(&url)
@@ -88,17 +89,21 @@ impl Api {
         namespace: &str,
         repository: &str,
         id: &str,
-    ) -> anyhow::Result<Vec<Value>> {
+    ) -> anyhow::Result<Vec<LogEntry>> {
+        let url = format!(
+            "{}{}",
+            self.base,
+            paths::build_logs(namespace, repository, id)
+        );
         let mut entries = Vec::new();
         loop {
-            let url = format!(
-                "{}/api/v1/repository/{namespace}/{repository}/build/{id}/logs?start={}",
-                self.base,
-                entries.len()
-            );
+            let query = LogsQuery {
+                start: Some(entries.len() as u64),
+            };
             let answer = self
                 .http
                 .get(&url)
+                .query(&query)
                 .bearer_auth(&self.token)
                 .send()
                 .await
@@ -107,12 +112,10 @@ impl Api {
             if !status.is_success() {
                 bail!("GET {url}: {status}");
             }
-            let page: Value = answer.json().await?;
-            let logs = page["logs"].as_array().cloned().unwrap_or_default();
-            let total = page["total"].as_u64().unwrap_or(0) as usize;
-            let empty = logs.is_empty();
-            entries.extend(logs);
-            if entries.len() >= total || empty {
+            let page: LogPage = answer.json().await?;
+            let empty = page.logs.is_empty();
+            entries.extend(page.logs);
+            if entries.len() as u64 >= page.total || empty {
                 return Ok(entries);
             }
         }
@@ -120,10 +123,7 @@ impl Api {
 
     /// Cancels a build (a build already finished answers 400, which is fine here).
     pub async fn cancel(&self, namespace: &str, repository: &str, id: &str) -> anyhow::Result<()> {
-        let url = format!(
-            "{}/api/v1/repository/{namespace}/{repository}/build/{id}",
-            self.base
-        );
+        let url = format!("{}{}", self.base, paths::build(namespace, repository, id));
         self.http
             .delete(&url)
             .bearer_auth(&self.token)

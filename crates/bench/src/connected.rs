@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use buildman_core::LogType;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -307,19 +308,14 @@ async fn verify(env: &Env, ids: &[(String, String)], acked: &HashMap<String, u64
                 };
                 let lines = entries
                     .iter()
-                    .filter(|e| {
-                        e["message"]
-                            .as_str()
-                            .is_some_and(|m| m.starts_with("bench line "))
-                    })
+                    .filter(|e| e.message.starts_with("bench line "))
                     .count() as u64;
                 stored_total.fetch_add(lines, Ordering::Relaxed);
                 let last_phase = entries
                     .iter()
                     .rev()
-                    .find(|e| e["type"] == "phase")
-                    .and_then(|e| e["message"].as_str())
-                    .unwrap_or("none");
+                    .find(|e| e.kind == Some(LogType::Phase))
+                    .map_or("none", |e| e.message.as_str());
                 if last_phase == "complete" {
                     complete.fetch_add(1, Ordering::Relaxed);
                 }

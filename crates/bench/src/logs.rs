@@ -289,8 +289,7 @@ async fn verify(
                 };
                 let numbers: Vec<Option<u64>> = log
                     .iter()
-                    .filter_map(|e| e["message"].as_str())
-                    .filter_map(|m| m.strip_prefix("bench line "))
+                    .filter_map(|e| e.message.strip_prefix("bench line "))
                     .map(|rest| rest.split(' ').next().and_then(|n| n.parse().ok()))
                     .collect();
                 stored.fetch_add(numbers.len() as u64, Ordering::Relaxed);

@@ -351,7 +351,7 @@ async fn verify(env: &Env, ids: &[String], stops: u64) -> Verification {
             let (api, ids, phases) = (api.clone(), ids.clone(), phases.clone());
             async move {
                 let phase = match api.build(&ids[i]).await {
-                    Ok(view) => view["phase"].as_str().unwrap_or("?").to_string(),
+                    Ok(view) => view.phase.to_string(),
                     Err(e) => format!("unreadable ({e:#})"),
                 };
                 *lock(&phases).entry(phase).or_default() += 1;

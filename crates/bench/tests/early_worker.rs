@@ -15,6 +15,7 @@ use buildman::serve::{self, ServeOptions};
 use buildman_bench::api::Api;
 use buildman_bench::callback::StartCall;
 use buildman_bench::worker::{Channels, Shared, Worker};
+use buildman_core::LogType;
 use buildman_core::config::Config;
 use buildman_proto::Phase;
 use tokio::sync::{Mutex, mpsc};
@@ -89,14 +90,14 @@ async fn a_worker_ahead_of_the_scheduler_is_accepted() {
         worker.log("Step 1/1 : FROM scratch\n").await.unwrap();
         worker.complete().await.unwrap();
 
-        assert_eq!(api.build(&id).await.unwrap()["phase"], "complete");
+        assert_eq!(api.build(&id).await.unwrap().phase.as_str(), "complete");
         let phases: Vec<String> = api
             .logs("bench", &repo, &id)
             .await
             .unwrap()
             .iter()
-            .filter(|e| e["type"] == "phase")
-            .map(|e| e["message"].as_str().unwrap().to_string())
+            .filter(|e| e.kind == Some(LogType::Phase))
+            .map(|e| e.message.clone())
             .collect();
         assert_eq!(
             phases,

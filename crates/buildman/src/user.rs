@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use buildman_api::{BuildView, CreateBuild};
+use buildman_core::BuildId;
 
-use api::{ApiClient, BuildOptions, BuildSource, BuildView};
+use api::ApiClient;
 use follow::{EXIT_COMPLETE, EXIT_FAILED, write_stdout};
 
 /// Where and how to reach the manager's REST API (shared by all user commands).
@@ -209,8 +211,8 @@ async fn run_submit(args: SubmitArgs) -> anyhow::Result<u8> {
     let (ns, repo) = parse_repository(&args.repository)?;
     let input = classify_input(&args.path_or_url)?;
     let client = ApiClient::from_args(&args.api)?;
-    let source = match input {
-        Input::Url(url) => BuildSource::ArchiveUrl(url),
+    let request = match input {
+        Input::Url(url) => CreateBuild::archive_url(url),
         Input::Dir(dir) => {
             let bytes = pack::pack_dir(&dir)?;
             note(&format!(
@@ -218,7 +220,7 @@ async fn run_submit(args: SubmitArgs) -> anyhow::Result<u8> {
                 dir.display(),
                 human_size(bytes.len())
             ));
-            BuildSource::FileId(client.upload(bytes).await.context("upload refused")?)
+            CreateBuild::uploaded(client.upload(bytes).await.context("upload refused")?)
         }
         Input::File(file) => {
             let bytes = tokio::fs::read(&file)
@@ -229,15 +231,16 @@ async fn run_submit(args: SubmitArgs) -> anyhow::Result<u8> {
                 file.display(),
                 human_size(bytes.len())
             ));
-            BuildSource::FileId(client.upload(bytes).await.context("upload refused")?)
+            CreateBuild::uploaded(client.upload(bytes).await.context("upload refused")?)
         }
     };
-    let opts = BuildOptions {
-        tags: args.tags,
+    let request = CreateBuild {
+        docker_tags: (!args.tags.is_empty()).then_some(args.tags),
         dockerfile_path: args.dockerfile,
         context: args.context,
+        ..request
     };
-    let view = client.create_build(&ns, &repo, &source, &opts).await?;
+    let view = client.create_build(&ns, &repo, &request).await?;
     write_stdout(&format!("build {} queued\n", view.id))?;
     if args.no_follow {
         return Ok(EXIT_COMPLETE);
@@ -275,13 +278,7 @@ async fn run_builds(args: BuildsArgs) -> anyhow::Result<u8> {
         write_stdout(&out)?;
         return Ok(EXIT_COMPLETE);
     }
-    let views = list
-        .builds
-        .into_iter()
-        .map(serde_json::from_value::<BuildView>)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| api::ApiError::Decode(e.to_string()))?;
-    write_stdout(&builds_table(&views))?;
+    write_stdout(&builds_table(&list.builds))?;
     Ok(EXIT_COMPLETE)
 }
 
@@ -291,11 +288,11 @@ pub fn builds_table(views: &[BuildView]) -> String {
     let rows: Vec<[String; 5]> = std::iter::once(header)
         .chain(views.iter().map(|v| {
             [
-                v.id.clone(),
-                v.phase.clone(),
+                v.id.to_string(),
+                v.phase.to_string(),
                 v.tags.join(","),
-                format_started(v.started.as_deref()),
-                v.display_name.clone().unwrap_or_default(),
+                v.started.map(format_started).unwrap_or_default(),
+                v.display_name.clone(),
             ]
         }))
         .collect();
@@ -321,24 +318,28 @@ pub fn builds_table(views: &[BuildView]) -> String {
     out
 }
 
-/// An RFC 2822 date as local `YYYY-MM-DD HH:MM:SS`; anything else unchanged.
-fn format_started(started: Option<&str>) -> String {
-    let Some(s) = started else {
-        return String::new();
-    };
-    match chrono::DateTime::parse_from_rfc2822(s.trim()) {
-        Ok(t) => t
-            .with_timezone(&chrono::Local)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string(),
-        Err(_) => s.to_string(),
-    }
+/// A build's start as local `YYYY-MM-DD HH:MM:SS`.
+fn format_started(started: chrono::DateTime<chrono::Utc>) -> String {
+    started
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// The build id a user gave on the command line.
+fn parse_build_id(id: &str) -> anyhow::Result<BuildId> {
+    id.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{id:?} is not a build id; give the UUID `buildman submit` or `buildman builds` printed"
+        )
+    })
 }
 
 /// The body of `logs`.
 async fn run_logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let id = parse_build_id(&args.id)?;
     let client = ApiClient::from_args(&args.api)?;
-    let view = client.build(&args.id).await?;
+    let view = client.build(id).await?;
     if args.follow {
         follow::follow(&client, view).await
     } else {
@@ -349,9 +350,10 @@ async fn run_logs(args: LogsArgs) -> anyhow::Result<u8> {
 
 /// The body of `cancel`.
 async fn run_cancel(args: CancelArgs) -> anyhow::Result<u8> {
+    let id = parse_build_id(&args.id)?;
     let client = ApiClient::from_args(&args.api)?;
-    let view = client.build(&args.id).await?;
-    client.cancel(&view.repository, &view.id).await?;
+    let view = client.build(id).await?;
+    client.cancel(&view.repository, view.id).await?;
     write_stdout(&format!("build {} cancelled\n", view.id))?;
     Ok(EXIT_COMPLETE)
 }
@@ -413,17 +415,30 @@ mod tests {
 
     #[test]
     fn table_has_a_header_and_aligned_rows() {
+        let id = "0b5c2f5e-8d0e-4c8f-9a57-3f1f2b7d9e10";
         let view: BuildView = serde_json::from_value(serde_json::json!({
-            "id": "0b5c", "phase": "complete", "tags": ["latest", "v1"],
-            "started": "not a date", "display_name": "abc123",
+            "id": id, "phase": "complete", "tags": ["latest", "v1"],
+            "display_name": "abc123",
             "repository": {"namespace": "acme", "name": "web"}, "extra": 1
         }))
         .expect("view");
         let table = builds_table(&[view]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("ID    PHASE     TAGS       STARTED     NAME"));
-        assert_eq!(lines[1], "0b5c  complete  latest,v1  not a date  abc123");
+        let header = format!("{:36}  PHASE     TAGS       STARTED  NAME", "ID");
+        assert_eq!(lines[0], header);
+        assert_eq!(
+            lines[1],
+            format!("{id}  complete  latest,v1  {:7}  abc123", "")
+        );
+    }
+
+    #[test]
+    fn build_ids_are_checked_before_asking() {
+        let err = parse_build_id("a/b").expect_err("not a uuid");
+        assert!(err.to_string().contains("not a build id"), "{err}");
+        let id = "0b5c2f5e-8d0e-4c8f-9a57-3f1f2b7d9e10";
+        assert_eq!(parse_build_id(id).expect("uuid").to_string(), id);
     }
 
     /// The commands parse as the lead's main.rs will wire them.

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use buildman_api::{CreateBuild, paths};
 use common::{TEST_WORKER, alive};
 use serde_json::Value;
 
@@ -258,11 +259,11 @@ fn a_restarted_manager_keeps_and_runs_every_queued_build() {
         .to_string();
     let http = reqwest::blocking_client();
     let mut ids = Vec::new();
-    for repo in ["demo/one", "demo/two", "demo/three"] {
+    for name in ["one", "two", "three"] {
         let resp: Value = http
-            .post(format!("{}/api/v1/repository/{repo}/build/", server.api))
+            .post(format!("{}{}", server.api, paths::builds("demo", name)))
             .bearer_auth(&token)
-            .json(&serde_json::json!({"archive_url": "http://127.0.0.1:9/unused.tar"}))
+            .json(&CreateBuild::archive_url("http://127.0.0.1:9/unused.tar"))
             .send()
             .unwrap()
             .json()
@@ -271,7 +272,7 @@ fn a_restarted_manager_keeps_and_runs_every_queued_build() {
     }
     let phase = |api: &str, id: &str| -> String {
         let v: Value = http
-            .get(format!("{api}/api/v1/build/{id}"))
+            .get(format!("{api}{}", paths::build_by_id(id)))
             .bearer_auth(&token)
             .send()
             .unwrap()
@@ -332,7 +333,7 @@ mod reqwest {
         pub fn bearer_auth(self, t: &str) -> Self {
             Req(self.0.bearer_auth(t), self.1)
         }
-        pub fn json(self, v: &serde_json::Value) -> Self {
+        pub fn json(self, v: &impl serde::Serialize) -> Self {
             Req(self.0.json(v), self.1)
         }
         pub fn send(self) -> Result<Resp<'a>> {

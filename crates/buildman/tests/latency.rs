@@ -31,9 +31,9 @@ async fn submit_to_worker_started_latency() {
         let view: serde_json::Value = s
             .req(
                 reqwest::Method::POST,
-                "/api/v1/repository/demo/latency/build/",
+                &buildman_api::paths::builds("demo", "latency"),
             )
-            .json(&serde_json::json!({ "file_id": file_id }))
+            .json(&buildman_api::CreateBuild::uploaded(file_id))
             .send()
             .await
             .unwrap()

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use buildman_api::{ListQuery, LogsQuery, paths};
 use common::*;
 use serde_json::Value;
 
@@ -87,8 +88,9 @@ async fn a_build_runs_from_submit_to_complete() {
     let page: Value = s
         .req(
             reqwest::Method::GET,
-            &format!("/api/v1/repository/demo/hello/build/{id}/logs?start=3"),
+            &paths::build_logs("demo", "hello", &id),
         )
+        .query(&LogsQuery { start: Some(3) })
         .send()
         .await
         .unwrap()
@@ -111,7 +113,7 @@ async fn a_build_runs_from_submit_to_complete() {
     let status: Value = s
         .req(
             reqwest::Method::GET,
-            &format!("/api/v1/repository/demo/hello/build/{id}/status"),
+            &paths::build_status("demo", "hello", &id),
         )
         .send()
         .await
@@ -121,10 +123,11 @@ async fn a_build_runs_from_submit_to_complete() {
         .unwrap();
     assert_eq!(status["phase"], "complete");
     let list: Value = s
-        .req(
-            reqwest::Method::GET,
-            "/api/v1/repository/demo/hello/build/?limit=10",
-        )
+        .req(reqwest::Method::GET, &paths::builds("demo", "hello"))
+        .query(&ListQuery {
+            limit: Some(10),
+            since: None,
+        })
         .send()
         .await
         .unwrap()

@@ -59,6 +59,13 @@ impl LogEntry {
         }
     }
 
+    /// True for a chunk of an over-long output line that goes on in the next entry.
+    pub fn continues(&self) -> bool {
+        self.data
+            .as_ref()
+            .is_some_and(|d| d.get("continues") == Some(&Value::Bool(true)))
+    }
+
     /// Turns one worker line (a Docker build-stream JSON object) into a log entry:
     /// `{"stream": s}` is output, or a `command` when it is a `Step N/M :` line;
     /// `{"status": s, ...}` is progress; `{"error": e, "errorDetail": d}` is an error.

@@ -1,5 +1,6 @@
 //! The REST API, in the shapes of Quay's builds API (see the reference's "The builds API"),
-//! plus the file drop for uploaded contexts. Errors are JSON `{"error": "..."}`.
+//! plus the file drop for uploaded contexts. The bodies, queries and paths are
+//! `buildman-api`'s; this module only routes, authenticates and maps errors to statuses.
 
 use std::collections::HashSet;
 
@@ -10,13 +11,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use buildman_core::{Build, BuildId, BuildSource, NewBuild};
+use buildman_api::{
+    BuildList, BuildView, CANCELLED, CreateBuild, ErrorBody, FileDrop, ListQuery, LogPage,
+    LogsQuery, paths,
+};
+use buildman_core::{Build, BuildId};
 use buildman_manager::files::UploadError;
 use buildman_manager::{Builds, ManagerError};
 use buildman_store::StoreError;
 use futures::TryStreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// An error answer: a status and a message that says what to do.
@@ -25,7 +28,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody::new(self.1))).into_response()
     }
 }
 
@@ -84,8 +87,9 @@ pub struct RestOptions {
 /// The URL a worker downloads an uploaded context from.
 pub fn filedrop_url(public_url: &str, file_id: &str) -> String {
     format!(
-        "{}/api/v1/filedrop/{file_id}",
-        public_url.trim_end_matches('/')
+        "{}{}",
+        public_url.trim_end_matches('/'),
+        paths::file(file_id)
     )
 }
 
@@ -103,24 +107,28 @@ pub fn router(builds: Builds, options: RestOptions) -> Router {
         ),
         max_upload: options.max_upload,
     };
-    let repo = "/api/v1/repository/{namespace}/{repository}/build";
+    // The path functions with axum's placeholders give the route templates.
+    let (ns, repo, id) = ("{namespace}", "{repository}", "{id}");
     let authenticated = Router::new()
-        .route("/api/v1/filedrop/", post(create_filedrop))
-        .route("/api/v1/filedrop/{file_id}", put(upload_file))
-        .route(&format!("{repo}/"), post(create_build).get(list_builds))
+        .route(paths::FILEDROP, post(create_filedrop))
+        .route(&paths::file("{file_id}"), put(upload_file))
         .route(
-            &format!("{repo}/{{id}}"),
+            &paths::builds(ns, repo),
+            post(create_build).get(list_builds),
+        )
+        .route(
+            &paths::build(ns, repo, id),
             get(get_build).delete(cancel_build),
         )
-        .route(&format!("{repo}/{{id}}/status"), get(get_build))
-        .route(&format!("{repo}/{{id}}/logs"), get(build_logs))
-        .route("/api/v1/build/{id}", get(get_build_by_id))
+        .route(&paths::build_status(ns, repo, id), get(get_build))
+        .route(&paths::build_logs(ns, repo, id), get(build_logs))
+        .route(&paths::build_by_id(id), get(get_build_by_id))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         // Workers fetch uploaded contexts by their unguessable id, without an API token.
-        .route("/api/v1/filedrop/{file_id}", get(download_file))
-        .route("/health", get(|| async { "ok" }))
+        .route(&paths::file("{file_id}"), get(download_file))
+        .route(paths::HEALTH, get(|| async { "ok" }))
         .merge(authenticated)
         .with_state(api)
 }
@@ -148,10 +156,10 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
     }
 }
 
-async fn create_filedrop(State(api): State<Api>) -> Json<Value> {
-    let id = api.builds.new_upload_id();
-    let url = filedrop_url(&api.public_url, &id);
-    Json(json!({ "file_id": id, "url": url }))
+async fn create_filedrop(State(api): State<Api>) -> Json<FileDrop> {
+    let file_id = api.builds.new_upload_id();
+    let url = filedrop_url(&api.public_url, &file_id);
+    Json(FileDrop { file_id, url })
 }
 
 async fn upload_file(
@@ -177,41 +185,6 @@ async fn download_file(State(api): State<Api>, Path(file_id): Path<String>) -> A
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
-/// The body of a build request, with Quay's field names.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBuild {
-    archive_url: Option<String>,
-    file_id: Option<String>,
-    docker_tags: Option<Vec<String>>,
-    context: Option<String>,
-    dockerfile_path: Option<String>,
-    subdirectory: Option<String>,
-    pull_robot: Option<String>,
-}
-
-impl CreateBuild {
-    /// The request as the manager takes it; the manager checks and normalises the rest.
-    fn into_new_build(self, namespace: String, repository: String) -> ApiResult<NewBuild> {
-        let source = match (self.archive_url, self.file_id) {
-            (Some(url), None) => BuildSource::ArchiveUrl { url },
-            (None, Some(file_id)) => BuildSource::Uploaded { file_id },
-            _ => return Err(bad_request("give exactly one of archive_url and file_id")),
-        };
-        Ok(NewBuild {
-            namespace,
-            repository,
-            source,
-            tags: self.docker_tags.unwrap_or_default(),
-            context: self.context.or(self.subdirectory).unwrap_or_default(),
-            dockerfile_path: self.dockerfile_path.unwrap_or_default(),
-            display_name: String::new(),
-            manual_user: None,
-            pull_robot: self.pull_robot,
-        })
-    }
-}
-
 async fn create_build(
     State(api): State<Api>,
     Path((namespace, repository)): Path<(String, String)>,
@@ -219,14 +192,11 @@ async fn create_build(
 ) -> ApiResult<Response> {
     let req: CreateBuild = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid build request: {e}")))?;
-    let build = api
-        .builds
-        .submit(req.into_new_build(namespace, repository)?)
-        .await?;
-    let location = format!(
-        "/api/v1/repository/{}/{}/build/{}",
-        build.namespace, build.repository, build.id
-    );
+    let new = req
+        .into_new_build(namespace, repository)
+        .map_err(ManagerError::from)?;
+    let build = api.builds.submit(new).await?;
+    let location = paths::build(&build.namespace, &build.repository, build.id);
     let view = view(&api.builds, &build).await?;
     Ok((
         StatusCode::CREATED,
@@ -236,28 +206,20 @@ async fn create_build(
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    limit: Option<u32>,
-    since: Option<i64>,
-}
-
 async fn list_builds(
     State(api): State<Api>,
     Path((namespace, repository)): Path<(String, String)>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
-    let limit = q.limit.unwrap_or(5).clamp(1, 100);
-    let since = q.since.and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+) -> ApiResult<Json<BuildList>> {
     let builds = api
         .builds
-        .list(&namespace, &repository, limit, since)
+        .list(&namespace, &repository, q.limit(), q.since())
         .await?;
     let mut views = Vec::with_capacity(builds.len());
     for b in &builds {
         views.push(view(&api.builds, b).await?);
     }
-    Ok(Json(json!({ "builds": views })))
+    Ok(Json(BuildList { builds: views }))
 }
 
 fn parse_id(id: &str) -> ApiResult<BuildId> {
@@ -284,12 +246,15 @@ async fn repo_build(api: &Api, namespace: &str, repository: &str, id: &str) -> A
 async fn get_build(
     State(api): State<Api>,
     Path((namespace, repository, id)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BuildView>> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     Ok(Json(view(&api.builds, &build).await?))
 }
 
-async fn get_build_by_id(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_build_by_id(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BuildView>> {
     let id = parse_id(&id)?;
     let build = api
         .builds
@@ -305,67 +270,27 @@ async fn cancel_build(
 ) -> ApiResult<Response> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     api.builds.cancel(build.id).await?;
-    Ok((StatusCode::CREATED, Json(json!("Okay"))).into_response())
+    Ok((StatusCode::CREATED, Json(CANCELLED)).into_response())
 }
-
-#[derive(Deserialize)]
-struct LogsQuery {
-    start: Option<u64>,
-}
-
-/// Most log entries returned in one page.
-const LOG_PAGE: u32 = 1000;
 
 async fn build_logs(
     State(api): State<Api>,
     Path((namespace, repository, id)): Path<(String, String, String)>,
     Query(q): Query<LogsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<LogPage>> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     let page = api
         .builds
-        .logs(build.id, q.start.unwrap_or(0), LOG_PAGE)
+        .logs(build.id, q.start.unwrap_or(0), LogPage::MAX_ENTRIES)
         .await?;
-    Ok(Json(
-        json!({ "start": page.start, "total": page.total, "logs": page.entries }),
-    ))
+    Ok(Json(LogPage {
+        start: page.start,
+        total: page.total,
+        logs: page.entries,
+    }))
 }
 
-/// Quay's build view. Secrets of the source (a git key) are never part of it.
-async fn view(builds: &Builds, b: &Build) -> ApiResult<Value> {
-    let phase = if builds.is_expired(b).await? {
-        "expired"
-    } else {
-        b.phase.as_str()
-    };
-    let (archive_url, resource_key) = match &b.source {
-        BuildSource::ArchiveUrl { url } => (Some(url.clone()), None),
-        BuildSource::Uploaded { file_id } => (None, Some(file_id.clone())),
-        BuildSource::Git { .. } => (None, None),
-    };
-    let trigger_metadata = match &b.source {
-        BuildSource::Git { url, sha, .. } => json!({ "git_url": url, "commit": sha }),
-        _ => Value::Null,
-    };
-    Ok(json!({
-        "id": b.id,
-        "phase": phase,
-        "started": b.created_at.to_rfc2822(),
-        "display_name": b.display_name,
-        "status": {},
-        "subdirectory": b.context,
-        "dockerfile_path": b.dockerfile_path,
-        "context": b.context,
-        "tags": b.effective_tags(),
-        "manual_user": b.manual_user,
-        "is_writer": true,
-        "trigger": Value::Null,
-        "trigger_metadata": trigger_metadata,
-        "resource_key": resource_key,
-        "pull_robot": b.pull_robot,
-        "repository": { "namespace": b.namespace, "name": b.repository },
-        "error": b.error,
-        "archive_url": archive_url,
-        "result_location": b.result_location,
-    }))
+/// Quay's build view of `b`, with the manager's word on whether it expired.
+async fn view(builds: &Builds, b: &Build) -> ApiResult<BuildView> {
+    Ok(BuildView::new(b, builds.is_expired(b).await?))
 }

@@ -1,10 +1,15 @@
-//! A small typed client for the manager's REST API (the Quay-shaped builds API).
+//! A small typed client for the manager's REST API (the Quay-shaped builds API); the bodies
+//! and paths are `buildman-api`'s.
 
 use std::path::Path;
 use std::time::Duration;
 
+use buildman_api::{
+    BuildList, BuildView, CreateBuild, ErrorBody, FileDrop, ListQuery, LogPage, LogsQuery,
+    NewFileDrop, RepositoryRef, paths,
+};
+use buildman_core::BuildId;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::ApiArgs;
@@ -85,123 +90,6 @@ fn innermost(err: &dyn std::error::Error) -> String {
     current.to_string()
 }
 
-/// The repository a build belongs to.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RepositoryRef {
-    /// Namespace (organisation or user).
-    #[serde(default)]
-    pub namespace: String,
-    /// Repository name.
-    #[serde(default)]
-    pub name: String,
-}
-
-/// The fields of the build view the CLI uses.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BuildView {
-    /// Build UUID.
-    pub id: String,
-    /// Current phase (`waiting`, `building`, `complete`, ...).
-    #[serde(default)]
-    pub phase: String,
-    /// When the build was queued, RFC 2822.
-    #[serde(default)]
-    pub started: Option<String>,
-    /// Human-readable name of the build.
-    #[serde(default)]
-    pub display_name: Option<String>,
-    /// Tags the build will push.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// The repository the build belongs to.
-    #[serde(default)]
-    pub repository: RepositoryRef,
-    /// Error message of a failed build.
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-/// One build-log entry.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct LogEntry {
-    /// The text (a phase name for phase entries).
-    #[serde(default)]
-    pub message: String,
-    /// `command`, `phase`, `error`, or absent for plain output.
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    /// Details: pull metadata of a phase, `{"continues": true}` on a chunk of a long line.
-    #[serde(default)]
-    pub data: Option<serde_json::Value>,
-}
-
-impl LogEntry {
-    /// True for a chunk of an over-long output line that goes on in the next entry.
-    pub fn continues(&self) -> bool {
-        self.data
-            .as_ref()
-            .is_some_and(|d| d["continues"] == serde_json::Value::Bool(true))
-    }
-}
-
-/// One page of a build's log.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LogPage {
-    /// Index of the first entry in `logs`.
-    #[serde(default)]
-    pub start: u64,
-    /// Number of entries in the whole log so far.
-    #[serde(default)]
-    pub total: u64,
-    /// The entries from `start` on.
-    #[serde(default)]
-    pub logs: Vec<LogEntry>,
-}
-
-/// The answer of the build list.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BuildList {
-    /// Build views, newest first, as the manager sent them.
-    #[serde(default)]
-    pub builds: Vec<serde_json::Value>,
-}
-
-/// The answer of creating a file drop.
-#[derive(Debug, Clone, Deserialize)]
-struct FileDrop {
-    /// Id to pass as `file_id` when creating the build.
-    file_id: String,
-}
-
-/// The error body the manager sends with 4xx/5xx.
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    /// The message.
-    error: Option<String>,
-    /// Quay sometimes uses `message`.
-    message: Option<String>,
-}
-
-/// Where a build's context comes from.
-#[derive(Debug, Clone)]
-pub enum BuildSource {
-    /// A context uploaded through the file drop.
-    FileId(String),
-    /// A context the worker downloads itself.
-    ArchiveUrl(String),
-}
-
-/// What to build, besides the source.
-#[derive(Debug, Clone, Default)]
-pub struct BuildOptions {
-    /// Tags to push; empty means the manager's default.
-    pub tags: Vec<String>,
-    /// Path of the Dockerfile inside the context.
-    pub dockerfile_path: Option<String>,
-    /// Context directory inside the archive.
-    pub context: Option<String>,
-}
-
 /// Client for the manager's REST API: base URL, bearer token and an HTTP client.
 pub struct ApiClient {
     /// Base URL as given (for messages).
@@ -274,20 +162,18 @@ impl ApiClient {
         &self.server
     }
 
-    /// `<base>/api/v1/<segments...>`; each segment is percent-encoded; an empty last segment
-    /// gives a trailing slash.
-    fn url(&self, segments: &[&str]) -> Url {
+    /// An API path (from [`paths`]) under the base URL, which may carry a prefix of its own.
+    fn url(&self, path: &str) -> Url {
         let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
-        }
+        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
         url
     }
 
     /// A request with the bearer token.
-    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
-            .request(method, self.url(segments))
+            .request(method, self.url(path))
             .bearer_auth(&self.token)
     }
 
@@ -331,12 +217,12 @@ impl ApiClient {
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<String, ApiError> {
         let drop: FileDrop = self
             .send_json(
-                self.request(Method::POST, &["filedrop", ""])
-                    .json(&serde_json::json!({"mimeType": "application/octet-stream"})),
+                self.request(Method::POST, paths::FILEDROP)
+                    .json(&NewFileDrop::default()),
             )
             .await?;
         self.send(
-            self.request(Method::PUT, &["filedrop", &drop.file_id])
+            self.request(Method::PUT, &paths::file(&drop.file_id))
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(bytes),
         )
@@ -349,21 +235,19 @@ impl ApiClient {
         &self,
         ns: &str,
         repo: &str,
-        source: &BuildSource,
-        opts: &BuildOptions,
+        request: &CreateBuild,
     ) -> Result<BuildView, ApiError> {
-        let body = create_body(source, opts);
         self.send_json(
-            self.request(Method::POST, &["repository", ns, repo, "build", ""])
-                .json(&body),
+            self.request(Method::POST, &paths::builds(ns, repo))
+                .json(request),
         )
         .await
     }
 
     /// Looks a build up by its id alone.
-    pub async fn build(&self, id: &str) -> Result<BuildView, ApiError> {
+    pub async fn build(&self, id: BuildId) -> Result<BuildView, ApiError> {
         self.send_json(
-            self.request(Method::GET, &["build", id])
+            self.request(Method::GET, &paths::build_by_id(id))
                 .timeout(POLL_TIMEOUT),
         )
         .await
@@ -376,9 +260,13 @@ impl ApiClient {
         repo: &str,
         limit: u32,
     ) -> Result<BuildList, ApiError> {
+        let query = ListQuery {
+            limit: Some(limit),
+            since: None,
+        };
         self.send_json(
-            self.request(Method::GET, &["repository", ns, repo, "build", ""])
-                .query(&[("limit", limit)])
+            self.request(Method::GET, &paths::builds(ns, repo))
+                .query(&query)
                 .timeout(POLL_TIMEOUT),
         )
         .await
@@ -388,64 +276,37 @@ impl ApiClient {
     pub async fn logs_page(
         &self,
         repo: &RepositoryRef,
-        id: &str,
+        id: BuildId,
         start: u64,
     ) -> Result<LogPage, ApiError> {
         self.send_json(
             self.request(
                 Method::GET,
-                &[
-                    "repository",
-                    &repo.namespace,
-                    &repo.name,
-                    "build",
-                    id,
-                    "logs",
-                ],
+                &paths::build_logs(&repo.namespace, &repo.name, id),
             )
-            .query(&[("start", start)])
+            .query(&LogsQuery { start: Some(start) })
             .timeout(POLL_TIMEOUT),
         )
         .await
     }
 
     /// Cancels a build.
-    pub async fn cancel(&self, repo: &RepositoryRef, id: &str) -> Result<(), ApiError> {
+    pub async fn cancel(&self, repo: &RepositoryRef, id: BuildId) -> Result<(), ApiError> {
         self.send(self.request(
             Method::DELETE,
-            &["repository", &repo.namespace, &repo.name, "build", id],
+            &paths::build(&repo.namespace, &repo.name, id),
         ))
         .await
         .map(drop)
     }
 }
 
-/// The JSON body of a create-build request.
-pub fn create_body(source: &BuildSource, opts: &BuildOptions) -> serde_json::Value {
-    let mut body = serde_json::Map::new();
-    match source {
-        BuildSource::FileId(id) => body.insert("file_id".into(), id.clone().into()),
-        BuildSource::ArchiveUrl(url) => body.insert("archive_url".into(), url.clone().into()),
-    };
-    if !opts.tags.is_empty() {
-        body.insert("docker_tags".into(), opts.tags.clone().into());
-    }
-    if let Some(p) = &opts.dockerfile_path {
-        body.insert("dockerfile_path".into(), p.clone().into());
-    }
-    if let Some(c) = &opts.context {
-        body.insert("context".into(), c.clone().into());
-    }
-    serde_json::Value::Object(body)
-}
-
 /// The message to show for an error answer: its `error` field, else its text, else the reason.
 pub fn error_message(status: StatusCode, body: &str) -> String {
     if let Ok(parsed) = serde_json::from_str::<ErrorBody>(body)
-        && let Some(msg) = parsed.error.or(parsed.message)
-        && !msg.trim().is_empty()
+        && let Some(msg) = parsed.text()
     {
-        return msg.trim().to_string();
+        return msg.to_string();
     }
     let text = body.trim();
     if !text.is_empty() && text.len() <= 300 && !text.starts_with('<') {
@@ -486,37 +347,15 @@ mod tests {
     fn urls_are_built_under_the_base() {
         let c = ApiClient::new("http://127.0.0.1:8080", "t".into()).expect("client");
         assert_eq!(
-            c.url(&["repository", "ns", "repo", "build", ""]).as_str(),
+            c.url(&paths::builds("ns", "repo")).as_str(),
             "http://127.0.0.1:8080/api/v1/repository/ns/repo/build/"
         );
         let c = ApiClient::new("https://quay.example/prefix/", "t".into()).expect("client");
         assert_eq!(
-            c.url(&["build", "a/b"]).as_str(),
-            "https://quay.example/prefix/api/v1/build/a%2Fb"
+            c.url(&paths::file("a b")).as_str(),
+            "https://quay.example/prefix/api/v1/filedrop/a%20b"
         );
         assert!(!format!("{c:?}").contains("\"t\""));
-    }
-
-    #[test]
-    fn create_body_omits_unset_fields() {
-        let body = create_body(
-            &BuildSource::ArchiveUrl("https://x/y.tgz".into()),
-            &BuildOptions::default(),
-        );
-        assert_eq!(body, serde_json::json!({"archive_url": "https://x/y.tgz"}));
-        let body = create_body(
-            &BuildSource::FileId("f1".into()),
-            &BuildOptions {
-                tags: vec!["a".into(), "b".into()],
-                dockerfile_path: Some("sub/Dockerfile".into()),
-                context: Some("sub".into()),
-            },
-        );
-        assert_eq!(
-            body,
-            serde_json::json!({"file_id": "f1", "docker_tags": ["a", "b"],
-                "dockerfile_path": "sub/Dockerfile", "context": "sub"})
-        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
+use buildman_api::{BuildView, RepositoryRef, ViewPhase};
+use buildman_core::{BuildId, LogEntry, LogType, Phase};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::api::{ApiClient, ApiError, BuildView, LogEntry, RepositoryRef};
+use super::api::{ApiClient, ApiError};
 
 /// Exit code: the build completed.
 pub const EXIT_COMPLETE: u8 = 0;
@@ -24,13 +26,13 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 /// The exit code for a final phase; `None` while the build is still going.
-pub fn final_exit_code(phase: &str) -> Option<u8> {
+pub fn final_exit_code(phase: ViewPhase) -> Option<u8> {
     match phase {
-        "complete" => Some(EXIT_COMPLETE),
-        "error" => Some(EXIT_BUILD_ERROR),
-        "internalerror" | "expired" => Some(EXIT_INTERNAL_ERROR),
-        "cancelled" => Some(EXIT_CANCELLED),
-        _ => None,
+        ViewPhase::Phase(Phase::Complete) => Some(EXIT_COMPLETE),
+        ViewPhase::Phase(Phase::Error) => Some(EXIT_BUILD_ERROR),
+        ViewPhase::Phase(Phase::InternalError) | ViewPhase::Expired => Some(EXIT_INTERNAL_ERROR),
+        ViewPhase::Phase(Phase::Cancelled) => Some(EXIT_CANCELLED),
+        ViewPhase::Phase(_) => None,
     }
 }
 
@@ -41,9 +43,9 @@ pub fn format_entry(entry: &LogEntry) -> String {
     if entry.continues() {
         return entry.message.clone();
     }
-    let mut text = match entry.kind.as_deref() {
-        Some("phase") => format!("==> {}", entry.message.trim_end()),
-        Some("error") => format!("error: {}", entry.message),
+    let mut text = match entry.kind {
+        Some(LogType::Phase) => format!("==> {}", entry.message.trim_end()),
+        Some(LogType::Error) => format!("error: {}", entry.message),
         _ => entry.message.clone(),
     };
     if !text.ends_with('\n') {
@@ -68,7 +70,7 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
 pub async fn drain_logs(
     client: &ApiClient,
     repo: &RepositoryRef,
-    id: &str,
+    id: BuildId,
     cursor: &mut u64,
     mut sink: impl FnMut(&LogEntry) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -94,7 +96,7 @@ struct Spinner {
     /// The bar; `None` when stderr is not a terminal.
     bar: Option<ProgressBar>,
     /// The build id shown in the message.
-    id: String,
+    id: BuildId,
 }
 
 impl Spinner {
@@ -105,20 +107,17 @@ impl Spinner {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner());
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
                 .with_style(style)
-                .with_elapsed(elapsed_since(view.started.as_deref()));
+                .with_elapsed(elapsed_since(view.started));
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        let spinner = Self {
-            bar,
-            id: view.id.clone(),
-        };
-        spinner.set_phase(&view.phase);
+        let spinner = Self { bar, id: view.id };
+        spinner.set_phase(view.phase);
         spinner
     }
 
     /// Shows the current phase.
-    fn set_phase(&self, phase: &str) {
+    fn set_phase(&self, phase: ViewPhase) {
         self.set_message(format!("build {} {phase}", self.id));
     }
 
@@ -146,18 +145,17 @@ impl Drop for Spinner {
     }
 }
 
-/// Time since an RFC 2822 `started` date, zero when absent, unparsable or in the future.
-fn elapsed_since(started: Option<&str>) -> Duration {
+/// Time since the build started, zero when unknown or in the future.
+fn elapsed_since(started: Option<chrono::DateTime<chrono::Utc>>) -> Duration {
     started
-        .and_then(|s| chrono::DateTime::parse_from_rfc2822(s.trim()).ok())
-        .and_then(|t| (chrono::Utc::now() - t.to_utc()).to_std().ok())
+        .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
         .unwrap_or_default()
 }
 
 /// Prints a build's whole log as it is now.
 pub async fn print_log(client: &ApiClient, view: &BuildView) -> anyhow::Result<()> {
     let mut cursor = 0;
-    drain_logs(client, &view.repository, &view.id, &mut cursor, |entry| {
+    drain_logs(client, &view.repository, view.id, &mut cursor, |entry| {
         write_stdout(&format_entry(entry))
     })
     .await
@@ -167,12 +165,12 @@ pub async fn print_log(client: &ApiClient, view: &BuildView) -> anyhow::Result<(
 /// final phase; returns the exit code for that phase.
 pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8> {
     let spinner = Spinner::new(&initial);
-    let id = initial.id.clone();
+    let id = initial.id;
     let mut view = initial;
     let mut cursor = 0;
     let mut failing_since: Option<Instant> = None;
     loop {
-        match poll(client, &id, &mut view, &mut cursor, &spinner).await {
+        match poll(client, id, &mut view, &mut cursor, &spinner).await {
             Ok(()) => failing_since = None,
             Err(err) => {
                 let transient = err
@@ -185,7 +183,7 @@ pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8
                 spinner.set_message(format!("build {id}: {err:#}; retrying"));
             }
         }
-        if let Some(code) = final_exit_code(&view.phase) {
+        if let Some(code) = final_exit_code(view.phase) {
             drop(spinner);
             let mut summary = format!("build {id} {}", view.phase);
             if let Some(msg) = view.error.as_deref().filter(|m| !m.trim().is_empty()) {
@@ -203,14 +201,14 @@ pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8
 /// here comes with every log entry written before it.
 async fn poll(
     client: &ApiClient,
-    id: &str,
+    id: BuildId,
     view: &mut BuildView,
     cursor: &mut u64,
     spinner: &Spinner,
 ) -> anyhow::Result<()> {
     let fresh = client.build(id).await?;
     if fresh.phase != view.phase {
-        spinner.set_phase(&fresh.phase);
+        spinner.set_phase(fresh.phase);
     }
     *view = fresh;
     drain_logs(client, &view.repository, id, cursor, |entry| {
@@ -223,10 +221,10 @@ async fn poll(
 mod tests {
     use super::*;
 
-    fn entry(kind: Option<&str>, message: &str) -> LogEntry {
+    fn entry(kind: Option<LogType>, message: &str) -> LogEntry {
         LogEntry {
             message: message.into(),
-            kind: kind.map(Into::into),
+            kind,
             data: None,
         }
     }
@@ -234,15 +232,15 @@ mod tests {
     #[test]
     fn formats_each_kind_of_entry() {
         assert_eq!(
-            format_entry(&entry(Some("phase"), "building")),
+            format_entry(&entry(Some(LogType::Phase), "building")),
             "==> building\n"
         );
         assert_eq!(
-            format_entry(&entry(Some("command"), "Step 1/2 : FROM alpine")),
+            format_entry(&entry(Some(LogType::Command), "Step 1/2 : FROM alpine")),
             "Step 1/2 : FROM alpine\n"
         );
         assert_eq!(
-            format_entry(&entry(Some("error"), "pull failed")),
+            format_entry(&entry(Some(LogType::Error), "pull failed")),
             "error: pull failed\n"
         );
         assert_eq!(format_entry(&entry(None, "output line")), "output line\n");
@@ -252,7 +250,6 @@ mod tests {
         );
         assert_eq!(format_entry(&entry(None, "two\nlines\n")), "two\nlines\n");
         assert_eq!(format_entry(&entry(None, "")), "\n");
-        assert_eq!(format_entry(&entry(Some("other"), "x")), "x\n");
     }
 
     #[test]
@@ -273,18 +270,19 @@ mod tests {
         assert_eq!(printed, "abcdef\ng\n");
         let phase = LogEntry {
             data: Some(serde_json::json!({"datetime": "now"})),
-            ..entry(Some("phase"), "building")
+            ..entry(Some(LogType::Phase), "building")
         };
         assert_eq!(format_entry(&phase), "==> building\n");
     }
 
     #[test]
     fn final_phases_map_to_exit_codes() {
-        assert_eq!(final_exit_code("complete"), Some(0));
-        assert_eq!(final_exit_code("error"), Some(10));
-        assert_eq!(final_exit_code("internalerror"), Some(11));
-        assert_eq!(final_exit_code("expired"), Some(11));
-        assert_eq!(final_exit_code("cancelled"), Some(12));
+        let code = |name: &str| final_exit_code(name.parse().expect("a phase"));
+        assert_eq!(code("complete"), Some(0));
+        assert_eq!(code("error"), Some(10));
+        assert_eq!(code("internalerror"), Some(11));
+        assert_eq!(code("expired"), Some(11));
+        assert_eq!(code("cancelled"), Some(12));
         for phase in [
             "waiting",
             "build-scheduled",
@@ -293,16 +291,17 @@ mod tests {
             "building",
             "pushing",
         ] {
-            assert_eq!(final_exit_code(phase), None, "{phase}");
+            assert_eq!(code(phase), None, "{phase}");
         }
     }
 
     #[test]
-    fn elapsed_since_parses_rfc2822() {
+    fn elapsed_since_counts_from_the_start() {
         assert_eq!(elapsed_since(None), Duration::ZERO);
-        assert_eq!(elapsed_since(Some("not a date")), Duration::ZERO);
-        let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc2822();
-        let elapsed = elapsed_since(Some(&an_hour_ago));
+        let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+        assert_eq!(elapsed_since(Some(in_an_hour)), Duration::ZERO);
+        let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        let elapsed = elapsed_since(Some(an_hour_ago));
         assert!(elapsed >= Duration::from_secs(3599) && elapsed < Duration::from_secs(3700));
     }
 }

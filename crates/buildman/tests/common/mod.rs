@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use buildman::serve::{self, Running, ServeOptions};
+use buildman_api::{CreateBuild, FileDrop, LogsQuery, NewFileDrop, paths};
 use buildman_core::config::Config;
 use buildman_manager::Timings;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The scripted worker binary built with these tests.
 pub const TEST_WORKER: &str = env!("CARGO_BIN_EXE_buildman-test-worker");
@@ -178,7 +179,7 @@ impl TestServer {
         &self.running.as_ref().expect("running").manager
     }
 
-    /// An authenticated request.
+    /// An authenticated request to `path` (one of [`buildman_api::paths`]).
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
@@ -196,25 +197,24 @@ impl TestServer {
             .await
     }
 
-    /// Submits a build of an uploaded context (an archive or a Dockerfile).
+    /// Submits a build of an uploaded context (an archive or a Dockerfile) to `repo`
+    /// (`namespace/name`).
     pub async fn submit_bytes(&self, repo: &str, tags: &[&str], context: &[u8]) -> Value {
         submit_at(&self.http, &self.base, &self.token, repo, tags, context).await
     }
 
     /// Asks to cancel a build (DELETE on Quay's build resource).
     pub async fn cancel(&self, repo: &str, id: &str) -> reqwest::Response {
-        self.req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/repository/{repo}/build/{id}"),
-        )
-        .send()
-        .await
-        .expect("cancel")
+        let (namespace, name) = split(repo);
+        self.req(reqwest::Method::DELETE, &paths::build(namespace, name, id))
+            .send()
+            .await
+            .expect("cancel")
     }
 
     /// The build view.
     pub async fn build(&self, id: &str) -> Value {
-        self.req(reqwest::Method::GET, &format!("/api/v1/build/{id}"))
+        self.req(reqwest::Method::GET, &paths::build_by_id(id))
             .send()
             .await
             .expect("get build")
@@ -273,26 +273,25 @@ impl TestServer {
 
 /// Uploads `bytes` through the file drop of the REST API at `base`; returns the file id.
 pub async fn upload_at(http: &reqwest::Client, base: &str, token: &str, bytes: &[u8]) -> String {
-    let drop: Value = http
-        .post(format!("{base}/api/v1/filedrop/"))
+    let drop: FileDrop = http
+        .post(format!("{base}{}", paths::FILEDROP))
         .bearer_auth(token)
-        .json(&json!({"mimeType": "application/octet-stream"}))
+        .json(&NewFileDrop::default())
         .send()
         .await
         .expect("filedrop")
         .json()
         .await
         .expect("filedrop json");
-    let id = drop["file_id"].as_str().expect("file_id").to_string();
     let put = http
-        .put(format!("{base}/api/v1/filedrop/{id}"))
+        .put(format!("{base}{}", paths::file(&drop.file_id)))
         .bearer_auth(token)
         .body(bytes.to_vec())
         .send()
         .await
         .expect("upload");
     assert!(put.status().is_success(), "upload: {}", put.status());
-    id
+    drop.file_id
 }
 
 /// Submits a build of an uploaded context to the REST API at `base`; returns the view.
@@ -305,10 +304,15 @@ pub async fn submit_at(
     context: &[u8],
 ) -> Value {
     let file_id = upload_at(http, base, token, context).await;
+    let request = CreateBuild {
+        docker_tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+        ..CreateBuild::uploaded(file_id)
+    };
+    let (namespace, name) = split(repo);
     let resp = http
-        .post(format!("{base}/api/v1/repository/{repo}/build/"))
+        .post(format!("{base}{}", paths::builds(namespace, name)))
         .bearer_auth(token)
-        .json(&json!({"file_id": file_id, "docker_tags": tags}))
+        .json(&request)
         .send()
         .await
         .expect("create build");
@@ -342,10 +346,12 @@ pub async fn logs_at(
     let mut logs = Vec::new();
     loop {
         let start = logs.len();
+        let (namespace, name) = split(repo);
         let page: Value = http
-            .get(format!(
-                "{base}/api/v1/repository/{repo}/build/{id}/logs?start={start}"
-            ))
+            .get(format!("{base}{}", paths::build_logs(namespace, name, id)))
+            .query(&LogsQuery {
+                start: Some(start as u64),
+            })
             .bearer_auth(token)
             .send()
             .await
@@ -360,6 +366,12 @@ pub async fn logs_at(
             return logs;
         }
     }
+}
+
+/// `namespace/name` split in two.
+pub fn split(repo: &str) -> (&str, &str) {
+    repo.split_once('/')
+        .unwrap_or_else(|| panic!("{repo:?} is not namespace/name"))
 }
 
 /// The phases recorded in a log, in order.
