@@ -94,6 +94,16 @@ async fn refusals_say_what_is_wrong() {
             json!({"file_id": file_id, "surprise": 1}),
             "unknown field `surprise`",
         ),
+        (
+            "demo/x",
+            json!({"file_id": file_id, "docker_tags": (0..100_000).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "100000 tags given; a build pushes at most 100 tags",
+        ),
+        (
+            "demo/x",
+            json!({"file_id": file_id, "docker_tags": ["a".repeat(10 * 1024)]}),
+            "a tag is 10240 characters long; the limit is 128",
+        ),
     ] {
         let (code, msg) = error_of(create(repo, body.clone()).await.unwrap()).await;
         assert_eq!(code, 400, "{body}");

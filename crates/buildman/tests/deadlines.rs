@@ -145,3 +145,64 @@ async fn a_build_past_machine_max_time_is_stopped_and_spends_its_retry() {
     wait_gone(started["pid"].as_u64().unwrap(), T).await;
     s.stop().await;
 }
+
+/// A worker that goes silent on every attempt (killed for memory each time, say) gets its
+/// retry back BUILDMAN_MAX_SILENT_RETRIES times (2), then spends it like any failure: the
+/// build ends for good, and its log says which attempt ended, why, and what came next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_silent_on_every_attempt_ends_after_the_retry_budget() {
+    let timings = Timings {
+        heartbeat_ttl: Duration::from_secs(1),
+        ..fast_timings()
+    };
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(d, "local", "")),
+        "stop-heartbeats",
+        timings,
+    )
+    .await;
+    let id = s.submit("demo/oom", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // 3 retries: 2 given back, then 3 spent: 5 attempts, then the build gives up.
+    let view = s
+        .wait_phase(&id, &["expired"], Duration::from_secs(120))
+        .await;
+    assert!(
+        view["error"].as_str().unwrap().contains("heartbeats"),
+        "{view}"
+    );
+    let logs = s.logs("demo/oom", &id).await;
+    let told: Vec<&str> = logs
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("attempt "))
+        .collect();
+    let heard = "the worker stopped sending heartbeats";
+    assert_eq!(
+        told,
+        [
+            format!(
+                "attempt 1 ended: {heard}; attempt 2 runs in 0.3 s (its retry given back; 3 left)"
+            ),
+            format!(
+                "attempt 2 ended: {heard}; attempt 3 runs in 0.3 s (its retry given back; 3 left)"
+            ),
+            format!("attempt 3 ended: {heard}; attempt 4 runs in 0.3 s (a retry spent; 2 left)"),
+            format!("attempt 4 ended: {heard}; attempt 5 runs in 0.3 s (a retry spent; 1 left)"),
+            format!("attempt 5 ended: {heard}"),
+        ]
+    );
+    assert_eq!(
+        logs.last().and_then(|e| e["message"].as_str()),
+        Some("no retries left; the build will not run again")
+    );
+    let starts = s
+        .reports()
+        .into_iter()
+        .filter(|r| r["event"] == "started")
+        .count();
+    assert_eq!(starts, 5, "one worker per attempt, then no more");
+    s.stop().await;
+}

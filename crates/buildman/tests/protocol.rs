@@ -273,3 +273,58 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
     wait_gone(started["pid"].as_u64().unwrap(), T).await;
     s.stop().await;
 }
+
+/// A log message over the 4 MiB limit is answered with OUT_OF_RANGE naming the limit —
+/// never a silent end of the stream (a worker would reconnect and resend it for ever) —
+/// and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_log_message_is_refused_with_a_status_that_names_the_limit() {
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(d, "local", "")),
+        "hold-registered",
+        fast_timings(),
+    )
+    .await;
+    let id = s.submit("demo/big", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reg = s.wait_report(|r| r["event"] == "registered", T).await;
+    let job = reg["job_token"].as_str().unwrap().to_string();
+    s.wait_phase(&id, &["unpacking"], T).await;
+    let before = s.logs("demo/big", &id).await.len();
+
+    // The client side allows sending it: the manager's limit is what is tested.
+    let mut client = Client::connect(s.grpc.clone())
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = client
+        .log_message(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let line = json!({ "stream": "x".repeat(5 << 20) }).to_string();
+    tx.send(pb::LogMessageRequest {
+        job_jwt: job.clone(),
+        sequence_number: 1,
+        log_message: line,
+        phase: "building".into(),
+    })
+    .await
+    .unwrap();
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains(&(4 << 20).to_string()),
+        "the limit is named: {}",
+        status.message()
+    );
+    assert_eq!(
+        s.logs("demo/big", &id).await.len(),
+        before,
+        "nothing stored"
+    );
+    s.stop().await;
+}

@@ -96,55 +96,77 @@ pub enum JobEnd {
 pub enum QueueAction {
     /// The build is done with the queue: the item is deleted.
     Remove,
-    /// The item goes back to the queue, claimable again `after` from now, with the retry
-    /// the claim took given back or spent.
-    Requeue {
-        after: Duration,
-        restore_retry: bool,
-    },
+    /// The item goes back to the queue.
+    Requeue(Requeue),
     /// The last retry is spent: the item is deleted and the build ends for good in
     /// `internalerror` (shown as `expired`).
     GiveUp,
 }
 
-/// The delays before an ended job's build may run again (Quay's values by default).
+/// How an item goes back to the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequeueDelays {
+pub struct Requeue {
+    /// Claimable again this long from now.
+    pub after: Duration,
+    /// Whether the retry the claim took is given back.
+    pub restore_retry: bool,
+    /// The item's count of retries given back for silent workers, to store.
+    pub silent_restores: u32,
+}
+
+/// The rules of retrying: how long an ended job's build waits (Quay's delays by default),
+/// and how often a silent worker's retry is given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
     /// After a failed or expired attempt (Quay: 30 s).
     pub after_failure: Duration,
     /// After no executor could start a worker (Quay: 20 s).
     pub after_no_executor: Duration,
+    /// A build whose worker goes silent gets its retry back at most this many times; after
+    /// that a silent worker spends it like any failure, so a build whose worker is killed
+    /// every time (out of memory, say) still ends (BUILDMAN_MAX_SILENT_RETRIES, default 2).
+    pub max_silent_retries: u32,
 }
 
-impl Default for RequeueDelays {
+/// BUILDMAN_MAX_SILENT_RETRIES when unset.
+pub const DEFAULT_MAX_SILENT_RETRIES: u32 = 2;
+
+impl Default for RetryPolicy {
     fn default() -> Self {
-        RequeueDelays {
+        RetryPolicy {
             after_failure: Duration::from_secs(30),
             after_no_executor: Duration::from_secs(20),
+            max_silent_retries: DEFAULT_MAX_SILENT_RETRIES,
         }
     }
 }
 
 impl JobEnd {
-    /// Quay's rules: complete, error and cancelled leave the queue; a worker that went
-    /// silent gets its retry back; a worker that never came, a build over MACHINE_MAX_TIME
-    /// (retrying it with the retry restored would loop forever on a build that always
-    /// overruns) and an attempt no executor took spend it. A spent retry with none left
-    /// gives up. `retries_remaining` is what the claim left.
-    pub fn queue_action(self, retries_remaining: u32, delays: RequeueDelays) -> QueueAction {
+    /// Quay's rules, with a bound: complete, error and cancelled leave the queue; a worker
+    /// that went silent gets its retry back (at most `max_silent_retries` times per build);
+    /// a worker that never came, a build over MACHINE_MAX_TIME (retrying it with the retry
+    /// restored would loop forever on a build that always overruns) and an attempt no
+    /// executor took spend it. A spent retry with none left gives up.
+    pub fn queue_action(self, item: &ClaimedItem, policy: RetryPolicy) -> QueueAction {
+        let mut silent_restores = item.silent_restores;
         let (after, restore_retry) = match self {
             JobEnd::Complete | JobEnd::Error | JobEnd::Cancelled => return QueueAction::Remove,
-            JobEnd::WorkerSilent => (delays.after_failure, true),
-            JobEnd::NeverStarted | JobEnd::NeverRegistered | JobEnd::Overran => {
-                (delays.after_failure, false)
+            JobEnd::WorkerSilent if silent_restores < policy.max_silent_retries => {
+                silent_restores += 1;
+                (policy.after_failure, true)
             }
-            JobEnd::NoExecutor => (delays.after_no_executor, false),
+            JobEnd::WorkerSilent
+            | JobEnd::NeverStarted
+            | JobEnd::NeverRegistered
+            | JobEnd::Overran => (policy.after_failure, false),
+            JobEnd::NoExecutor => (policy.after_no_executor, false),
         };
-        if restore_retry || retries_remaining > 0 {
-            QueueAction::Requeue {
+        if restore_retry || item.retries_remaining > 0 {
+            QueueAction::Requeue(Requeue {
                 after,
                 restore_retry,
-            }
+                silent_restores,
+            })
         } else {
             QueueAction::GiveUp
         }
@@ -195,45 +217,86 @@ impl JobEnd {
 mod tests {
     use super::*;
 
-    const D: RequeueDelays = RequeueDelays {
+    const P: RetryPolicy = RetryPolicy {
         after_failure: Duration::from_secs(30),
         after_no_executor: Duration::from_secs(20),
+        max_silent_retries: 2,
     };
+
+    fn item(retries_remaining: u32, silent_restores: u32) -> ClaimedItem {
+        ClaimedItem {
+            item_id: 1,
+            state_id: "s".into(),
+            build_id: BuildId::new(),
+            queue_name: "q".into(),
+            retries_remaining,
+            attempt: 1,
+            silent_restores,
+        }
+    }
+
+    fn requeue(after: Duration, restore_retry: bool, silent_restores: u32) -> QueueAction {
+        QueueAction::Requeue(Requeue {
+            after,
+            restore_retry,
+            silent_restores,
+        })
+    }
 
     #[test]
     fn quays_requeue_rules() {
         for end in [JobEnd::Complete, JobEnd::Error, JobEnd::Cancelled] {
-            assert_eq!(end.queue_action(2, D), QueueAction::Remove);
-            assert_eq!(end.queue_action(0, D), QueueAction::Remove);
+            assert_eq!(end.queue_action(&item(2, 0), P), QueueAction::Remove);
+            assert_eq!(end.queue_action(&item(0, 0), P), QueueAction::Remove);
         }
-        let restored = QueueAction::Requeue {
-            after: D.after_failure,
-            restore_retry: true,
-        };
-        assert_eq!(JobEnd::WorkerSilent.queue_action(0, D), restored);
-        assert_eq!(JobEnd::WorkerSilent.queue_action(2, D), restored);
+        assert_eq!(
+            JobEnd::WorkerSilent.queue_action(&item(0, 0), P),
+            requeue(P.after_failure, true, 1)
+        );
+        assert_eq!(
+            JobEnd::WorkerSilent.queue_action(&item(2, 1), P),
+            requeue(P.after_failure, true, 2)
+        );
         for end in [
             JobEnd::NeverStarted,
             JobEnd::NeverRegistered,
             JobEnd::Overran,
         ] {
             assert_eq!(
-                end.queue_action(1, D),
-                QueueAction::Requeue {
-                    after: D.after_failure,
-                    restore_retry: false
-                }
+                end.queue_action(&item(1, 0), P),
+                requeue(P.after_failure, false, 0)
             );
-            assert_eq!(end.queue_action(0, D), QueueAction::GiveUp);
+            assert_eq!(end.queue_action(&item(0, 0), P), QueueAction::GiveUp);
         }
         assert_eq!(
-            JobEnd::NoExecutor.queue_action(1, D),
-            QueueAction::Requeue {
-                after: D.after_no_executor,
-                restore_retry: false
-            }
+            JobEnd::NoExecutor.queue_action(&item(1, 0), P),
+            requeue(P.after_no_executor, false, 0)
         );
-        assert_eq!(JobEnd::NoExecutor.queue_action(0, D), QueueAction::GiveUp);
+        assert_eq!(
+            JobEnd::NoExecutor.queue_action(&item(0, 0), P),
+            QueueAction::GiveUp
+        );
+    }
+
+    #[test]
+    fn a_silent_worker_gets_its_retry_back_only_so_often() {
+        // Past the budget a silent worker spends its retry, so the build ends.
+        assert_eq!(
+            JobEnd::WorkerSilent.queue_action(&item(2, 2), P),
+            requeue(P.after_failure, false, 2)
+        );
+        assert_eq!(
+            JobEnd::WorkerSilent.queue_action(&item(0, 2), P),
+            QueueAction::GiveUp
+        );
+        let none = RetryPolicy {
+            max_silent_retries: 0,
+            ..P
+        };
+        assert_eq!(
+            JobEnd::WorkerSilent.queue_action(&item(1, 0), none),
+            requeue(P.after_failure, false, 0)
+        );
     }
 
     fn record() -> JobRecord {
@@ -247,6 +310,8 @@ mod tests {
                 build_id: BuildId::new(),
                 queue_name: "q".into(),
                 retries_remaining: 2,
+                attempt: 1,
+                silent_restores: 0,
             },
             slot: "slot".into(),
             created_at: 0,

@@ -14,7 +14,7 @@ pub mod phase;
 pub mod queue;
 
 pub use build::{Build, BuildId, BuildSource, InvalidBuild, NewBuild};
-pub use job::{JobEnd, JobRecord, QueueAction, RequeueDelays};
+pub use job::{JobEnd, JobRecord, QueueAction, Requeue, RetryPolicy};
 pub use log::{LogEntry, LogType};
 pub use phase::{Actor, Phase};
 pub use queue::{ClaimedItem, QueueRules};

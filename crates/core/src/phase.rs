@@ -49,6 +49,10 @@ pub enum Actor {
     Worker,
     /// A user cancelling the build.
     User,
+    /// A user cancelling a build whose worker has not been heard from within the heartbeat
+    /// TTL (or has no live job): allowed from `pushing` too, so no stuck build holds its
+    /// slot until MACHINE_MAX_TIME.
+    UserWorkerGone,
     /// The reaper, ending a job the worker did not end itself (a deadline passed).
     Reaper,
 }
@@ -87,6 +91,7 @@ const TRANSITIONS: &[(Actor, Phase, &[Phase])] = &[
         Cancelled,
         &[Waiting, BuildScheduled, Unpacking, Pulling, Building],
     ),
+    (Actor::UserWorkerGone, Cancelled, NOT_FINAL),
     (Actor::Reaper, InternalError, NOT_FINAL),
 ];
 
@@ -214,7 +219,13 @@ mod tests {
 
     #[test]
     fn final_phases_are_left_only_by_a_retry_of_an_internal_error() {
-        for by in [Actor::Scheduler, Actor::Worker, Actor::User, Actor::Reaper] {
+        for by in [
+            Actor::Scheduler,
+            Actor::Worker,
+            Actor::User,
+            Actor::UserWorkerGone,
+            Actor::Reaper,
+        ] {
             for to in Phase::ALL {
                 for from in [Complete, Error, Cancelled] {
                     assert!(!to.may_follow(from, by), "{by:?}: {from} -> {to}");
@@ -223,6 +234,13 @@ mod tests {
         }
         assert!(BuildScheduled.may_follow(InternalError, Actor::Scheduler));
         assert!(!BuildScheduled.may_follow(InternalError, Actor::Worker));
+    }
+
+    #[test]
+    fn a_push_is_cancelled_only_when_its_worker_is_gone() {
+        assert!(!Cancelled.may_follow(Pushing, Actor::User));
+        assert!(Cancelled.may_follow(Pushing, Actor::UserWorkerGone));
+        assert!(!Cancelled.may_follow(Complete, Actor::UserWorkerGone));
     }
 
     #[test]

@@ -45,4 +45,11 @@ pub struct ClaimedItem {
     pub queue_name: String,
     /// Retries left after this claim took one.
     pub retries_remaining: u32,
+    /// Which attempt of the build this claim is (1 for the first).
+    #[serde(default)]
+    pub attempt: u32,
+    /// How many times the build got its retry back because its worker went silent (see
+    /// [`crate::job::RetryPolicy::max_silent_retries`]).
+    #[serde(default)]
+    pub silent_restores: u32,
 }

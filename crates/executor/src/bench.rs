@@ -144,6 +144,8 @@ mod tests {
         status: u16,
         requests: usize,
     ) -> (String, tokio::task::JoinHandle<Vec<(String, String)>>) {
+        // What the binaries do at start: reqwest is built without a TLS provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/worker", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {

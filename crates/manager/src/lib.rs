@@ -88,6 +88,7 @@ impl Manager {
             records: records.clone(),
             executors: executors.clone(),
             timings: settings.timings.clone(),
+            retry: settings.retry_policy(),
             wake: wake.clone(),
             tasks: tasks.clone(),
             manager_id: id.clone(),

@@ -9,7 +9,8 @@ use crate::ManagerError;
 
 /// Moves a build to `to` when `by` may from its current phase (see
 /// [`buildman_core::phase`]), and appends the phase entry (with `data`, such as pull
-/// metadata) when the phase changed. `error` replaces the build's error text. Returns the
+/// metadata) in the same store transaction when the phase changed, so the log's phase
+/// entries follow the order of the changes whoever races. `error` replaces the build's error text. Returns the
 /// phase the build had, or `None` when the table refused the change.
 pub(crate) async fn change(
     store: &dyn Store,
@@ -24,12 +25,10 @@ pub(crate) async fn change(
         // The store reads an empty list as "from anywhere": never hand it one.
         return Ok(None);
     }
-    let before = store.set_phase(build, to, from, error).await?;
-    if before.is_some_and(|p| p != to) {
-        let entry = LogEntry::phase(to, data, &chrono::Utc::now().to_rfc3339());
-        log(store, build, &[entry]).await;
-    }
-    Ok(before)
+    let entry = LogEntry::phase(to, data, &chrono::Utc::now().to_rfc3339());
+    Ok(store
+        .set_phase(build, to, from, error, Some(&entry))
+        .await?)
 }
 
 /// Appends entries to a build's log; failures are logged, not returned, because a log

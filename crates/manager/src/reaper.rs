@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use buildman_core::job::cancel_key;
-use buildman_core::{Actor, BuildId, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase, QueueAction};
+use buildman_core::{
+    Actor, BuildId, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase, QueueAction, RetryPolicy,
+};
 use buildman_orchestrator::{KeyChange, KeyEvent, Orchestrator};
 use buildman_store::Store;
 
@@ -32,6 +34,7 @@ pub(crate) struct Reaper {
     pub(crate) records: JobRecords,
     pub(crate) executors: Executors,
     pub(crate) timings: Timings,
+    pub(crate) retry: RetryPolicy,
     pub(crate) wake: Wake,
     pub(crate) tasks: Tasks,
     /// This manager's id (see [`JobRecord::manager_id`]).
@@ -48,11 +51,11 @@ impl Reaper {
         let build = record.build_id;
         let item = &record.queue_item;
         tracing::info!(build_id = %build, end = end.as_str(), "job ended");
-        let action = end.queue_action(item.retries_remaining, self.timings.requeue_delays());
+        let action = end.queue_action(item, self.retry);
         if end.is_failure() || action == QueueAction::GiveUp {
             self.mark_failed(build, end).await?;
         }
-        self.settle(item, action).await?;
+        self.settle(item, end, action).await?;
         self.release_worker(record);
         Ok(())
     }
@@ -76,28 +79,51 @@ impl Reaper {
         Ok(())
     }
 
-    /// Carries out what a job's end decided for its queue item.
-    async fn settle(&self, item: &ClaimedItem, action: QueueAction) -> Result<(), ManagerError> {
-        match action {
+    /// Carries out what a job's end decided for its queue item, and says in the build's
+    /// log which attempt ended, why, and what happens next.
+    async fn settle(
+        &self,
+        item: &ClaimedItem,
+        end: JobEnd,
+        action: QueueAction,
+    ) -> Result<(), ManagerError> {
+        let next = match action {
             QueueAction::Remove => {
                 self.store.complete_item(item).await?;
+                return Ok(());
             }
-            QueueAction::Requeue {
-                after,
-                restore_retry,
-            } => {
+            QueueAction::Requeue(requeue) => {
                 self.store
-                    .return_item(item, chrono::Utc::now(), after, restore_retry)
+                    .return_item(item, chrono::Utc::now(), &requeue)
                     .await?;
                 // The scheduler sleeps until the store's next due item, this one included.
                 self.wake.notify();
+                let left = item.retries_remaining + u32::from(requeue.restore_retry);
+                let given_back = if requeue.restore_retry {
+                    "its retry given back"
+                } else {
+                    "a retry spent"
+                };
+                Some(format!(
+                    "attempt {} runs in {} s ({given_back}; {left} left)",
+                    item.attempt + 1,
+                    requeue.after.as_secs_f64()
+                ))
             }
             QueueAction::GiveUp => {
                 self.store.complete_item(item).await?;
-                let entry = LogEntry::error("no retries left; the build will not run again");
-                phases::log(self.store.as_ref(), item.build_id, &[entry]).await;
+                None
             }
-        }
+        };
+        let ended = format!("attempt {} ended: {}", item.attempt, end.reason());
+        let entries = match next {
+            Some(next) => vec![LogEntry::output(format!("{ended}; {next}"))],
+            None => vec![
+                LogEntry::output(ended),
+                LogEntry::error("no retries left; the build will not run again"),
+            ],
+        };
+        phases::log(self.store.as_ref(), item.build_id, &entries).await;
         Ok(())
     }
 
@@ -114,22 +140,21 @@ impl Reaper {
         });
     }
 
-    /// Cancels a build unless it is pushing or final; stops its worker if it has one.
+    /// Cancels a build unless it is final, or pushing with its worker still heard from;
+    /// stops its worker if it has one.
     pub(crate) async fn cancel(self: &Arc<Self>, id: BuildId) -> Result<(), ManagerError> {
         let store = self.store.as_ref();
         let build = store
             .get_build(id)
             .await?
             .ok_or(ManagerError::NotFound(id))?;
-        let before = phases::change(
-            store,
-            id,
-            Phase::Cancelled,
-            Actor::User,
-            None,
-            Default::default(),
-        )
-        .await?;
+        let by = if build.phase == Phase::Pushing && self.worker_gone(id).await? {
+            Actor::UserWorkerGone
+        } else {
+            Actor::User
+        };
+        let before =
+            phases::change(store, id, Phase::Cancelled, by, None, Default::default()).await?;
         if before.is_none() {
             let phase = store.get_build(id).await?.map_or(build.phase, |b| b.phase);
             return Err(ManagerError::Conflict(format!(
@@ -142,6 +167,19 @@ impl Reaper {
         }
         tracing::info!(build_id = %id, "build cancelled");
         Ok(())
+    }
+
+    /// True when the build has no live job, or its worker has not been heard from within
+    /// the heartbeat TTL.
+    async fn worker_gone(&self, id: BuildId) -> Result<bool, ManagerError> {
+        let ttl = i64::try_from(self.timings.heartbeat_ttl.as_secs()).unwrap_or(i64::MAX);
+        let now = chrono::Utc::now().timestamp();
+        Ok(match self.records.get(id).await? {
+            None => true,
+            Some(record) => record
+                .last_heartbeat
+                .is_none_or(|at| now.saturating_sub(at) > ttl),
+        })
     }
 
     /// A job record's deadline passed: the job ends for the reason its state gives.

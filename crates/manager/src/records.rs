@@ -37,6 +37,15 @@ impl JobRecords {
             .await?)
     }
 
+    /// A build's live job record.
+    pub(crate) async fn get(&self, build: BuildId) -> Result<Option<JobRecord>, ManagerError> {
+        self.orchestrator
+            .get(&job_key(build))
+            .await?
+            .map(|raw| parse(&raw))
+            .transpose()
+    }
+
     /// True while the job under `key` is live.
     pub(crate) async fn exists(&self, key: &str) -> Result<bool, ManagerError> {
         Ok(self.orchestrator.get(key).await?.is_some())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use buildman_core::job::job_key;
-use buildman_core::{Actor, Build, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase};
+use buildman_core::{Actor, Build, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase, Requeue};
 use buildman_executor::StartRequest;
 use buildman_orchestrator::Orchestrator;
 use buildman_store::Store;
@@ -204,9 +204,13 @@ impl Scheduler {
             return Ok(true);
         }
         tracing::warn!(build_id = %build.id, "a job for this build already exists; requeueing");
-        let after = s.timings.no_executor_retry;
+        let requeue = Requeue {
+            after: s.timings.no_executor_retry,
+            restore_retry: true,
+            silent_restores: item.silent_restores,
+        };
         self.store
-            .return_item(item, chrono::Utc::now(), after, true)
+            .return_item(item, chrono::Utc::now(), &requeue)
             .await?;
         self.orchestrator.release_slot(slot).await?;
         Ok(false)

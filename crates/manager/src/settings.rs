@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use buildman_core::{QueueRules, RequeueDelays};
+use buildman_core::{QueueRules, RetryPolicy};
 
 /// The delays of the manager's life cycle. Quay's values are the defaults; tests shorten them.
 #[derive(Clone, Debug)]
@@ -25,7 +25,7 @@ pub struct Timings {
 
 impl Default for Timings {
     fn default() -> Self {
-        let delays = RequeueDelays::default();
+        let delays = RetryPolicy::default();
         Timings {
             backstop_poll: Duration::from_secs(5),
             heartbeat_ttl: Duration::from_secs(60),
@@ -33,16 +33,6 @@ impl Default for Timings {
             no_executor_retry: delays.after_no_executor,
             requeue_delay: delays.after_failure,
             stop_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Timings {
-    /// The delays before an ended job's build may run again.
-    pub fn requeue_delays(&self) -> RequeueDelays {
-        RequeueDelays {
-            after_failure: self.requeue_delay,
-            after_no_executor: self.no_executor_retry,
         }
     }
 }
@@ -71,7 +61,21 @@ pub struct Settings {
     /// A namespace's maximum of queued builds.
     pub max_queued_per_namespace: Option<u32>,
     pub queue_rules: QueueRules,
+    /// A build whose worker goes silent gets its retry back at most this often
+    /// (BUILDMAN_MAX_SILENT_RETRIES).
+    pub max_silent_retries: u32,
     pub timings: Timings,
+}
+
+impl Settings {
+    /// The rules of retrying an ended job's build.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            after_failure: self.timings.requeue_delay,
+            after_no_executor: self.timings.no_executor_retry,
+            max_silent_retries: self.max_silent_retries,
+        }
+    }
 }
 
 impl std::fmt::Debug for Settings {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase};
+use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
 use chrono::{DateTime, Utc};
 
 mod common;
@@ -106,13 +106,16 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the phase when the current phase is one of `from` (all phases when `from` is
     /// empty); returns the phase the build had before, or `None` when nothing changed
     /// because the current phase was not allowed. `error` replaces the stored error.
-    /// This compare-and-set is what settles races between a cancel and a worker.
+    /// This compare-and-set is what settles races between a cancel and a worker. When the
+    /// phase changed (it was not `to` already), `entry` is appended to the build's log in
+    /// the same transaction, so phase entries are logged in the order of the changes.
     async fn set_phase(
         &self,
         id: BuildId,
         to: Phase,
         from: &[Phase],
         error: Option<&str>,
+        entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>>;
 
     /// Records where an unpushed result was written.
@@ -125,14 +128,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a claimed item (the build is done with the queue). False if the claim was lost.
     async fn complete_item(&self, item: &ClaimedItem) -> Result<bool>;
 
-    /// Returns a claimed item to the queue, available after `retry_after`, giving its
-    /// retry back when `restore_retry`. False if the claim was lost.
+    /// Returns a claimed item to the queue as `requeue` says: available after its delay,
+    /// its retry given back or not, its count of silent restores stored. False if the claim
+    /// was lost.
     async fn return_item(
         &self,
         item: &ClaimedItem,
         now: DateTime<Utc>,
-        retry_after: Duration,
-        restore_retry: bool,
+        requeue: &Requeue,
     ) -> Result<bool>;
 
     /// Pushes a claimed item's lease out to `now + lease`, writing only when that moves it

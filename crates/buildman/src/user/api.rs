@@ -345,6 +345,8 @@ mod tests {
 
     #[test]
     fn urls_are_built_under_the_base() {
+        // What `main` does first: reqwest is built without a TLS provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let c = ApiClient::new("http://127.0.0.1:8080", "t".into()).expect("client");
         assert_eq!(
             c.url(&paths::builds("ns", "repo")).as_str(),

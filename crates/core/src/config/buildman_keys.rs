@@ -80,6 +80,9 @@ pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
     config.api_tokens = s.strings("BUILDMAN_API_TOKENS").unwrap_or_default();
     config.max_queued_builds_per_namespace =
         s.u32_at_least("BUILDMAN_MAX_QUEUED_BUILDS_PER_NAMESPACE", 1);
+    if let Some(n) = s.u32("BUILDMAN_MAX_SILENT_RETRIES") {
+        config.max_silent_retries = n;
+    }
     config.registry = s.string("BUILDMAN_REGISTRY").filter(|h| !h.is_empty());
     config.registry_push_token = s
         .string("BUILDMAN_REGISTRY_PUSH_TOKEN")

@@ -153,8 +153,8 @@ impl TryFrom<QueueRow> for QueueState {
 }
 
 /// The columns of `queue_items q` a [`ClaimableRow`] reads.
-pub(crate) const CLAIMABLE_COLUMNS: &str =
-    "q.id, q.state_id, q.build_id, q.queue_name, q.retries_remaining";
+pub(crate) const CLAIMABLE_COLUMNS: &str = "q.id, q.state_id, q.build_id, q.queue_name, \
+     q.retries_remaining, q.attempts, q.silent_restores";
 
 /// The condition that makes item `q` claimable at `$1` (see [`buildman_core::queue`]): due,
 /// available or with an expired lease, with retries left, and no other item of its queue
@@ -175,12 +175,18 @@ pub(crate) struct ClaimableRow {
     build_id: String,
     pub queue_name: String,
     retries_remaining: i64,
+    attempts: i64,
+    silent_restores: i64,
 }
 
 impl ClaimableRow {
-    /// The claim on this item once its `state_id` became `state_id`, which took one retry.
+    /// The claim on this item once its `state_id` became `state_id`, which took one retry
+    /// and counted one more attempt.
     pub fn claimed(&self, state_id: String) -> Result<ClaimedItem> {
         let left = retries(self.retries_remaining, self.id)?;
+        let count = |n: i64, what: &str| {
+            u32::try_from(n).map_err(|_| corrupt(format!("queue item {}: {what} {n}", self.id)))
+        };
         Ok(ClaimedItem {
             item_id: self.id,
             state_id,
@@ -188,6 +194,8 @@ impl ClaimableRow {
             queue_name: self.queue_name.clone(),
             // Only items with retries left are claimable.
             retries_remaining: left.saturating_sub(1),
+            attempt: count(self.attempts, "attempts")?.saturating_add(1),
+            silent_restores: count(self.silent_restores, "silent_restores")?,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
-use buildman_core::{Build, BuildId, BuildSource, ClaimedItem, LogEntry, NewBuild, Phase};
+use buildman_core::{Build, BuildId, BuildSource, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
@@ -135,6 +135,7 @@ where
         to: Phase,
         from: &[Phase],
         error: Option<&str>,
+        entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>> {
         let key = id.to_string();
         let sql = format!("SELECT phase FROM builds WHERE id = $1{}", B::LOCK_BUILD);
@@ -158,6 +159,14 @@ where
         .bind(key.as_str())
         .execute(&mut *tx)
         .await?;
+        if let Some(entry) = entry.filter(|_| current != to) {
+            // In the same transaction as the change, so the log's phase entries are in the
+            // order of the changes whoever makes them.
+            let encoded = encode(std::iter::once(entry))?;
+            let mut batch = LogBatch::new(B::lock_log_heads(&mut tx, &[&key]).await?);
+            batch.push(id, &key, None, &encoded[0])?;
+            B::insert_logs(&mut tx, &batch.rows).await?;
+        }
         tx.commit().await?;
         Ok(Some(current))
     }
@@ -182,8 +191,8 @@ where
             let claimed = item.claimed(Uuid::new_v4().to_string())?;
             let done = sqlx::query(
                 "UPDATE queue_items SET available = FALSE, processing_expires = $1, \
-                 retries_remaining = retries_remaining - 1, state_id = $2 \
-                 WHERE id = $3 AND state_id = $4",
+                 retries_remaining = retries_remaining - 1, attempts = attempts + 1, \
+                 state_id = $2 WHERE id = $3 AND state_id = $4",
             )
             .bind(after(now, lease))
             .bind(claimed.state_id.as_str())
@@ -221,16 +230,16 @@ where
         &self,
         item: &ClaimedItem,
         now: DateTime<Utc>,
-        retry_after: Duration,
-        restore_retry: bool,
+        requeue: &Requeue,
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE queue_items SET available = TRUE, processing_expires = NULL, \
-             available_after = $1, retries_remaining = retries_remaining + $2, state_id = $3 \
-             WHERE id = $4 AND state_id = $5",
+             available_after = $1, retries_remaining = retries_remaining + $2, \
+             silent_restores = $3, state_id = $4 WHERE id = $5 AND state_id = $6",
         )
-        .bind(after(now, retry_after))
-        .bind(i64::from(restore_retry))
+        .bind(after(now, requeue.after))
+        .bind(i64::from(requeue.restore_retry))
+        .bind(i64::from(requeue.silent_restores))
         .bind(Uuid::new_v4().to_string())
         .bind(item.item_id)
         .bind(item.state_id.as_str())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
-use buildman_core::{Build, BuildId, BuildSource, LogEntry, NewBuild, Phase};
+use buildman_core::{Build, BuildId, BuildSource, LogEntry, NewBuild, Phase, Requeue};
 use buildman_store::{LogPage, Store, StoreError, WorkerLine};
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -40,6 +40,8 @@ macro_rules! store_suite {
             an_expired_lease_is_claimable_again_and_costs_a_retry,
             exhausted_retries_are_not_claimable,
             returned_items_wait_and_may_get_their_retry_back,
+            attempts_and_silent_restores_are_counted,
+            a_phase_change_and_its_log_entry_are_one,
             a_lost_claim_cannot_be_used,
             extensions_write_only_past_the_minimum,
             delete_item_ignores_the_claim,
@@ -111,6 +113,15 @@ pub fn soon() -> DateTime<Utc> {
 }
 
 /// `s` seconds.
+/// A return to the queue after `after`, with the retry given back or not.
+fn requeue(after: Duration, restore_retry: bool) -> Requeue {
+    Requeue {
+        after,
+        restore_retry,
+        silent_restores: 0,
+    }
+}
+
 fn secs(s: i64) -> TimeDelta {
     TimeDelta::seconds(s)
 }
@@ -238,7 +249,7 @@ pub async fn an_expired_lease_is_claimable_again_and_costs_a_retry<B: Backend>()
     assert_eq!(third.build_id, later.id);
     assert!(
         store
-            .return_item(&third, now + secs(25), Duration::ZERO, true)
+            .return_item(&third, now + secs(25), &requeue(Duration::ZERO, true))
             .await
             .unwrap()
     );
@@ -261,7 +272,7 @@ pub async fn exhausted_retries_are_not_claimable<B: Backend>() {
     assert_eq!(item.retries_remaining, 0);
     assert!(
         store
-            .return_item(&item, now, Duration::ZERO, false)
+            .return_item(&item, now, &requeue(Duration::ZERO, false))
             .await
             .unwrap()
     );
@@ -289,7 +300,7 @@ pub async fn returned_items_wait_and_may_get_their_retry_back<B: Backend>() {
     let item = store.claim(now, LEASE).await.unwrap().unwrap();
     assert!(
         store
-            .return_item(&item, now, Duration::from_secs(30), true)
+            .return_item(&item, now, &requeue(Duration::from_secs(30), true))
             .await
             .unwrap()
     );
@@ -312,7 +323,11 @@ pub async fn returned_items_wait_and_may_get_their_retry_back<B: Backend>() {
     assert_eq!(store.next_available_after(now).await.unwrap(), None);
     assert!(
         store
-            .return_item(&item, now + secs(30), Duration::from_secs(10), false)
+            .return_item(
+                &item,
+                now + secs(30),
+                &requeue(Duration::from_secs(10), false)
+            )
             .await
             .unwrap()
     );
@@ -329,6 +344,97 @@ pub async fn returned_items_wait_and_may_get_their_retry_back<B: Backend>() {
     );
     let item = store.claim(now + secs(40), LEASE).await.unwrap().unwrap();
     assert_eq!(item.retries_remaining, 1);
+    assert_eq!(item.attempt, 3, "each claim is one more attempt");
+}
+
+pub async fn attempts_and_silent_restores_are_counted<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    create(&store, "acme", "web").await;
+    let now = soon();
+    let first = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!((first.attempt, first.silent_restores), (1, 0));
+    let silent = Requeue {
+        after: Duration::ZERO,
+        restore_retry: true,
+        silent_restores: 1,
+    };
+    assert!(store.return_item(&first, now, &silent).await.unwrap());
+    let second = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!((second.attempt, second.silent_restores), (2, 1));
+    assert_eq!(second.retries_remaining, first.retries_remaining);
+    // Restarting without an orchestrator gives claims back without counting them.
+    assert_eq!(store.release_all_claims(now).await.unwrap(), 1);
+    let third = store.claim(now, LEASE).await.unwrap().unwrap();
+    assert_eq!((third.attempt, third.silent_restores), (3, 1));
+}
+
+pub async fn a_phase_change_and_its_log_entry_are_one<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let build = create(&store, "acme", "web").await;
+    let entry = |m: &str| LogEntry::output(m);
+    let scheduled = entry("build-scheduled");
+    let before = store
+        .set_phase(
+            build.id,
+            Phase::BuildScheduled,
+            &[Phase::Waiting],
+            None,
+            Some(&scheduled),
+        )
+        .await
+        .unwrap();
+    assert_eq!(before, Some(Phase::Waiting));
+    // A repeat changes nothing and logs nothing; a refused change logs nothing.
+    let again = entry("again");
+    let repeat = [Phase::BuildScheduled];
+    store
+        .set_phase(build.id, Phase::BuildScheduled, &repeat, None, Some(&again))
+        .await
+        .unwrap();
+    let refused = entry("refused");
+    let none = store
+        .set_phase(
+            build.id,
+            Phase::Pushing,
+            &[Phase::Waiting],
+            None,
+            Some(&refused),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    let page = store.read_logs(build.id, 0, 10).await.unwrap();
+    assert_eq!(messages(page), ["build-scheduled"]);
+    // Concurrent changes log in the order they were made: walking the log from the first
+    // entry, each entry's change started from the phase the previous one left.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let to = if i % 2 == 0 {
+                Phase::Building
+            } else {
+                Phase::Pulling
+            };
+            let from = [Phase::BuildScheduled, Phase::Building, Phase::Pulling];
+            let e = LogEntry::output(format!("change {i}"));
+            let before = store.set_phase(build.id, to, &from, None, Some(&e)).await;
+            (e.message, before.unwrap().unwrap(), to)
+        }));
+    }
+    let mut changes = std::collections::HashMap::new();
+    for t in tasks {
+        let (message, before, to) = t.await.unwrap();
+        changes.insert(message, (before, to));
+    }
+    let mut phase = Phase::BuildScheduled;
+    for message in messages(store.read_logs(build.id, 1, 100).await.unwrap()) {
+        let (before, to) = changes[&message];
+        assert_eq!(before, phase, "{message} logged out of order");
+        phase = to;
+    }
+    let now = store.get_build(build.id).await.unwrap().unwrap().phase;
+    assert_eq!(phase, now, "every change is logged");
 }
 
 pub async fn a_lost_claim_cannot_be_used<B: Backend>() {
@@ -341,7 +447,7 @@ pub async fn a_lost_claim_cannot_be_used<B: Backend>() {
     assert!(!store.complete_item(&stale).await.unwrap());
     assert!(
         !store
-            .return_item(&stale, now, Duration::ZERO, true)
+            .return_item(&stale, now, &requeue(Duration::ZERO, true))
             .await
             .unwrap()
     );
@@ -360,7 +466,7 @@ pub async fn a_lost_claim_cannot_be_used<B: Backend>() {
     assert!(!store.complete_item(&item).await.unwrap());
     assert!(
         !store
-            .return_item(&item, now, Duration::ZERO, true)
+            .return_item(&item, now, &requeue(Duration::ZERO, true))
             .await
             .unwrap()
     );
@@ -613,7 +719,13 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
     let build = create(&store, "acme", "web").await;
     assert_eq!(
         store
-            .set_phase(build.id, Phase::BuildScheduled, &[Phase::Waiting], None)
+            .set_phase(
+                build.id,
+                Phase::BuildScheduled,
+                &[Phase::Waiting],
+                None,
+                None
+            )
             .await
             .unwrap(),
         Some(Phase::Waiting)
@@ -621,7 +733,13 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
     // Not allowed from build-scheduled: nothing changes.
     assert_eq!(
         store
-            .set_phase(build.id, Phase::Pushing, &[Phase::Waiting], Some("no"))
+            .set_phase(
+                build.id,
+                Phase::Pushing,
+                &[Phase::Waiting],
+                Some("no"),
+                None
+            )
             .await
             .unwrap(),
         None
@@ -639,7 +757,8 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
                 build.id,
                 Phase::Cancelled,
                 &cancellable,
-                Some("cancelled by alice")
+                Some("cancelled by alice"),
+                None
             )
             .await
             .unwrap(),
@@ -647,7 +766,13 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
     );
     assert_eq!(
         store
-            .set_phase(build.id, Phase::Building, &[Phase::BuildScheduled], None)
+            .set_phase(
+                build.id,
+                Phase::Building,
+                &[Phase::BuildScheduled],
+                None,
+                None
+            )
             .await
             .unwrap(),
         None
@@ -655,7 +780,7 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
     // An empty `from` allows every phase; no error keeps the stored one.
     assert_eq!(
         store
-            .set_phase(build.id, Phase::InternalError, &[], None)
+            .set_phase(build.id, Phase::InternalError, &[], None, None)
             .await
             .unwrap(),
         Some(Phase::Cancelled)
@@ -664,7 +789,7 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
     assert_eq!(stored.phase, Phase::InternalError);
     assert_eq!(stored.error.as_deref(), Some("cancelled by alice"));
     store
-        .set_phase(build.id, Phase::Error, &[], Some("push refused"))
+        .set_phase(build.id, Phase::Error, &[], Some("push refused"), None)
         .await
         .unwrap();
     let stored = store.get_build(build.id).await.unwrap().unwrap();
@@ -672,7 +797,7 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
 
     let missing = BuildId::new();
     assert!(matches!(
-        store.set_phase(missing, Phase::Error, &[], None).await,
+        store.set_phase(missing, Phase::Error, &[], None, None).await,
         Err(StoreError::NotFound(id)) if id == missing
     ));
 
@@ -889,7 +1014,7 @@ pub async fn data_survives_reopening<B: Backend>() {
     let now = soon();
     let item = store.claim(now, LEASE).await.unwrap().unwrap();
     store
-        .set_phase(build.id, Phase::Building, &[], None)
+        .set_phase(build.id, Phase::Building, &[], None, None)
         .await
         .unwrap();
     store
@@ -958,7 +1083,7 @@ pub async fn undecodable_rows_are_reported_as_corrupt<B: Backend>() {
     corrupt(store.get_build(build.id).await.map(drop), "expired");
     corrupt(
         store
-            .set_phase(build.id, Phase::Error, &[], None)
+            .set_phase(build.id, Phase::Error, &[], None, None)
             .await
             .map(drop),
         "expired",

@@ -109,6 +109,7 @@ BUILDMAN_JWT_TRUSTED_KEYS:
 - {KID: k1, PUBLIC_KEY_PATH: /keys/k1.pub}
 BUILDMAN_API_TOKENS: [0123456789abcdef]
 BUILDMAN_MAX_QUEUED_BUILDS_PER_NAMESPACE: 20
+BUILDMAN_MAX_SILENT_RETRIES: 5
 BUILDMAN_REGISTRY: registry.example.com:5000
 BUILDMAN_HOSTNAME: buildman.example.com:443
 ";
@@ -147,6 +148,7 @@ BUILDMAN_HOSTNAME: buildman.example.com:443
     );
     assert_eq!(config.api_tokens, ["0123456789abcdef"]);
     assert_eq!(config.max_queued_builds_per_namespace, Some(20));
+    assert_eq!(config.max_silent_retries, 5);
     assert_eq!(
         config.registry.as_deref(),
         Some("registry.example.com:5000")
