@@ -202,24 +202,63 @@ fn start() -> Result<Server, String> {
          does), or set BUILDMAN_PG_BINDIR to the directory holding them.",
     )?;
     let user = server_user()?;
-    let dir = std::env::temp_dir().join(format!(
-        "buildman-test-pg-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let data = dir.join("data");
-    let sockets = dir.join("sockets");
-    std::fs::create_dir_all(&sockets).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    start_watchdog(&dir)?;
-    if let Some((uid, gid)) = user {
-        for path in [&dir, &sockets] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| format!("handing {} to postgres: {e}", path.display()))?;
+    let files = ServerFiles::create(user)?;
+    initdb(&bin, user, &files)?;
+    // A free port can be taken between our probe and the server's bind: try a few.
+    let mut failure = String::new();
+    for _ in 0..3 {
+        match launch(&bin, user, &files)? {
+            Launch::Ready(server) => return Ok(server),
+            Launch::Exited(why) => failure = why,
         }
     }
+    Err(failure)
+}
 
-    let out = command(bin.join("initdb"), user, &dir)
+/// Where the server's files are: all under one directory, which the watchdog removes.
+struct ServerFiles {
+    /// The directory holding the rest; the server's commands run in it.
+    dir: PathBuf,
+    /// The data directory (`-D`).
+    data: PathBuf,
+    /// Where the server puts its Unix sockets (`-k`).
+    sockets: PathBuf,
+    /// The server's output, read back when it fails to start.
+    log: PathBuf,
+}
+
+impl ServerFiles {
+    /// Creates a fresh directory in the temp dir, owned by the server's `user`, and starts
+    /// the watchdog that removes it.
+    fn create(user: Option<(u32, u32)>) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "buildman-test-pg-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let files = Self {
+            data: dir.join("data"),
+            sockets: dir.join("sockets"),
+            log: dir.join("server.log"),
+            dir,
+        };
+        std::fs::create_dir_all(&files.sockets)
+            .map_err(|e| format!("creating {}: {e}", files.dir.display()))?;
+        start_watchdog(&files.dir)?;
+        if let Some((uid, gid)) = user {
+            for path in [&files.dir, &files.sockets] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(|e| format!("handing {} to postgres: {e}", path.display()))?;
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// Runs `initdb` on the data directory: trust authentication, superuser `postgres`.
+fn initdb(bin: &Path, user: Option<(u32, u32)>, files: &ServerFiles) -> Result<(), String> {
+    let out = command(bin.join("initdb"), user, &files.dir)
         .arg("-D")
-        .arg(&data)
+        .arg(&files.data)
         .args([
             "-U",
             "postgres",
@@ -240,53 +279,61 @@ fn start() -> Result<Server, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    Ok(())
+}
 
-    // A free port can be taken between our probe and the server's bind: try a few.
-    let log_path = dir.join("server.log");
-    let mut failure = String::new();
-    for _ in 0..3 {
-        let port = crate::free_port();
-        let log = File::create(&log_path).map_err(|e| format!("creating the log: {e}"))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut server = command(bin.join("postgres"), user, &dir)
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(&sockets)
-            // Throwaway data: no durability; room for many pools.
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=300"])
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("starting postgres: {e}"))?;
-        let pid = i32::try_from(server.id()).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Ok(Some(status)) = server.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                failure = format!("postgres exited ({status}):\n{log}");
-                break;
-            }
-            if ready(&data, pid) {
-                SERVER_PID.store(pid, Ordering::SeqCst);
-                tell_watchdog(pid);
-                return Ok(Server { port });
-            }
-            if Instant::now() > deadline {
-                let _ = server.kill();
-                let _ = server.wait();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("postgres did not start in {STARTUP:?}:\n{log}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// How one attempt to start the server ended, when it did not end them all.
+enum Launch {
+    /// It accepts connections.
+    Ready(Server),
+    /// It exited (most likely another process took the port first): why, with its log.
+    Exited(String),
+}
+
+/// Starts the server on a free port and waits until it accepts connections, exits or
+/// overruns [`STARTUP`] (an error: it is killed then).
+fn launch(bin: &Path, user: Option<(u32, u32)>, files: &ServerFiles) -> Result<Launch, String> {
+    let port = crate::free_port();
+    let log = File::create(&files.log).map_err(|e| format!("creating the log: {e}"))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut server = command(bin.join("postgres"), user, &files.dir)
+        .arg("-D")
+        .arg(&files.data)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(&files.sockets)
+        // Throwaway data: no durability; room for many pools.
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+        .args(["-c", "max_connections=300"])
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting postgres: {e}"))?;
+    let pid = i32::try_from(server.id()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if let Ok(Some(status)) = server.try_wait() {
+            let log = std::fs::read_to_string(&files.log).unwrap_or_default();
+            return Ok(Launch::Exited(format!(
+                "postgres exited ({status}):\n{log}"
+            )));
         }
+        if ready(&files.data, pid) {
+            SERVER_PID.store(pid, Ordering::SeqCst);
+            tell_watchdog(pid);
+            return Ok(Launch::Ready(Server { port }));
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            let log = std::fs::read_to_string(&files.log).unwrap_or_default();
+            return Err(format!("postgres did not start in {STARTUP:?}:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Err(failure)
 }
 
 /// Whether the postmaster `pid` accepts connections: its `postmaster.pid` (as `pg_ctl -w`

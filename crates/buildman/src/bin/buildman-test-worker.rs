@@ -69,147 +69,210 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let scenario = std::env::var("TEST_WORKER_SCENARIO").unwrap_or_else(|_| "happy".into());
-    let token = std::env::var("TOKEN")?;
-    let server = std::env::var("SERVER")?;
-    let heartbeat_every = Duration::from_millis(
-        std::env::var("TEST_WORKER_HEARTBEAT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2000),
-    );
+/// Any failure ends the run, reported as `failed` with its message.
+type Error = Box<dyn std::error::Error>;
+
+/// What the environment asks of this worker.
+struct Settings {
+    /// `TEST_WORKER_SCENARIO`; anything unknown plays `happy`.
+    scenario: String,
+    /// The registration token (`TOKEN`).
+    token: String,
+    /// The manager's gRPC address (`SERVER`).
+    server: String,
+    /// `TEST_WORKER_HEARTBEAT_MS`, 2 s by default as quay-builder.
+    heartbeat_every: Duration,
+    /// `TEST_WORKER_BUILD_MS`: how long the building phase lasts, if set.
+    build_time: Option<Duration>,
+}
+
+impl Settings {
+    /// Reads the settings; `TOKEN` and `SERVER` are required.
+    fn from_env() -> Result<Self, Error> {
+        let millis = |var| std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok());
+        Ok(Self {
+            scenario: std::env::var("TEST_WORKER_SCENARIO").unwrap_or_else(|_| "happy".into()),
+            token: std::env::var("TOKEN")?,
+            server: std::env::var("SERVER")?,
+            heartbeat_every: Duration::from_millis(
+                millis("TEST_WORKER_HEARTBEAT_MS").unwrap_or(2000),
+            ),
+            build_time: millis("TEST_WORKER_BUILD_MS").map(Duration::from_millis),
+        })
+    }
+}
+
+/// Plays the scenario: quay-builder's steps, stopping to wait for the job to go where the
+/// scenario holds.
+async fn run() -> Result<(), Error> {
+    let settings = Settings::from_env()?;
+    let scenario = settings.scenario.as_str();
     report(serde_json::json!({
-        "event": "started", "scenario": scenario, "server": server,
+        "event": "started", "scenario": scenario, "server": settings.server,
         "registry_hostname": std::env::var("REGISTRY_HOSTNAME").ok(),
     }));
     if scenario == "never-register" {
         std::future::pending::<()>().await;
     }
-
-    let channel = Channel::from_shared(format!("http://{server}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await?;
-    let mut client = Client::new(channel);
-    client.ping(pb::PingRequest {}).await?;
-
-    // quay-builder opens the log stream before it registers.
-    let (log_tx, log_rx) = mpsc::channel::<pb::LogMessageRequest>(1);
-    let mut log_replies = client
-        .log_message(ReceiverStream::new(log_rx))
-        .await?
-        .into_inner();
-
-    let pack = client
-        .register_build_job(pb::BuildJobArgs {
-            register_jwt: token.clone(),
-        })
-        .await?
-        .into_inner();
-    let jwt = pack.job_jwt.clone();
-    report(serde_json::json!({
-        "event": "registered", "registration_token": token, "job_token": jwt,
-        "package_url": match &pack.build_pack {
-            Some(pb::build_pack::BuildPack::PackageUrl(u)) => Some(u.clone()),
-            _ => None,
-        },
-        "repository": pack.repository, "tags": pack.tag_names,
-        "context": pack.context, "dockerfile_path": pack.dockerfile_path,
-    }));
-
+    let mut job = Job::register(&settings).await?;
     let cancelled = spawn_heartbeats(
-        client.clone(),
-        jwt.clone(),
-        heartbeat_every,
+        job.client.clone(),
+        job.jwt.clone(),
+        settings.heartbeat_every,
         scenario == "stop-heartbeats",
     );
+    job.set_phase(pb::Phase::Unpacking, None).await?;
+    if matches!(scenario, "stop-heartbeats" | "hold-registered") {
+        return wait_for_cancel(cancelled).await;
+    }
+    job.pull().await?;
+    job.build(settings.build_time).await?;
+    if scenario == "hold-building" {
+        return wait_for_cancel(cancelled).await;
+    }
+    job.set_phase(pb::Phase::Pushing, None).await?;
+    if scenario == "hold-pushing" {
+        return wait_for_cancel(cancelled).await;
+    }
+    job.set_phase(pb::Phase::Complete, None).await?;
+    report(serde_json::json!({ "event": "completed" }));
+    Ok(())
+}
 
-    let mut seq = 0;
-    let mut phase = |client: &mut Client,
-                     phase: pb::Phase,
-                     meta: Option<pb::set_phase_request::PullMetadata>| {
-        seq += 1;
+/// A registered job: the connection, the job token, the open log stream and the sequence
+/// numbers of phases and log lines sent so far.
+struct Job {
+    client: Client,
+    jwt: String,
+    phase_seq: i32,
+    log_tx: mpsc::Sender<pb::LogMessageRequest>,
+    log_replies: tonic::Streaming<pb::LogMessageResponse>,
+    log_seq: i32,
+}
+
+impl Job {
+    /// Connects, pings, opens the log stream and registers, as quay-builder does (it opens
+    /// the log stream before it registers).
+    async fn register(settings: &Settings) -> Result<Self, Error> {
+        let channel = Channel::from_shared(format!("http://{}", settings.server))?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        let mut client = Client::new(channel);
+        client.ping(pb::PingRequest {}).await?;
+        let (log_tx, log_rx) = mpsc::channel::<pb::LogMessageRequest>(1);
+        let log_replies = client
+            .log_message(ReceiverStream::new(log_rx))
+            .await?
+            .into_inner();
+        let pack = client
+            .register_build_job(pb::BuildJobArgs {
+                register_jwt: settings.token.clone(),
+            })
+            .await?
+            .into_inner();
+        let jwt = pack.job_jwt.clone();
+        report(serde_json::json!({
+            "event": "registered", "registration_token": settings.token, "job_token": jwt,
+            "package_url": match &pack.build_pack {
+                Some(pb::build_pack::BuildPack::PackageUrl(u)) => Some(u.clone()),
+                _ => None,
+            },
+            "repository": pack.repository, "tags": pack.tag_names,
+            "context": pack.context, "dockerfile_path": pack.dockerfile_path,
+        }));
+        Ok(Self {
+            client,
+            jwt,
+            phase_seq: 0,
+            log_tx,
+            log_replies,
+            log_seq: 0,
+        })
+    }
+
+    /// Sets the next phase; the manager must accept it with its sequence number.
+    async fn set_phase(
+        &mut self,
+        phase: pb::Phase,
+        meta: Option<pb::set_phase_request::PullMetadata>,
+    ) -> Result<(), Error> {
+        self.phase_seq += 1;
         let request = pb::SetPhaseRequest {
-            job_jwt: jwt.clone(),
-            sequence_number: seq,
+            job_jwt: self.jwt.clone(),
+            sequence_number: self.phase_seq,
             phase: phase as i32,
             pull_metadata: meta,
         };
-        let mut client = client.clone();
-        async move {
-            let reply = client.set_phase(request).await?.into_inner();
-            if !reply.success || reply.sequence_number != seq {
-                return Err(format!("phase {phase:?} rejected").into());
-            }
-            Ok::<_, Box<dyn std::error::Error>>(())
+        let reply = self.client.set_phase(request).await?.into_inner();
+        if !reply.success || reply.sequence_number != self.phase_seq {
+            return Err(format!("phase {phase:?} rejected").into());
         }
-    };
-    let mut log_seq = 0;
-    let mut log = async |line: &str| -> Result<(), Box<dyn std::error::Error>> {
-        log_seq += 1;
+        Ok(())
+    }
+
+    /// Sends one log line and waits for the manager to acknowledge it.
+    async fn log(&mut self, line: &str) -> Result<(), Error> {
+        self.log_seq += 1;
         let message = serde_json::json!({ "stream": line }).to_string();
-        log_tx
+        self.log_tx
             .send(pb::LogMessageRequest {
-                job_jwt: jwt.clone(),
-                sequence_number: log_seq,
+                job_jwt: self.jwt.clone(),
+                sequence_number: self.log_seq,
                 log_message: message,
                 phase: "building".into(),
             })
             .await?;
-        let reply = log_replies.message().await?.ok_or("log stream closed")?;
-        if !reply.success || reply.sequence_number != log_seq {
+        let reply = self
+            .log_replies
+            .message()
+            .await?
+            .ok_or("log stream closed")?;
+        if !reply.success || reply.sequence_number != self.log_seq {
             return Err("log line rejected".into());
         }
         Ok(())
-    };
+    }
 
-    phase(&mut client, pb::Phase::Unpacking, None).await?;
-    match scenario.as_str() {
-        "stop-heartbeats" | "hold-registered" => return wait_for_cancel(cancelled).await,
-        _ => {}
-    }
-    let meta = pb::set_phase_request::PullMetadata {
-        registry_url: "registry.example".into(),
-        base_image: "library/alpine".into(),
-        base_image_tag: "3".into(),
-        pull_username: String::new(),
-    };
-    phase(&mut client, pb::Phase::Pulling, Some(meta)).await?;
-    let cached = client
-        .determine_cached_tag(pb::CachedTagRequest {
-            job_jwt: jwt.clone(),
-            base_image_name: "library/alpine".into(),
+    /// The pulling phase, with its metadata, then the cached-tag question (reported).
+    async fn pull(&mut self) -> Result<(), Error> {
+        let meta = pb::set_phase_request::PullMetadata {
+            registry_url: "registry.example".into(),
+            base_image: "library/alpine".into(),
             base_image_tag: "3".into(),
-            base_image_id: String::new(),
-        })
-        .await?
-        .into_inner()
-        .cached_tag;
-    report(serde_json::json!({ "event": "cached_tag", "tag": cached }));
-    phase(&mut client, pb::Phase::Building, None).await?;
-    log("Step 1/2 : FROM scratch\n").await?;
-    log(" ---> Running in test worker\n").await?;
-    log("Step 2/2 : COPY hello /\n").await?;
-    log("Successfully built 0123456789ab\n").await?;
-    if let Some(ms) = std::env::var("TEST_WORKER_BUILD_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        report(serde_json::json!({ "event": "building" }));
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        report(serde_json::json!({ "event": "built" }));
+            pull_username: String::new(),
+        };
+        self.set_phase(pb::Phase::Pulling, Some(meta)).await?;
+        let cached = self
+            .client
+            .determine_cached_tag(pb::CachedTagRequest {
+                job_jwt: self.jwt.clone(),
+                base_image_name: "library/alpine".into(),
+                base_image_tag: "3".into(),
+                base_image_id: String::new(),
+            })
+            .await?
+            .into_inner()
+            .cached_tag;
+        report(serde_json::json!({ "event": "cached_tag", "tag": cached }));
+        Ok(())
     }
-    if scenario == "hold-building" {
-        return wait_for_cancel(cancelled).await;
+
+    /// The building phase: a few log lines, then, with a `build_time`, that long between a
+    /// `building` and a `built` report.
+    async fn build(&mut self, build_time: Option<Duration>) -> Result<(), Error> {
+        self.set_phase(pb::Phase::Building, None).await?;
+        self.log("Step 1/2 : FROM scratch\n").await?;
+        self.log(" ---> Running in test worker\n").await?;
+        self.log("Step 2/2 : COPY hello /\n").await?;
+        self.log("Successfully built 0123456789ab\n").await?;
+        if let Some(build_time) = build_time {
+            report(serde_json::json!({ "event": "building" }));
+            tokio::time::sleep(build_time).await;
+            report(serde_json::json!({ "event": "built" }));
+        }
+        Ok(())
     }
-    phase(&mut client, pb::Phase::Pushing, None).await?;
-    if scenario == "hold-pushing" {
-        return wait_for_cancel(cancelled).await;
-    }
-    phase(&mut client, pb::Phase::Complete, None).await?;
-    report(serde_json::json!({ "event": "completed" }));
-    Ok(())
 }
 
 /// Heartbeats every `every`, awaiting each reply; like quay-builder, a `false` reply is
@@ -261,9 +324,8 @@ fn spawn_heartbeats(
     done_rx
 }
 
-async fn wait_for_cancel(
-    heartbeats: tokio::sync::oneshot::Receiver<()>,
-) -> Result<(), Box<dyn std::error::Error>> {
+/// Waits until the heartbeats say the job is gone (reported), then ends the run.
+async fn wait_for_cancel(heartbeats: tokio::sync::oneshot::Receiver<()>) -> Result<(), Error> {
     let _ = heartbeats.await;
     report(serde_json::json!({ "event": "job-gone" }));
     Ok(())

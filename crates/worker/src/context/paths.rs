@@ -49,7 +49,17 @@ pub(crate) fn resolve(
     let root = src
         .canonicalize()
         .map_err(|e| ContextError::io("resolving the unpacked build package", e))?;
+    let (context_rel, context_dir) = context_dir(&root, context)?;
+    let dockerfile = dockerfile(&root, &context_rel, dockerfile_path)?;
+    Ok(Prepared {
+        context_dir,
+        dockerfile,
+    })
+}
 
+/// The context directory named `context`: its path relative to the package `root`, as
+/// given, and where it really is (symlinks resolved), which must be a directory inside.
+fn context_dir(root: &Path, context: &str) -> Result<(PathBuf, PathBuf), ContextError> {
     let context_rel = normalize(context).ok_or_else(|| {
         ContextError::Hostile(format!(
             "build context {context:?} points outside the build package"
@@ -58,7 +68,7 @@ pub(crate) fn resolve(
     let context_dir = canonical(&root.join(&context_rel), || {
         ContextError::ContextMissing(context.to_owned())
     })?;
-    if !context_dir.starts_with(&root) {
+    if !context_dir.starts_with(root) {
         return Err(ContextError::Hostile(format!(
             "build context {context:?} resolves outside the build package (through a symlink)"
         )));
@@ -66,18 +76,36 @@ pub(crate) fn resolve(
     if !context_dir.is_dir() {
         return Err(ContextError::ContextMissing(context.to_owned()));
     }
+    Ok((context_rel, context_dir))
+}
 
+/// The Dockerfile `dockerfile_path` names (the default one when it is empty), symlinks
+/// resolved: a regular file inside the package `root`.
+fn dockerfile(
+    root: &Path,
+    context_rel: &Path,
+    dockerfile_path: &str,
+) -> Result<PathBuf, ContextError> {
     let wanted = if dockerfile_path.trim_matches('/').is_empty() {
         DEFAULT_DOCKERFILE
     } else {
         dockerfile_path
     };
-    let hostile = || {
-        ContextError::Hostile(format!(
-            "Dockerfile path {wanted:?} points outside the build package"
-        ))
-    };
-    // From the package root first, as Quay means it; then from the context.
+    let found = find_dockerfile(root, context_rel, wanted)?;
+    let mut dockerfile = canonical_dockerfile(root, &found, wanted)?;
+    // Older Quay configurations name the directory that holds the Dockerfile.
+    if dockerfile.is_dir() {
+        dockerfile = canonical_dockerfile(root, &dockerfile.join(DEFAULT_DOCKERFILE), wanted)?;
+    }
+    if !dockerfile.is_file() {
+        return Err(ContextError::DockerfileMissing(wanted.to_owned()));
+    }
+    Ok(dockerfile)
+}
+
+/// Where the Dockerfile path `wanted` points, not yet resolved: from the package `root`
+/// first, as Quay means it, then from the context; the first that exists wins.
+fn find_dockerfile(root: &Path, context_rel: &Path, wanted: &str) -> Result<PathBuf, ContextError> {
     let from_root = normalize(wanted);
     let from_context = normalize(&format!(
         "{}/{}",
@@ -85,47 +113,30 @@ pub(crate) fn resolve(
         wanted.trim_start_matches('/')
     ));
     if from_root.is_none() && from_context.is_none() {
-        return Err(hostile());
+        return Err(ContextError::Hostile(format!(
+            "Dockerfile path {wanted:?} points outside the build package"
+        )));
     }
-    let mut found = None;
-    for candidate in [from_root, from_context].into_iter().flatten() {
-        let full = root.join(&candidate);
-        // symlink_metadata: a dangling or hostile symlink is "there" and gets judged below
+    [from_root, from_context]
+        .into_iter()
+        .flatten()
+        .map(|candidate| root.join(candidate))
+        // symlink_metadata: a dangling or hostile symlink is "there" and gets judged later
         // instead of being skipped for the other candidate.
-        if full.symlink_metadata().is_ok() {
-            found = Some(full);
-            break;
-        }
-    }
-    let Some(found) = found else {
-        return Err(ContextError::DockerfileMissing(wanted.to_owned()));
-    };
-    let mut dockerfile = canonical(&found, || {
-        ContextError::DockerfileMissing(wanted.to_owned())
-    })?;
-    if !dockerfile.starts_with(&root) {
+        .find(|full| full.symlink_metadata().is_ok())
+        .ok_or_else(|| ContextError::DockerfileMissing(wanted.to_owned()))
+}
+
+/// Canonicalizes `path`, a candidate for the Dockerfile path `wanted`, which must stay
+/// inside the package `root`.
+fn canonical_dockerfile(root: &Path, path: &Path, wanted: &str) -> Result<PathBuf, ContextError> {
+    let dockerfile = canonical(path, || ContextError::DockerfileMissing(wanted.to_owned()))?;
+    if !dockerfile.starts_with(root) {
         return Err(ContextError::Hostile(format!(
             "Dockerfile path {wanted:?} resolves outside the build package (through a symlink)"
         )));
     }
-    // Older Quay configurations name the directory that holds the Dockerfile.
-    if dockerfile.is_dir() {
-        dockerfile = canonical(&dockerfile.join(DEFAULT_DOCKERFILE), || {
-            ContextError::DockerfileMissing(wanted.to_owned())
-        })?;
-        if !dockerfile.starts_with(&root) {
-            return Err(ContextError::Hostile(format!(
-                "Dockerfile path {wanted:?} resolves outside the build package (through a symlink)"
-            )));
-        }
-    }
-    if !dockerfile.is_file() {
-        return Err(ContextError::DockerfileMissing(wanted.to_owned()));
-    }
-    Ok(Prepared {
-        context_dir,
-        dockerfile,
-    })
+    Ok(dockerfile)
 }
 
 #[cfg(test)]

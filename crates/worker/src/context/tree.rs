@@ -92,6 +92,14 @@ enum Last {
     Follow,
 }
 
+/// What [`Tree::step`] found at one component of a name being resolved.
+enum Step {
+    /// A real directory, or the last component: the resolved path goes into it.
+    Into,
+    /// A symlink: its target's components take its place.
+    Symlink,
+}
+
 impl Tree {
     /// Opens (creating if need be) `dest` as the root everything is unpacked under.
     pub(crate) fn new(dest: &Path, limits: &Limits) -> Result<Self, ContextError> {
@@ -172,9 +180,9 @@ impl Tree {
                 real = candidate;
                 break;
             }
-            let full = self.root.join(&candidate);
-            match fs::symlink_metadata(&full) {
-                Ok(meta) if meta.file_type().is_symlink() => {
+            match self.step(name, &candidate, is_last, last)? {
+                Step::Into => real = candidate,
+                Step::Symlink => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
                         return Err(ContextError::Hostile(format!(
@@ -182,61 +190,78 @@ impl Tree {
                             show(name)
                         )));
                     }
-                    let target = fs::read_link(&full).map_err(|e| {
-                        ContextError::io(format!("reading symlink {}", candidate.display()), e)
-                    })?;
-                    if target.is_absolute() {
-                        // Never made here; refuse rather than follow it out.
-                        return Err(ContextError::Hostile(format!(
-                            "archive entry {} passes through an absolute symlink",
-                            show(name)
-                        )));
-                    }
-                    let mut expanded: VecDeque<OsString> = target
-                        .as_os_str()
-                        .as_bytes()
-                        .split(|&b| b == b'/')
-                        .filter(|p| !p.is_empty() && *p != b".")
-                        .map(|p| OsString::from_vec(p.to_vec()))
-                        .collect();
+                    let mut expanded = self.symlink_components(name, &candidate)?;
                     expanded.extend(queue.drain(..));
                     queue = expanded;
-                }
-                Ok(meta) if meta.is_dir() => {
-                    self.dirs.insert(candidate.clone());
-                    real = candidate;
-                }
-                Ok(_) if is_last => {
-                    real = candidate;
-                }
-                Ok(_) => {
-                    return Err(ContextError::Format(format!(
-                        "archive entry {} has {} as a parent directory, but it is a file",
-                        show(name),
-                        show(candidate.as_os_str().as_bytes())
-                    )));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && !is_last && last == Last::Keep => {
-                    // Archives often list files before (or without) their directories.
-                    self.make_dir(&candidate, 0o755)?;
-                    real = candidate;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(ContextError::Format(format!(
-                        "archive entry {} names {}, which is not in the archive before it",
-                        show(name),
-                        show(candidate.as_os_str().as_bytes())
-                    )));
-                }
-                Err(e) => {
-                    return Err(ContextError::io(
-                        format!("inspecting {}", candidate.display()),
-                        e,
-                    ));
                 }
             }
         }
         Ok(real)
+    }
+
+    /// Looks on disk at `candidate`, the next component of the name being resolved. A real
+    /// directory is stepped into (a missing parent is made first when `last` is
+    /// [`Last::Keep`]), and so is anything that is the last component; a symlink is left for
+    /// the caller to follow; anything else is an error.
+    fn step(
+        &mut self,
+        name: &[u8],
+        candidate: &Path,
+        is_last: bool,
+        last: Last,
+    ) -> Result<Step, ContextError> {
+        match fs::symlink_metadata(self.root.join(candidate)) {
+            Ok(meta) if meta.file_type().is_symlink() => Ok(Step::Symlink),
+            Ok(meta) if meta.is_dir() => {
+                self.dirs.insert(candidate.to_owned());
+                Ok(Step::Into)
+            }
+            Ok(_) if is_last => Ok(Step::Into),
+            Ok(_) => Err(ContextError::Format(format!(
+                "archive entry {} has {} as a parent directory, but it is a file",
+                show(name),
+                show(candidate.as_os_str().as_bytes())
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !is_last && last == Last::Keep => {
+                // Archives often list files before (or without) their directories.
+                self.make_dir(candidate, 0o755)?;
+                Ok(Step::Into)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ContextError::Format(format!(
+                "archive entry {} names {}, which is not in the archive before it",
+                show(name),
+                show(candidate.as_os_str().as_bytes())
+            ))),
+            Err(e) => Err(ContextError::io(
+                format!("inspecting {}", candidate.display()),
+                e,
+            )),
+        }
+    }
+
+    /// The components of the target of symlink `link` (relative to the root), to be
+    /// resolved in its place; `..`s are kept for [`Self::resolve`] to apply.
+    fn symlink_components(
+        &self,
+        name: &[u8],
+        link: &Path,
+    ) -> Result<VecDeque<OsString>, ContextError> {
+        let target = fs::read_link(self.root.join(link))
+            .map_err(|e| ContextError::io(format!("reading symlink {}", link.display()), e))?;
+        if target.is_absolute() {
+            // Never made here; refuse rather than follow it out.
+            return Err(ContextError::Hostile(format!(
+                "archive entry {} passes through an absolute symlink",
+                show(name)
+            )));
+        }
+        Ok(target
+            .as_os_str()
+            .as_bytes()
+            .split(|&b| b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+            .map(|p| OsString::from_vec(p.to_vec()))
+            .collect())
     }
 
     /// Resolves an entry's name to where it will be created, relative to the root; `None`

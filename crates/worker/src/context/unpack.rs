@@ -222,56 +222,57 @@ fn unpack_tar(stream: impl Read, tree: &mut Tree) -> Result<(), ContextError> {
         left.set(u64::MAX);
         tree.count_entry()?;
         let name = entry.path_bytes().into_owned();
-        let header = entry.header();
-        let kind = header.entry_type();
-        let mode = header.mode().unwrap_or(0o644);
-        let declared = entry.size();
-        use tar::EntryType as T;
-        match kind {
-            // Pre-POSIX tars mark directories only by the trailing slash.
-            T::Regular if name.ends_with(b"/") => tree.dir(&name, mode)?,
-            T::Regular | T::Continuous | T::GNUSparse => {
-                tree.file(&name, mode, declared, &mut entry)?
-            }
-            T::Directory => tree.dir(&name, mode)?,
-            T::Symlink | T::Link => {
-                let Some(target) = entry.link_name_bytes().map(|t| t.into_owned()) else {
-                    return Err(ContextError::Format(format!(
-                        "link {} has no target",
-                        show(&name)
-                    )));
-                };
-                if kind == T::Symlink {
-                    tree.symlink(&name, &target)?;
-                } else {
-                    tree.hardlink(&name, &target)?;
-                }
-            }
-            T::Char | T::Block => {
-                return Err(ContextError::Hostile(format!(
-                    "archive entry {} is a device file, which a build context may not contain",
-                    show(&name)
-                )));
-            }
-            T::Fifo => {
-                return Err(ContextError::Hostile(format!(
-                    "archive entry {} is a named pipe, which a build context may not contain",
-                    show(&name)
-                )));
-            }
-            // Metadata for other entries (the tar crate applies what it understands).
-            T::XGlobalHeader | T::XHeader => {}
-            other => {
-                return Err(ContextError::Format(format!(
-                    "archive entry {} has an unsupported type ({:?})",
-                    show(&name),
-                    other.as_byte() as char
-                )));
-            }
-        }
+        unpack_tar_entry(&name, &mut entry, tree)?;
         tree.drain(&name, &mut entry)?;
     }
     Ok(())
+}
+
+/// Hands one tar entry to the tree according to its type; devices and pipes are refused.
+fn unpack_tar_entry<R: Read>(
+    name: &[u8],
+    entry: &mut tar::Entry<'_, R>,
+    tree: &mut Tree,
+) -> Result<(), ContextError> {
+    let header = entry.header();
+    let kind = header.entry_type();
+    let mode = header.mode().unwrap_or(0o644);
+    let declared = entry.size();
+    use tar::EntryType as T;
+    match kind {
+        // Pre-POSIX tars mark directories only by the trailing slash.
+        T::Regular if name.ends_with(b"/") => tree.dir(name, mode),
+        T::Regular | T::Continuous | T::GNUSparse => tree.file(name, mode, declared, entry),
+        T::Directory => tree.dir(name, mode),
+        T::Symlink | T::Link => {
+            let Some(target) = entry.link_name_bytes().map(|t| t.into_owned()) else {
+                return Err(ContextError::Format(format!(
+                    "link {} has no target",
+                    show(name)
+                )));
+            };
+            if kind == T::Symlink {
+                tree.symlink(name, &target)
+            } else {
+                tree.hardlink(name, &target)
+            }
+        }
+        T::Char | T::Block => Err(ContextError::Hostile(format!(
+            "archive entry {} is a device file, which a build context may not contain",
+            show(name)
+        ))),
+        T::Fifo => Err(ContextError::Hostile(format!(
+            "archive entry {} is a named pipe, which a build context may not contain",
+            show(name)
+        ))),
+        // Metadata for other entries (the tar crate applies what it understands).
+        T::XGlobalHeader | T::XHeader => Ok(()),
+        other => Err(ContextError::Format(format!(
+            "archive entry {} has an unsupported type ({:?})",
+            show(name),
+            other.as_byte() as char
+        ))),
+    }
 }
 
 /// Walks a zip archive's central directory entry by entry.
