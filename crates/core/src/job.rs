@@ -45,6 +45,10 @@ pub struct JobRecord {
     /// local worker is its child process); `None` in records of managers without ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_id: Option<String>,
+    /// Executors whose worker failed before registering in this attempt: the attempt fell
+    /// back past them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried_executors: Vec<String>,
 }
 
 impl JobRecord {
@@ -320,6 +324,7 @@ mod tests {
             executor_name: None,
             execution_id: None,
             manager_id: None,
+            tried_executors: Vec::new(),
         }
     }
 

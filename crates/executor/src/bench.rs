@@ -131,6 +131,11 @@ impl Executor for BenchExecutor {
     async fn running(&self) -> Result<usize> {
         Ok(self.running_ids().len())
     }
+
+    /// The load generator's workers are not processes of this host: nothing to list.
+    async fn owned(&self) -> Result<Vec<crate::OwnedWorker>> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 //! An executor knows how to run a worker and nothing about queues, phases or tokens beyond
 //! the values handed to it in a [`StartRequest`].
 
+use std::time::SystemTime;
+
 use async_trait::async_trait;
 use buildman_core::BuildId;
+use tokio::sync::mpsc;
 
 pub mod bench;
 pub mod local;
@@ -52,6 +55,34 @@ impl std::fmt::Debug for StartRequest {
     }
 }
 
+/// A worker as the control plane lists it (a labelled Job, a tagged instance, a child
+/// process), for the orphan reaper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedWorker {
+    /// The executor's id for it, as `start` returned it.
+    pub execution_id: String,
+    /// The build it was started for, when the control plane recorded it.
+    pub build_id: Option<BuildId>,
+    /// When it was started.
+    pub started_at: SystemTime,
+}
+
+/// A worker the control plane saw fail or end (a pod that cannot be scheduled or pull its
+/// image, an instance terminated, a process that exited). The manager acts on it only
+/// while the worker's job waits for it to register: then the attempt falls back to the
+/// next executor at once instead of waiting out SETUP_TIME.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerFailure {
+    pub execution_id: String,
+    pub build_id: BuildId,
+    /// What the control plane said, for the build log (no secrets).
+    pub reason: String,
+}
+
+/// How many failures an executor keeps for the manager before it drops the oldest news:
+/// the manager reads them as they come, so this is a bound, not a buffer size that matters.
+pub const FAILURE_QUEUE: usize = 256;
+
 /// A control plane that starts and stops workers.
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
@@ -66,4 +97,14 @@ pub trait Executor: Send + Sync + 'static {
 
     /// How many workers of this executor are running now.
     async fn running(&self) -> Result<usize>;
+
+    /// Every worker of this executor the control plane shows, whichever manager started it
+    /// (where the control plane is shared), for the orphan reaper.
+    async fn owned(&self) -> Result<Vec<OwnedWorker>>;
+
+    /// The failures the control plane reports, as they happen; the manager takes the
+    /// receiver once, at start. `None` for an executor that cannot tell.
+    fn failures(&self) -> Option<mpsc::Receiver<WorkerFailure>> {
+        None
+    }
 }

@@ -2,12 +2,12 @@
 //! manager, in its own process group so that stopping it also stops whatever it started
 //! (buildah, podman, their helpers).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use buildman_core::BuildId;
@@ -16,9 +16,14 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::{Executor, ExecutorError, Result, StartRequest};
+use crate::{
+    Executor, ExecutorError, FAILURE_QUEUE, OwnedWorker, Result, StartRequest, WorkerFailure,
+};
+
+/// How many of a worker's last stderr lines a failure report quotes.
+const FAILURE_TAIL: usize = 5;
 
 /// How long a killed group may take to disappear before `stop` gives up waiting for it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -72,6 +77,10 @@ impl Default for LocalSettings {
 pub struct LocalExecutor {
     settings: LocalSettings,
     children: Arc<Mutex<HashMap<String, Running>>>,
+    /// Every exit of a worker is reported: the manager acts on those of workers that had
+    /// not registered yet (a worker that cannot start fails its attempt at once).
+    exits: mpsc::Sender<WorkerFailure>,
+    exits_taken: Mutex<Option<mpsc::Receiver<WorkerFailure>>>,
 }
 
 /// A live child, as `stop` needs it; the reaper task owns the `Child` itself.
@@ -79,6 +88,7 @@ pub struct LocalExecutor {
 struct Running {
     build_id: BuildId,
     pgid: Pid,
+    started_at: SystemTime,
     /// Becomes true once the reaper has seen the child exit and removed it from the map.
     exited: watch::Receiver<bool>,
 }
@@ -86,9 +96,12 @@ struct Running {
 impl LocalExecutor {
     /// An executor that runs `settings.program`.
     pub fn new(settings: LocalSettings) -> Self {
+        let (exits, taken) = mpsc::channel(FAILURE_QUEUE);
         Self {
             settings,
             children: Arc::default(),
+            exits,
+            exits_taken: Mutex::new(Some(taken)),
         }
     }
 
@@ -151,8 +164,17 @@ fn signal_group(pgid: Pid, signal: Signal) -> Result<()> {
     }
 }
 
-/// Forwards a worker's output, line by line, to the manager's log.
-async fn forward_output(build_id: BuildId, stream: &'static str, pipe: impl AsyncRead + Unpin) {
+/// The last lines a worker wrote to stderr, quoted when it exits.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// Forwards a worker's output, line by line, to the manager's log, keeping the last lines
+/// in `tail` when given one.
+async fn forward_output(
+    build_id: BuildId,
+    stream: &'static str,
+    pipe: impl AsyncRead + Unpin,
+    tail: Option<Tail>,
+) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
@@ -164,6 +186,13 @@ async fn forward_output(build_id: BuildId, stream: &'static str, pipe: impl Asyn
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end_matches(['\n', '\r']);
                 tracing::info!(build_id = %build_id, stream, "{line}");
+                if let Some(tail) = &tail {
+                    let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                    if tail.len() == FAILURE_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.to_string());
+                }
             }
             Err(err) => {
                 tracing::warn!(build_id = %build_id, stream, "reading worker output: {err}");
@@ -173,16 +202,33 @@ async fn forward_output(build_id: BuildId, stream: &'static str, pipe: impl Asyn
     }
 }
 
-/// Waits for the worker to exit, then cleans up after it.
-async fn reap(
-    mut child: Child,
+/// What `reap` needs besides the child: where to report and whom to tell.
+struct Exit {
     build_id: BuildId,
     execution_id: String,
     pgid: Pid,
     children: Arc<Mutex<HashMap<String, Running>>>,
     exited: watch::Sender<bool>,
-) {
+    report: mpsc::Sender<WorkerFailure>,
+    tail: Tail,
+}
+
+/// Waits for the worker to exit, then cleans up after it and reports the exit.
+async fn reap(mut child: Child, exit: Exit) {
+    let Exit {
+        build_id,
+        execution_id,
+        pgid,
+        children,
+        exited,
+        report,
+        tail,
+    } = exit;
     let status: std::io::Result<ExitStatus> = child.wait().await;
+    let reason = match &status {
+        Ok(status) => format!("the worker process exited ({status})"),
+        Err(err) => format!("the worker process could not be waited for: {err}"),
+    };
     match status {
         Ok(status) if status.success() => {
             tracing::info!(build_id = %build_id, execution_id, "worker exited: {status}");
@@ -201,6 +247,21 @@ async fn reap(
     }
     lock(&children).remove(&execution_id);
     exited.send_replace(true);
+    let tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+    let reason = if tail.is_empty() {
+        reason
+    } else {
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("{reason}; its last output: {}", lines.join(" | "))
+    };
+    let failure = WorkerFailure {
+        execution_id,
+        build_id,
+        reason,
+    };
+    if report.try_send(failure).is_err() {
+        tracing::debug!(build_id = %build_id, "no room to report a worker's exit; its deadline will tell");
+    }
 }
 
 /// Waits until the reaper reports the child gone (or the reaper itself is gone).
@@ -240,11 +301,17 @@ impl Executor for LocalExecutor {
         let execution_id = pid.to_string();
         let build_id = request.build_id;
 
+        let tail = Tail::default();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward_output(build_id, "stdout", stdout));
+            tokio::spawn(forward_output(build_id, "stdout", stdout, None));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward_output(build_id, "stderr", stderr));
+            tokio::spawn(forward_output(
+                build_id,
+                "stderr",
+                stderr,
+                Some(tail.clone()),
+            ));
         }
 
         let (exited_tx, exited_rx) = watch::channel(false);
@@ -255,17 +322,20 @@ impl Executor for LocalExecutor {
             Running {
                 build_id,
                 pgid,
+                started_at: SystemTime::now(),
                 exited: exited_rx,
             },
         );
-        tokio::spawn(reap(
-            child,
+        let exit = Exit {
             build_id,
-            execution_id.clone(),
+            execution_id: execution_id.clone(),
             pgid,
-            Arc::clone(&self.children),
-            exited_tx,
-        ));
+            children: Arc::clone(&self.children),
+            exited: exited_tx,
+            report: self.exits.clone(),
+            tail,
+        };
+        tokio::spawn(reap(child, exit));
         tracing::info!(
             build_id = %build_id,
             execution_id,
@@ -308,5 +378,25 @@ impl Executor for LocalExecutor {
 
     async fn running(&self) -> Result<usize> {
         Ok(self.children().len())
+    }
+
+    /// The children of this process (a local worker is never another manager's).
+    async fn owned(&self) -> Result<Vec<OwnedWorker>> {
+        Ok(self
+            .children()
+            .iter()
+            .map(|(id, running)| OwnedWorker {
+                execution_id: id.clone(),
+                build_id: Some(running.build_id),
+                started_at: running.started_at,
+            })
+            .collect())
+    }
+
+    fn failures(&self) -> Option<mpsc::Receiver<WorkerFailure>> {
+        self.exits_taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }

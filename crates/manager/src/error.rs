@@ -2,6 +2,7 @@
 //! status and a log line can show the whole chain.
 
 use buildman_core::{BuildId, InvalidBuild};
+use buildman_executor::ExecutorError;
 use buildman_orchestrator::OrchestratorError;
 use buildman_store::StoreError;
 
@@ -36,6 +37,9 @@ pub enum ManagerError {
     /// The orchestrator failed.
     #[error(transparent)]
     Orchestrator(#[from] OrchestratorError),
+    /// An executor could not start or stop a worker.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
     /// A job record in the orchestrator could not be read or written.
     #[error("unreadable job record: {0}")]
     JobRecord(#[source] serde_json::Error),
@@ -59,6 +63,7 @@ impl ManagerError {
                 matches!(e, StoreError::QueueFull { .. } | StoreError::NotFound(_))
             }
             ManagerError::Orchestrator(_)
+            | ManagerError::Executor(_)
             | ManagerError::JobRecord(_)
             | ManagerError::ShuttingDown => false,
         }

@@ -63,6 +63,7 @@ struct Inner {
     sessions: Arc<WorkerSessions>,
     builds: Builds,
     tasks: Tasks,
+    orphan_reap_interval: Duration,
 }
 
 impl Manager {
@@ -77,6 +78,7 @@ impl Manager {
         settings: Settings,
     ) -> Self {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        let orphan_reap_interval = settings.orphan_reap_interval;
         let settings = Arc::new(settings);
         let tokens = Arc::new(tokens);
         let records = JobRecords::new(orchestrator.clone());
@@ -92,12 +94,13 @@ impl Manager {
             wake: wake.clone(),
             tasks: tasks.clone(),
             manager_id: id.clone(),
+            orphans_stopped: Default::default(),
         });
         let scheduler = Arc::new(Scheduler {
             store: store.clone(),
             orchestrator,
             records: records.clone(),
-            executors,
+            executors: executors.clone(),
             tokens: tokens.clone(),
             reaper: reaper.clone(),
             settings: settings.clone(),
@@ -107,6 +110,7 @@ impl Manager {
         });
         let sessions = Arc::new(WorkerSessions {
             store: store.clone(),
+            executors: executors.clone(),
             records,
             tokens,
             reaper: reaper.clone(),
@@ -130,6 +134,7 @@ impl Manager {
                 sessions,
                 builds,
                 tasks,
+                orphan_reap_interval,
             }),
         }
     }
@@ -143,6 +148,9 @@ impl Manager {
     /// Starts the scheduler and the reaper's watchers.
     pub fn start(&self) {
         self.inner.reaper.start();
+        self.inner
+            .reaper
+            .start_orphan_reaper(self.inner.orphan_reap_interval);
         self.inner.scheduler.start();
     }
 

@@ -9,16 +9,16 @@
 //! the reaper like any other.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use buildman_core::job::job_key;
 use buildman_core::{Actor, Build, ClaimedItem, JobEnd, JobRecord, LogEntry, Phase, Requeue};
-use buildman_executor::StartRequest;
+use buildman_executor::{StartRequest, WorkerFailure};
 use buildman_orchestrator::Orchestrator;
 use buildman_store::Store;
 use tokio::sync::Notify;
 
-use crate::executors::Executors;
+use crate::executors::{Configured, Executors};
 use crate::reaper::Reaper;
 use crate::records::JobRecords;
 use crate::settings::Settings;
@@ -56,10 +56,28 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduling loop.
+    /// Starts the scheduling loop, and a watch on each executor's reported failures.
     pub(crate) fn start(self: &Arc<Self>) {
         let scheduler = self.clone();
         self.tasks.spawn_loop(scheduler.run());
+        for configured in self.executors.iter() {
+            let Some(mut failures) = configured.entry.executor.failures() else {
+                continue;
+            };
+            let name = configured.entry.config.name.clone();
+            let scheduler = self.clone();
+            self.tasks.spawn_loop(async move {
+                while let Some(failure) = failures.recv().await {
+                    let (scheduler, name) = (scheduler.clone(), name.clone());
+                    scheduler.tasks.clone().spawn(async move {
+                        let build = failure.build_id;
+                        if let Err(e) = scheduler.worker_failed(&name, failure).await {
+                            tracing::error!(build_id = %build, error = %e, "could not fall back after a worker failed");
+                        }
+                    });
+                }
+            });
+        }
     }
 
     async fn run(self: Arc<Self>) {
@@ -139,7 +157,7 @@ impl Scheduler {
         if !self.create_record(&build, &item, &slot).await? {
             return Ok(());
         }
-        match self.start_worker(&build, &item).await? {
+        match self.start_worker(&build, &item, &[]).await? {
             Some((executor, execution_id)) => {
                 self.record_worker(&build, &item, executor, execution_id)
                     .await
@@ -195,6 +213,7 @@ impl Scheduler {
             executor_name: None,
             execution_id: None,
             manager_id: Some(self.manager_id.to_string()),
+            tried_executors: Vec::new(),
         };
         if self
             .records
@@ -216,41 +235,33 @@ impl Scheduler {
         Ok(false)
     }
 
-    /// Tries the executors in order; returns the one that started a worker and its id.
+    /// Tries the executors in order, but those in `skip` (they failed this attempt
+    /// already) and those whose circuit breaker is open; returns the one that started a
+    /// worker and its id.
     async fn start_worker(
         &self,
         build: &Build,
         item: &ClaimedItem,
+        skip: &[String],
     ) -> Result<Option<(String, String)>, ManagerError> {
-        let s = &self.settings;
         let mut failures = Vec::new();
-        for entry in self.executors.iter() {
-            let c = &entry.config;
-            if !c.allows_namespace(&build.namespace) {
-                tracing::debug!(build_id = %build.id, executor = %c.name, "executor not allowed for namespace");
+        for configured in self.executors.iter() {
+            let c = &configured.entry.config;
+            if skip.contains(&c.name)
+                || !c.allows_namespace(&build.namespace)
+                || c.minimum_retry_threshold > item.retries_remaining
+            {
+                tracing::debug!(build_id = %build.id, executor = %c.name, "executor not for this build (policy or failed already)");
                 continue;
             }
-            if c.minimum_retry_threshold > item.retries_remaining {
-                tracing::debug!(build_id = %build.id, executor = %c.name, "too few retries left for executor");
+            if !configured.breaker.allows(Instant::now()) {
+                failures.push(format!("{}: skipped, its circuit breaker is open", c.name));
                 continue;
             }
-            let token = self.tokens.issue(
-                TokenType::Registration,
-                build.id,
-                &job_key(build.id),
-                s.job_registration_timeout + c.setup_time + Duration::from_secs(30),
-            )?;
-            let request = StartRequest {
-                build_id: build.id,
-                token,
-                server: s.worker_server.clone(),
-                registry_hostname: s.registry.clone(),
-                insecure: s.worker_insecure,
-                max_lifetime_s: c.max_lifetime_s,
-            };
-            match entry.executor.start(&request).await {
+            match self.try_executor(configured, build).await {
                 Ok(execution_id) => return Ok(Some((c.name.clone(), execution_id))),
                 Err(e) => {
+                    configured.breaker.failed(Instant::now());
                     tracing::warn!(build_id = %build.id, executor = %c.name, error = %e, "executor could not start a worker; trying the next");
                     failures.push(format!("{}: {e}", c.name));
                 }
@@ -266,6 +277,92 @@ impl Scheduler {
         Ok(None)
     }
 
+    /// Starts a worker on one executor, with a registration token for it.
+    async fn try_executor(
+        &self,
+        configured: &Configured,
+        build: &Build,
+    ) -> Result<String, ManagerError> {
+        let (s, c) = (&self.settings, &configured.entry.config);
+        let token = self.tokens.issue(
+            TokenType::Registration,
+            build.id,
+            &job_key(build.id),
+            s.job_registration_timeout + c.setup_time + Duration::from_secs(30),
+        )?;
+        let request = StartRequest {
+            build_id: build.id,
+            token,
+            server: s.worker_server.clone(),
+            registry_hostname: s.registry.clone(),
+            insecure: s.worker_insecure,
+            max_lifetime_s: c.max_lifetime_s,
+        };
+        Ok(configured.entry.executor.start(&request).await?)
+    }
+
+    /// A worker failed (the control plane said so) while its job waited for it to register:
+    /// the attempt falls back to the next executor now instead of waiting out SETUP_TIME.
+    /// Anything else (a worker that registered, a job that ended, another worker of the
+    /// job) is not this attempt's concern.
+    async fn worker_failed(
+        &self,
+        executor: &str,
+        failure: WorkerFailure,
+    ) -> Result<(), ManagerError> {
+        let registration = self.settings.job_registration_timeout;
+        let key = job_key(failure.build_id);
+        let record = self
+            .records
+            .modify(&key, |r| {
+                if r.registered() || r.execution_id.as_deref() != Some(&failure.execution_id) {
+                    return Ok(None);
+                }
+                let mut next = r.clone();
+                next.executor_name = None;
+                next.execution_id = None;
+                next.tried_executors.push(executor.to_string());
+                Ok(Some((next, Some(registration))))
+            })
+            .await?;
+        let Some(record) = record else {
+            return Ok(());
+        };
+        if let Some(configured) = self.executors.get(executor) {
+            configured.breaker.failed(Instant::now());
+        }
+        let why = format!(
+            "the worker on executor {executor} failed before registering: {}",
+            failure.reason
+        );
+        tracing::warn!(build_id = %record.build_id, "{why}");
+        phases::log(
+            self.store.as_ref(),
+            record.build_id,
+            &[LogEntry::error(why)],
+        )
+        .await;
+        self.reaper
+            .stop_worker(executor, &failure.execution_id)
+            .await;
+        let Some(build) = self.store.get_build(record.build_id).await? else {
+            return Ok(());
+        };
+        let item = &record.queue_item;
+        match self
+            .start_worker(&build, item, &record.tried_executors)
+            .await?
+        {
+            Some((name, id)) => self.record_worker(&build, item, name, id).await,
+            None => {
+                if let Some(record) = self.records.take(build.id).await? {
+                    self.reaper.end(record, JobEnd::NoExecutor).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Records which worker runs the job and gives it the executor's SETUP_TIME to
     /// register; then marks the build scheduled.
     async fn record_worker(
@@ -279,7 +376,7 @@ impl Scheduler {
         let setup_time = self
             .executors
             .get(&executor)
-            .map_or(s.job_registration_timeout, |e| e.config.setup_time);
+            .map_or(s.job_registration_timeout, |e| e.entry.config.setup_time);
         let heartbeat_ttl = s.timings.heartbeat_ttl;
         let scheduled = self
             .records

@@ -64,6 +64,9 @@ pub struct Settings {
     /// A build whose worker goes silent gets its retry back at most this often
     /// (BUILDMAN_MAX_SILENT_RETRIES).
     pub max_silent_retries: u32,
+    /// How often every executor's workers are compared with the live jobs
+    /// (BUILDMAN_ORPHAN_REAP_INTERVAL).
+    pub orphan_reap_interval: Duration,
     pub timings: Timings,
 }
 

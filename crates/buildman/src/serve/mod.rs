@@ -225,6 +225,7 @@ fn settings(
         push_token: config.registry_push_token.clone().unwrap_or_default(),
         max_queued_per_namespace: config.max_queued_builds_per_namespace,
         max_silent_retries: config.max_silent_retries,
+        orphan_reap_interval: config.orphan_reap_interval,
         queue_rules: Default::default(),
         timings: options.timings.clone(),
     }

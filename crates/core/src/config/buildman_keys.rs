@@ -83,6 +83,9 @@ pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
     if let Some(n) = s.u32("BUILDMAN_MAX_SILENT_RETRIES") {
         config.max_silent_retries = n;
     }
+    if let Some(every) = s.u32_at_least("BUILDMAN_ORPHAN_REAP_INTERVAL", 1) {
+        config.orphan_reap_interval = std::time::Duration::from_secs(every.into());
+    }
     config.registry = s.string("BUILDMAN_REGISTRY").filter(|h| !h.is_empty());
     config.registry_push_token = s
         .string("BUILDMAN_REGISTRY_PUSH_TOKEN")

@@ -86,6 +86,9 @@ pub struct Config {
     /// BUILDMAN_MAX_SILENT_RETRIES: how often a build whose worker goes silent gets its retry
     /// back (default 2); past it a silent worker spends the retry, so every build ends.
     pub max_silent_retries: u32,
+    /// BUILDMAN_ORPHAN_REAP_INTERVAL: how often every executor's workers are compared with
+    /// the live jobs, and those of no live job stopped (seconds, default 60).
+    pub orphan_reap_interval: std::time::Duration,
     /// BUILDMAN_REGISTRY: registry host workers push to; `None` means write OCI layouts locally.
     pub registry: Option<String>,
     /// BUILDMAN_REGISTRY_PUSH_TOKEN: the password workers log in to the registry with as
@@ -101,7 +104,8 @@ pub struct Config {
 debug_redacting!(Config {
     feature_build_support, server_hostname, buildman_hostname, build_manager, data_dir,
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
-    max_queued_builds_per_namespace, max_silent_retries, registry, controller_port,
+    max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, registry,
+    controller_port,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 
 /// A parsed configuration and the warnings found on the way.
@@ -143,6 +147,7 @@ impl Config {
             registry_pull_token: None,
             max_queued_builds_per_namespace: None,
             max_silent_retries: crate::job::DEFAULT_MAX_SILENT_RETRIES,
+            orphan_reap_interval: std::time::Duration::from_secs(60),
             registry: None,
             controller_port: DEFAULT_CONTROLLER_PORT,
         }

@@ -11,6 +11,7 @@ use buildman_core::{Actor, Build, BuildSource, JobEnd, JobRecord, Phase};
 use buildman_store::Store;
 use serde_json::{Map, Value};
 
+use crate::executors::Executors;
 use crate::files::FileStore;
 use crate::leases::LeaseMarks;
 use crate::logwriter::LogWriter;
@@ -72,6 +73,7 @@ pub struct PhaseReport {
 pub struct WorkerSessions {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) records: JobRecords,
+    pub(crate) executors: Executors,
     pub(crate) tokens: Arc<TokenService>,
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) files: FileStore,
@@ -86,7 +88,11 @@ impl WorkerSessions {
     /// not yet started, and hands back the build's assignment with a job token.
     pub async fn register(&self, token: &str) -> Result<Assignment, ManagerError> {
         let ctx = self.tokens.verify(token, TokenType::Registration)?;
-        self.claim_job(&ctx).await?;
+        let record = self.claim_job(&ctx).await?;
+        // A worker that registers proves its control plane works.
+        if let Some(c) = (record.executor_name.as_deref()).and_then(|n| self.executors.get(n)) {
+            c.breaker.succeeded();
+        }
         let build = self
             .store
             .get_build(ctx.build_id)
@@ -111,8 +117,8 @@ impl WorkerSessions {
         Ok(assignment)
     }
 
-    /// Marks the job registered (its first heartbeat), once.
-    async fn claim_job(&self, ctx: &TokenContext) -> Result<(), ManagerError> {
+    /// Marks the job registered (its first heartbeat), once; returns its record.
+    async fn claim_job(&self, ctx: &TokenContext) -> Result<JobRecord, ManagerError> {
         let ttl = self.settings.timings.heartbeat_ttl;
         let now = chrono::Utc::now().timestamp();
         let mut refusal = None;
@@ -134,7 +140,7 @@ impl WorkerSessions {
             })
             .await?;
         match registered {
-            Some(_) => Ok(()),
+            Some(record) => Ok(record),
             None => Err(ManagerError::JobNotWaiting {
                 build: ctx.build_id,
                 why: refusal.unwrap_or(

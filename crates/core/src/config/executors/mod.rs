@@ -111,6 +111,12 @@ pub struct ExecutorConfig {
     pub ssh_authorized_keys: Vec<String>,
     /// VOLUME_SIZE of the worker's disk, e.g. `8G`.
     pub volume_size: Option<String>,
+    /// CIRCUIT_BREAKER_THRESHOLD: after this many failed worker starts in a row the
+    /// executor is skipped for a cool-down (default 3; buildman's key).
+    pub breaker_threshold: u32,
+    /// CIRCUIT_BREAKER_COOLDOWN: how long an executor whose breaker opened is skipped, in
+    /// seconds (default 60; buildman's key).
+    pub breaker_cooldown: Duration,
     /// The kind's own keys.
     pub specific: ExecutorSpecific,
 }
@@ -118,7 +124,8 @@ pub struct ExecutorConfig {
 debug_redacting!(ExecutorConfig {
     kind, name, setup_time, minimum_retry_threshold, namespace_whitelist, staged_rollout, debug,
     max_lifetime_s, container_runtime, http_proxy, https_proxy, no_proxy, ca_cert, worker_image,
-    worker_tag, quay_username, ssh_authorized_keys, volume_size, specific,
+    worker_tag, quay_username, ssh_authorized_keys, volume_size, breaker_threshold,
+    breaker_cooldown, specific,
 } secret { quay_password });
 
 impl Default for ExecutorConfig {
@@ -150,6 +157,8 @@ impl ExecutorConfig {
             quay_password: None,
             ssh_authorized_keys: Vec::new(),
             volume_size: None,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(60),
             specific: match kind {
                 ExecutorKind::Popen => ExecutorSpecific::Popen(PopenConfig::default()),
                 ExecutorKind::Kubernetes | ExecutorKind::KubernetesPodman => {
@@ -321,6 +330,11 @@ fn parse_executor(kind: ExecutorKind, s: &mut Section) -> ExecutorConfig {
         quay_password: s.string("QUAY_PASSWORD"),
         ssh_authorized_keys: s.strings("SSH_AUTHORIZED_KEYS").unwrap_or_default(),
         volume_size: s.string("VOLUME_SIZE"),
+        breaker_threshold: (s.u32_at_least("CIRCUIT_BREAKER_THRESHOLD", 1))
+            .unwrap_or(d.breaker_threshold),
+        breaker_cooldown: s
+            .duration("CIRCUIT_BREAKER_COOLDOWN")
+            .unwrap_or(d.breaker_cooldown),
         specific: match d.specific {
             ExecutorSpecific::Popen(d) => ExecutorSpecific::Popen(popen::parse_popen(s, d)),
             ExecutorSpecific::Kubernetes(d) => {

@@ -10,8 +10,13 @@
 //! takes, stops the worker and frees the slot. A key nobody takes within a heartbeat TTL
 //! (its manager died, and its workers with their connections) lapses, and whoever sees it
 //! lapse frees the slot.
+//!
+//! The reaper also stops workers no job accounts for ([`orphans`]).
+
+mod orphans;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use buildman_core::job::cancel_key;
 use buildman_core::{
@@ -39,6 +44,8 @@ pub(crate) struct Reaper {
     pub(crate) tasks: Tasks,
     /// This manager's id (see [`JobRecord::manager_id`]).
     pub(crate) manager_id: Arc<str>,
+    /// Orphaned workers this manager stopped.
+    pub(crate) orphans_stopped: AtomicU64,
 }
 
 impl Reaper {
@@ -333,7 +340,7 @@ impl Reaper {
             return;
         };
         let timeout = self.timings.stop_timeout;
-        match tokio::time::timeout(timeout, entry.executor.stop(execution_id)).await {
+        match tokio::time::timeout(timeout, entry.entry.executor.stop(execution_id)).await {
             Ok(Ok(())) => tracing::info!(executor = executor_name, execution_id, "worker stopped"),
             Ok(Err(e)) => {
                 tracing::error!(executor = executor_name, execution_id, error = %e, "could not stop worker")

@@ -1,0 +1,161 @@
+//! The order of phase entries in a build's log when registration races the scheduler.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
+use buildman_orchestrator::memory::MemoryOrchestrator;
+use buildman_store::sqlite::SqliteStore;
+use buildman_store::{LogPage, QueueState, Store, WorkerLine};
+use chrono::{DateTime, Utc};
+
+use crate::harness::*;
+
+/// A store whose phase changes to `build-scheduled` return `delay` after they were made,
+/// as on a loaded database: the window in which a worker that registered quickly reports
+/// its own phases before the scheduler's call comes back.
+struct SlowToReturn {
+    inner: SqliteStore,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Store for SlowToReturn {
+    async fn create_build(
+        &self,
+        new: NewBuild,
+        retries: u32,
+        max_queued: Option<u32>,
+    ) -> buildman_store::Result<Build> {
+        self.inner.create_build(new, retries, max_queued).await
+    }
+    async fn get_build(&self, id: BuildId) -> buildman_store::Result<Option<Build>> {
+        self.inner.get_build(id).await
+    }
+    async fn list_builds(
+        &self,
+        namespace: &str,
+        repository: &str,
+        limit: u32,
+        since: Option<DateTime<Utc>>,
+    ) -> buildman_store::Result<Vec<Build>> {
+        self.inner
+            .list_builds(namespace, repository, limit, since)
+            .await
+    }
+    async fn set_phase(
+        &self,
+        id: BuildId,
+        to: Phase,
+        from: &[Phase],
+        error: Option<&str>,
+        entry: Option<&LogEntry>,
+    ) -> buildman_store::Result<Option<Phase>> {
+        let before = self.inner.set_phase(id, to, from, error, entry).await;
+        if to == Phase::BuildScheduled {
+            tokio::time::sleep(self.delay).await;
+        }
+        before
+    }
+    async fn set_result_location(&self, id: BuildId, location: &str) -> buildman_store::Result<()> {
+        self.inner.set_result_location(id, location).await
+    }
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> buildman_store::Result<Option<ClaimedItem>> {
+        self.inner.claim(now, lease).await
+    }
+    async fn complete_item(&self, item: &ClaimedItem) -> buildman_store::Result<bool> {
+        self.inner.complete_item(item).await
+    }
+    async fn return_item(
+        &self,
+        item: &ClaimedItem,
+        now: DateTime<Utc>,
+        requeue: &Requeue,
+    ) -> buildman_store::Result<bool> {
+        self.inner.return_item(item, now, requeue).await
+    }
+    async fn extend_item(
+        &self,
+        item: &ClaimedItem,
+        now: DateTime<Utc>,
+        lease: Duration,
+        minimum: Duration,
+    ) -> buildman_store::Result<bool> {
+        self.inner.extend_item(item, now, lease, minimum).await
+    }
+    async fn release_all_claims(&self, now: DateTime<Utc>) -> buildman_store::Result<u64> {
+        self.inner.release_all_claims(now).await
+    }
+    async fn delete_item(&self, build: BuildId) -> buildman_store::Result<()> {
+        self.inner.delete_item(build).await
+    }
+    async fn queue_state(&self, build: BuildId) -> buildman_store::Result<Option<QueueState>> {
+        self.inner.queue_state(build).await
+    }
+    async fn next_available_after(
+        &self,
+        now: DateTime<Utc>,
+    ) -> buildman_store::Result<Option<DateTime<Utc>>> {
+        self.inner.next_available_after(now).await
+    }
+    async fn append_logs(&self, id: BuildId, entries: &[LogEntry]) -> buildman_store::Result<u64> {
+        self.inner.append_logs(id, entries).await
+    }
+    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> buildman_store::Result<Vec<bool>> {
+        self.inner.append_worker_lines(lines).await
+    }
+    async fn read_logs(
+        &self,
+        id: BuildId,
+        start: u64,
+        limit: u32,
+    ) -> buildman_store::Result<LogPage> {
+        self.inner.read_logs(id, start, limit).await
+    }
+}
+
+/// The race of the issue "Nothing lost": a worker that registers before the scheduler's
+/// "build scheduled" comes back reports unpacking, pulling and building; the build's log
+/// still shows `build-scheduled` first, because a phase and its entry are one store call.
+#[tokio::test]
+async fn phase_entries_follow_the_phase_changes_when_registration_races_the_scheduler() {
+    let store = SlowToReturn {
+        inner: sqlite().await,
+        delay: Duration::from_secs(2),
+    };
+    let executor = scripted();
+    let manager = manager_with(
+        Arc::new(store),
+        MemoryOrchestrator::new(),
+        vec![Exec::of(&executor)],
+        1,
+    );
+    let build = manager.builds().submit(request("r")).await.unwrap();
+    eventually("the build is marked scheduled", || async {
+        phase(&manager, build.id).await == Phase::BuildScheduled
+    })
+    .await;
+    // The scheduler's call has not returned yet: the worker is faster.
+    let sessions = manager.sessions();
+    let ctx = register(sessions, &executor.token(0)).await;
+    for to in [Phase::Unpacking, Phase::Pulling, Phase::Building] {
+        assert!(sessions.set_phase(&ctx, report(to)).await.unwrap());
+    }
+    let log = manager.builds().logs(build.id, 0, 100).await.unwrap();
+    let phases: Vec<&str> = log
+        .entries
+        .iter()
+        .filter(|e| e.kind == Some(buildman_core::LogType::Phase))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        ["build-scheduled", "unpacking", "pulling", "building"]
+    );
+    manager.shutdown(Duration::from_secs(5)).await;
+}
