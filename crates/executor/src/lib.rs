@@ -12,6 +12,7 @@ use buildman_core::BuildId;
 use tokio::sync::mpsc;
 
 pub mod bench;
+pub mod ignition;
 pub mod local;
 
 /// Why a worker could not be started or stopped.
