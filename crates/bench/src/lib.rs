@@ -6,20 +6,22 @@
 //! token; the generator then plays that worker ([`worker`]). Three scenarios, one command
 //! each: [`schedule`] (submit → start → complete), [`connected`] (many idle workers
 //! heartbeating) and [`logs`] (log-line ingestion). Each reports as text or JSON and checks
-//! what it sent against what the REST API shows afterwards.
+//! what it sent against what the REST API shows afterwards. The steps they share
+//! (submitting builds, following the workers, sampling CPU, reading logs back) are in the
+//! crate-private `scenario` module.
 
 pub mod api;
 pub mod callback;
 pub mod connected;
 pub mod logs;
 pub mod procfs;
+mod scenario;
 pub mod schedule;
 pub mod stats;
 pub mod target;
 pub mod worker;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -128,6 +130,30 @@ pub struct Report {
 }
 
 impl Report {
+    /// A scenario's report. The machine is read now; the caller, which knows what the
+    /// manager runs on, fills in `backends`.
+    pub(crate) fn new(
+        scenario: &'static str,
+        parameters: &impl Serialize,
+        results: &impl Serialize,
+        text: Vec<String>,
+        targets: Vec<Check>,
+        errors: ErrorReport,
+        verification: Verification,
+    ) -> Report {
+        Report {
+            scenario,
+            machine: Machine::read(),
+            backends: String::new(),
+            parameters: serde_json::to_value(parameters).unwrap_or_default(),
+            results: serde_json::to_value(results).unwrap_or_default(),
+            targets,
+            errors,
+            verification,
+            text,
+        }
+    }
+
     /// The whole report as text.
     pub fn render(&self) -> String {
         let mut out = vec![
@@ -158,57 +184,5 @@ impl Report {
     /// True when no error was seen and the API agreed with the generator.
     pub fn passed(&self) -> bool {
         self.errors.total == 0 && self.verification.ok
-    }
-}
-
-/// Runs `n` jobs with at most `parallel` at once; job `i` gets `i`.
-pub(crate) async fn for_each_parallel<F, Fut>(n: usize, parallel: usize, f: F)
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let f = Arc::new(f);
-    let mut tasks = Vec::new();
-    for _ in 0..parallel.max(1).min(n.max(1)) {
-        let (next, f) = (next.clone(), f.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    return;
-                }
-                f(i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-/// Waits until `done` holds or `timeout` passes; true when it held.
-pub(crate) async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// The manager's CPU between two samples, and its memory at the second, as text.
-pub(crate) fn cpu_text(from: Option<&ProcSample>, to: Option<&ProcSample>) -> String {
-    match (from, to) {
-        (Some(a), Some(b)) => format!(
-            "{:.1}% of one core, RSS {:.1} MiB",
-            procfs::cpu_percent(a, b),
-            b.rss_kb as f64 / 1024.0
-        ),
-        _ => "unknown (no manager pid)".to_string(),
     }
 }

@@ -4,17 +4,18 @@
 //! acked line is stored exactly once, in order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use buildman_core::LogEntry;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::callback::StartCall;
-use crate::stats::{Recorder, Summary, lock};
+use crate::scenario::{Progress, Submitted, check_logs, cpu_between, cpu_text, submit_many};
+use crate::stats::{Recorder, Summary, lock, micros};
 use crate::worker::{Channels, Failure, Shared, Worker};
-use crate::{Check, Env, Report, Verification, cpu_text, for_each_parallel, wait_until};
+use crate::{Check, Env, Report, Verification};
 
 /// The logs scenario's parameters.
 #[derive(Clone, Debug, Serialize, clap::Args)]
@@ -55,77 +56,37 @@ pub struct LogsResults {
     pub lines_stored: u64,
 }
 
-/// What each stream did: its build, repository and lines acked.
-#[derive(Clone, Default)]
+/// What each stream did.
+#[derive(Clone)]
 struct Sent {
-    repo: String,
+    /// Lines acknowledged.
     acked: u64,
+    /// When its last line was acked (`None` if it never got to send).
     ended: Option<Instant>,
 }
 
-/// Runs the logs scenario.
+/// Runs the logs scenario: every stream's worker at `building`, then all of them sending
+/// at once until the deadline (or the count), then every line checked through the API.
 pub async fn run(env: &Env, options: &LogsOptions) -> anyhow::Result<Report> {
-    let shared = Arc::new(Shared::default());
-    shared.heartbeats.set_recording(true);
-    let acks = Arc::new(Recorder::recording());
-    let channels = env.channels();
-    let ready = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(AtomicUsize::new(0));
-    let started = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(Mutex::new(HashMap::<String, Sent>::new()));
-    let repos = Arc::new(Mutex::new(HashMap::<String, String>::new()));
     // The start signal carries the deadline (None: send `lines` lines).
     let (go, go_rx) = watch::channel::<Option<Option<Instant>>>(None);
+    let ctx = StreamContext::new(env, options, go_rx);
     {
-        let ctx = StreamContext {
-            channels: channels.clone(),
-            shared: shared.clone(),
-            acks: acks.clone(),
-            ready: ready.clone(),
-            finished: finished.clone(),
-            started: started.clone(),
-            sent: sent.clone(),
-            go: go_rx,
-            lines: options.lines,
-            line_bytes: options.line_bytes,
-        };
+        let ctx = ctx.clone();
         env.callbacks.set_handler(Arc::new(move |call: StartCall| {
             tokio::spawn(log_stream(call, ctx.clone()));
         }));
     }
-
-    let ids = Arc::new(Mutex::new(Vec::new()));
-    {
-        let (api, run_id) = (env.api.clone(), env.run_id.clone());
-        let (shared, ids, repos) = (shared.clone(), ids.clone(), repos.clone());
-        for_each_parallel(options.streams, 16, move |k| {
-            let (api, run_id) = (api.clone(), run_id.clone());
-            let (shared, ids, repos) = (shared.clone(), ids.clone(), repos.clone());
-            async move {
-                let repo = format!("logs-{run_id}-{k}");
-                match api.submit("bench", &repo).await {
-                    Ok((id, _)) => {
-                        lock(&repos).insert(id.clone(), repo);
-                        lock(&ids).push(id);
-                    }
-                    Err(e) => shared.errors.add("submit", format!("{e:#}")),
-                }
-            }
-        })
-        .await;
-    }
-    let submitted = lock(&ids).len();
-    {
-        let (ready, finished) = (ready.clone(), finished.clone());
-        if !wait_until(Duration::from_secs(options.timeout_s), || {
-            ready.load(Ordering::SeqCst) + finished.load(Ordering::SeqCst) >= submitted
-        })
-        .await
-        {
-            shared
-                .errors
-                .add("ramp", "not every stream's worker registered in time");
-        }
+    let run_id = env.run_id.clone();
+    let builds = submit_many(env, &ctx.shared, options.streams, 16, move |k| {
+        format!("logs-{run_id}-{k}")
+    })
+    .await;
+    let timeout = Duration::from_secs(options.timeout_s);
+    if !ctx.progress.wait_ready(builds.len(), timeout).await {
+        ctx.shared
+            .errors
+            .add("ramp", "not every stream's worker registered in time");
     }
 
     let cpu_before = env.manager_sample();
@@ -135,26 +96,32 @@ pub async fn run(env: &Env, options: &LogsOptions) -> anyhow::Result<Report> {
         None => Some(start + Duration::from_secs(options.duration_s)),
     };
     go.send_replace(Some(deadline));
-    {
-        let (started, finished) = (started.clone(), finished.clone());
-        let limit = options.timeout_s + options.duration_s;
-        wait_until(Duration::from_secs(limit), || {
-            finished.load(Ordering::SeqCst) >= started.load(Ordering::SeqCst)
-        })
-        .await;
-    }
+    let limit = Duration::from_secs(options.timeout_s + options.duration_s);
+    ctx.progress.wait_ended(limit).await;
     let cpu_after = env.manager_sample();
     env.callbacks.clear_handler();
 
-    let mut sent = lock(&sent).clone();
-    for (id, s) in sent.iter_mut() {
-        s.repo = lock(&repos).get(id).cloned().unwrap_or_default();
-    }
+    let sent = lock(&ctx.sent).clone();
+    let (verification, lines_stored) = verify(env, &builds, &sent, options.lines).await;
+    let manager_cpu = cpu_between(cpu_before.as_ref(), cpu_after.as_ref());
+    let results = results(&sent, start, ctx.acks.summary(), manager_cpu, lines_stored);
+    let cpu = cpu_text(cpu_before.as_ref(), cpu_after.as_ref());
+    Ok(report(options, results, &ctx.shared, verification, cpu))
+}
+
+/// The measurements: what the streams `sent` from `start`, their `ack` latencies, the
+/// manager's CPU meanwhile, and the lines the API showed.
+fn results(
+    sent: &HashMap<String, Sent>,
+    start: Instant,
+    ack: Summary,
+    manager_cpu_percent: Option<f64>,
+    lines_stored: u64,
+) -> LogsResults {
     let lines_acked: u64 = sent.values().map(|s| s.acked).sum();
     let last = sent.values().filter_map(|s| s.ended).max().unwrap_or(start);
     let elapsed_s = (last - start).as_secs_f64();
-    let (verification, lines_stored) = verify(env, &sent, options.lines).await;
-    let results = LogsResults {
+    LogsResults {
         streams: sent.values().filter(|s| s.acked > 0).count(),
         lines_acked,
         elapsed_s,
@@ -163,29 +130,45 @@ pub async fn run(env: &Env, options: &LogsOptions) -> anyhow::Result<Report> {
         } else {
             0.0
         },
-        ack: acks.summary(),
-        manager_cpu_percent: match (&cpu_before, &cpu_after) {
-            (Some(a), Some(b)) => Some(crate::procfs::cpu_percent(a, b)),
-            _ => None,
-        },
+        ack,
+        manager_cpu_percent,
         lines_stored,
-    };
-    let cpu = cpu_text(cpu_before.as_ref(), cpu_after.as_ref());
-    Ok(report(options, results, &shared, verification, cpu))
+    }
 }
 
+/// What the scenario and each of its streams share.
 #[derive(Clone)]
 struct StreamContext {
     channels: Arc<Channels>,
     shared: Arc<Shared>,
     acks: Arc<Recorder>,
-    ready: Arc<AtomicUsize>,
-    finished: Arc<AtomicUsize>,
-    started: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     sent: Arc<Mutex<HashMap<String, Sent>>>,
     go: watch::Receiver<Option<Option<Instant>>>,
     lines: Option<u64>,
     line_bytes: usize,
+}
+
+impl StreamContext {
+    /// Nothing sent yet; the streams start sending on `go`.
+    fn new(
+        env: &Env,
+        options: &LogsOptions,
+        go: watch::Receiver<Option<Option<Instant>>>,
+    ) -> StreamContext {
+        let shared = Shared::default();
+        shared.heartbeats.set_recording(true);
+        StreamContext {
+            channels: env.channels(),
+            shared: Arc::new(shared),
+            acks: Arc::new(Recorder::recording()),
+            progress: Arc::default(),
+            sent: Arc::default(),
+            go,
+            lines: options.lines,
+            line_bytes: options.line_bytes,
+        }
+    }
 }
 
 /// The text of line `n`: `bench line <n> ` padded with `x` to `bytes`, newline-terminated.
@@ -201,17 +184,13 @@ fn line_text(n: u64, bytes: usize) -> String {
 /// One stream: register, reach `building`, wait for the start, send lines back to back
 /// until the deadline (or the count), complete.
 async fn log_stream(call: StartCall, mut ctx: StreamContext) {
-    ctx.started.fetch_add(1, Ordering::SeqCst);
+    ctx.progress.start();
     let mut acked = 0u64;
     let mut ended = None;
     let result = async {
-        let channel = ctx.channels.next(&call.server).map_err(|m| Failure {
-            call: "connect",
-            message: m,
-        })?;
-        let mut worker = Worker::register(channel, &call.token, ctx.shared.clone()).await?;
+        let mut worker = Worker::start(&ctx.channels, &call, ctx.shared.clone()).await?;
         worker.to_building().await?;
-        ctx.ready.fetch_add(1, Ordering::SeqCst);
+        ctx.progress.ready();
         // The watch guard is not Send: take the value out in the same statement.
         let go = ctx
             .go
@@ -221,25 +200,7 @@ async fn log_stream(call: StartCall, mut ctx: StreamContext) {
         let Ok(deadline) = go else {
             return worker.complete().await;
         };
-        let mut local = Vec::with_capacity(4096);
-        loop {
-            if let Some(n) = ctx.lines
-                && acked >= n
-            {
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            let took = worker.log(&line_text(acked + 1, ctx.line_bytes)).await?;
-            acked += 1;
-            local.push(crate::stats::micros(took));
-            if local.len() == local.capacity() {
-                ctx.acks.extend(&local);
-                local.clear();
-            }
-        }
-        ctx.acks.extend(&local);
+        send_lines(&mut worker, &ctx, deadline, &mut acked).await?;
         ended = Some(Instant::now());
         worker.complete().await
     }
@@ -247,73 +208,112 @@ async fn log_stream(call: StartCall, mut ctx: StreamContext) {
     if let Err(f) = result {
         f.count(&ctx.shared.errors);
     }
-    lock(&ctx.sent).insert(
-        call.build_id.clone(),
-        Sent {
-            repo: String::new(),
-            acked,
-            ended,
-        },
-    );
-    ctx.finished.fetch_add(1, Ordering::SeqCst);
+    lock(&ctx.sent).insert(call.build_id.clone(), Sent { acked, ended });
+    ctx.progress.end();
+}
+
+/// Sends lines back to back, each awaiting its ack, until `deadline` (or until `acked`
+/// reaches `--lines`); records the ack latencies in batches.
+async fn send_lines(
+    worker: &mut Worker,
+    ctx: &StreamContext,
+    deadline: Option<Instant>,
+    acked: &mut u64,
+) -> Result<(), Failure> {
+    let mut local = Vec::with_capacity(4096);
+    loop {
+        if let Some(n) = ctx.lines
+            && *acked >= n
+        {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let took = worker.log(&line_text(*acked + 1, ctx.line_bytes)).await?;
+        *acked += 1;
+        local.push(micros(took));
+        if local.len() == local.capacity() {
+            ctx.acks.extend(&local);
+            local.clear();
+        }
+    }
+    ctx.acks.extend(&local);
+    Ok(())
 }
 
 /// Every acked line is in its build's log once, in order (`bench line 1`, `2`, ...), and
-/// nothing else claiming to be one is.
+/// nothing else claiming to be one is. Also returns the lines stored.
 async fn verify(
     env: &Env,
+    builds: &[Submitted],
     sent: &HashMap<String, Sent>,
     lines: Option<u64>,
 ) -> (Verification, u64) {
-    let problems = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stored = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    {
-        let entries: Arc<Vec<(String, Sent)>> =
-            Arc::new(sent.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-        let (api, problems, stored) = (env.api.clone(), problems.clone(), stored.clone());
-        for_each_parallel(entries.len(), 8, move |i| {
-            let (api, entries, problems, stored) = (
-                api.clone(),
-                entries.clone(),
-                problems.clone(),
-                stored.clone(),
-            );
-            async move {
-                let (id, s) = &entries[i];
-                let log = match api.logs("bench", &s.repo, id).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        lock(&problems).push(format!("{id}: {e:#}"));
-                        return;
-                    }
-                };
-                let numbers: Vec<Option<u64>> = log
-                    .iter()
-                    .filter_map(|e| e.message.strip_prefix("bench line "))
-                    .map(|rest| rest.split(' ').next().and_then(|n| n.parse().ok()))
-                    .collect();
-                stored.fetch_add(numbers.len() as u64, Ordering::Relaxed);
-                let expected: Vec<Option<u64>> = (1..=s.acked).map(Some).collect();
-                if numbers != expected {
-                    let first_bad = numbers
-                        .iter()
-                        .zip(&expected)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(numbers.len().min(expected.len()));
-                    lock(&problems).push(format!(
-                        "{id}: {} lines stored, {} acked; first difference at line {}",
-                        numbers.len(),
-                        s.acked,
-                        first_bad + 1
-                    ));
-                }
-            }
+    let repos: HashMap<&str, &str> = builds
+        .iter()
+        .map(|b| (b.id.as_str(), b.repo.as_str()))
+        .collect();
+    let logs = sent
+        .keys()
+        .map(|id| {
+            (
+                repos.get(id.as_str()).unwrap_or(&"").to_string(),
+                id.clone(),
+            )
         })
-        .await;
+        .collect();
+    let by_id = Arc::new(sent.clone());
+    let checked = check_logs(env, logs, 8, move |id, entries| {
+        check_order(id, entries, by_id.get(id).map_or(0, |s| s.acked))
+    })
+    .await;
+    let (mut stored, mut problems) = (0, Vec::new());
+    for outcome in checked {
+        match outcome {
+            Ok((lines, problem)) => {
+                stored += lines;
+                problems.extend(problem);
+            }
+            Err(e) => problems.push(e),
+        }
     }
-    let problems = lock(&problems).clone();
+    (summarise(sent, lines, stored, problems), stored)
+}
+
+/// The worker lines in build `id`'s log, and what differs, if anything, from
+/// `bench line 1` … `bench line <acked>`.
+fn check_order(id: &str, entries: &[LogEntry], acked: u64) -> (u64, Option<String>) {
+    let numbers: Vec<Option<u64>> = entries
+        .iter()
+        .filter_map(|e| e.message.strip_prefix("bench line "))
+        .map(|rest| rest.split(' ').next().and_then(|n| n.parse().ok()))
+        .collect();
+    let expected: Vec<Option<u64>> = (1..=acked).map(Some).collect();
+    let problem = (numbers != expected).then(|| {
+        let first_bad = numbers
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(numbers.len().min(expected.len()));
+        format!(
+            "{id}: {} lines stored, {acked} acked; first difference at line {}",
+            numbers.len(),
+            first_bad + 1
+        )
+    });
+    (numbers.len() as u64, problem)
+}
+
+/// The verification from what the streams `sent`, the `stored` lines and the
+/// `problems` found; with `--lines`, every stream must have sent them all.
+fn summarise(
+    sent: &HashMap<String, Sent>,
+    lines: Option<u64>,
+    stored: u64,
+    problems: Vec<String>,
+) -> Verification {
     let acked: u64 = sent.values().map(|s| s.acked).sum();
-    let stored = stored.load(Ordering::Relaxed);
     let mut details = vec![format!(
         "{stored} lines stored through the API, {acked} acked, over {} builds: {}",
         sent.len(),
@@ -331,8 +331,8 @@ async fn verify(
             details.push(format!("{short} streams did not send all {n} lines"));
         }
     }
-    details.extend(problems.iter().take(10).cloned());
-    (Verification { ok, details }, stored)
+    details.extend(problems.into_iter().take(10));
+    Verification { ok, details }
 }
 
 fn report(
@@ -351,6 +351,14 @@ fn report(
         format!("manager while sending: {cpu}"),
         format!("heartbeat replies {}", shared.heartbeats.summary().text()),
     ];
+    let targets = targets(options, &r, verification.ok);
+    let errors = shared.errors.report();
+    Report::new("logs", options, &r, text, targets, errors, verification)
+}
+
+/// Issue 4's log-ingestion targets that apply to this many streams, against the
+/// measurements and whether the verification passed.
+fn targets(options: &LogsOptions, r: &LogsResults, verified: bool) -> Vec<Check> {
     let mut targets = Vec::new();
     if options.streams == 1 {
         targets.push(Check::new(
@@ -369,18 +377,7 @@ fn report(
     targets.push(Check::new(
         "every line stored once, in order per build",
         format!("{} stored, {} acked", r.lines_stored, r.lines_acked),
-        Some(verification.ok),
+        Some(verified),
     ));
-    Report {
-        scenario: "logs",
-        machine: crate::procfs::Machine::read(),
-        // The caller knows what the manager runs on.
-        backends: String::new(),
-        parameters: serde_json::to_value(options).unwrap_or_default(),
-        results: serde_json::to_value(&r).unwrap_or_default(),
-        targets,
-        errors: shared.errors.report(),
-        verification,
-        text,
-    }
+    targets
 }

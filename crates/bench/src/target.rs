@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// How long a spawned manager may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -153,63 +153,11 @@ impl Manager {
             .tempdir()
             .context("creating a temp dir for the manager")?;
         let data = dir.path().join("data");
-        let config = dir.path().join("config.yaml");
-        std::fs::write(&config, config_yaml(options, &data))
-            .with_context(|| format!("writing {}", config.display()))?;
         let log = dir.path().join("manager.log");
-        let stderr =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(&options.buildman)
-            .arg("serve")
-            .arg("--allow-bench-executor")
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--http-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", options.buildman.display()))?;
+        let mut child = serve(options, dir.path(), &data, &log)?;
         let stdout = child.stdout.take().context("the manager's stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let serving = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("buildman serving: REST API on ") {
-                    return Ok(Some(rest.to_string()));
-                }
-            }
-            Ok::<_, std::io::Error>(None)
-        })
-        .await;
-        let api = match serving {
-            Ok(Ok(Some(rest))) => rest
-                .split(',')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                let status = child.wait().await.ok();
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!(
-                    "the manager exited before serving ({}):\n{}",
-                    status.map_or("unknown status".into(), |s| s.to_string()),
-                    tail.join("\n")
-                );
-            }
-            Err(_) => bail!(
-                "the manager did not start serving within {START_TIMEOUT:?}; see {}",
-                log.display()
-            ),
-        };
+        let api = wait_serving(&mut child, &mut lines, &log).await?;
         // Keep draining stdout so the manager never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let token = std::fs::read_to_string(data.join("admin-token"))
@@ -252,6 +200,74 @@ impl Manager {
             let _ = child.kill().await;
         }
         drop(self.dir.take());
+    }
+}
+
+/// Writes the config into `dir` and starts `buildman serve` on it, with its data in `data`,
+/// stdout piped and stderr into `log`.
+fn serve(options: &SpawnOptions, dir: &Path, data: &Path, log: &Path) -> anyhow::Result<Child> {
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, config_yaml(options, data))
+        .with_context(|| format!("writing {}", config.display()))?;
+    let stderr =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(&options.buildman)
+        .arg("serve")
+        .arg("--allow-bench-executor")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", options.buildman.display()))
+}
+
+/// The REST API's base URL, from the line the manager prints once it serves; an error
+/// with the end of its `log` if it exits first, or after [`START_TIMEOUT`].
+async fn wait_serving(
+    child: &mut Child,
+    stdout: &mut Lines<BufReader<ChildStdout>>,
+    log: &Path,
+) -> anyhow::Result<String> {
+    let serving = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(line) = stdout.next_line().await? {
+            if let Some(rest) = line.strip_prefix("buildman serving: REST API on ") {
+                return Ok(Some(rest.to_string()));
+            }
+        }
+        Ok::<_, std::io::Error>(None)
+    })
+    .await;
+    match serving {
+        Ok(Ok(Some(rest))) => Ok(rest
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()),
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let status = child.wait().await.ok();
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the manager exited before serving ({}):\n{}",
+                status.map_or("unknown status".into(), |s| s.to_string()),
+                tail.join("\n")
+            );
+        }
+        Err(_) => bail!(
+            "the manager did not start serving within {START_TIMEOUT:?}; see {}",
+            log.display()
+        ),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::callback::StartCall;
 use crate::stats::{Errors, Recorder, lock};
 
 /// quay-builder's heartbeat period.
@@ -116,6 +117,19 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The worker a start callback asks for: connects (sharing `channels`) to the server
+    /// the call names and registers with its token.
+    pub async fn start(
+        channels: &Channels,
+        call: &StartCall,
+        shared: Arc<Shared>,
+    ) -> Result<Worker, Failure> {
+        let channel = channels
+            .next(&call.server)
+            .map_err(|m| Failure::new("connect", m))?;
+        Worker::register(channel, &call.token, shared).await
+    }
+
     /// Ping, open the log stream, register with the registration token, start
     /// heartbeating: quay-builder's start-up.
     pub async fn register(
