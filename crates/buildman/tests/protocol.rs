@@ -119,7 +119,7 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
     )
     .unwrap();
     let forged = forger
-        .issue(TokenType::Job, build_id, "building/x", T)
+        .issue(TokenType::Job, build_id, "building/x", "claim", T)
         .unwrap();
     let e = heartbeat_once(&mut client, &forged).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -128,7 +128,7 @@ async fn bad_tokens_and_messages_are_refused_and_change_nothing() {
     // Signed by a key the manager does not trust.
     let stranger = TokenService::new("registry.test", &other, &[]).unwrap();
     let unknown = stranger
-        .issue(TokenType::Job, build_id, "building/x", T)
+        .issue(TokenType::Job, build_id, "building/x", "claim", T)
         .unwrap();
     let e = heartbeat_once(&mut client, &unknown).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -327,4 +327,106 @@ async fn an_oversized_log_message_is_refused_with_a_status_that_names_the_limit(
         "nothing stored"
     );
     s.stop().await;
+}
+
+/// A job token is bound to its attempt: once the first attempt's job ended (its worker
+/// went silent) and a second attempt runs, the first worker's token changes nothing —
+/// no phase, no heartbeat, no log line; and once the build is over, no token adds to its
+/// log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_token_is_bound_to_its_attempt() {
+    let timings = buildman_manager::Timings {
+        heartbeat_ttl: Duration::from_secs(1),
+        ..fast_timings()
+    };
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(d, "local", "")),
+        "hold-registered",
+        timings,
+    )
+    .await;
+    let id = s.submit("demo/twice", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first = s.wait_report(|r| r["event"] == "registered", T).await;
+    let first_job = first["job_token"].as_str().unwrap().to_string();
+    let started = s.wait_report(|r| r["event"] == "started", T).await;
+    // The first worker dies without a word; its job's deadline passes and the build runs
+    // again.
+    let pid = started["pid"].as_u64().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let second = s
+        .wait_report(
+            |r| r["event"] == "registered" && r["job_token"] != first["job_token"],
+            T,
+        )
+        .await;
+    let second_job = second["job_token"].as_str().unwrap().to_string();
+    s.wait_phase(&id, &["unpacking"], T).await;
+    let before = s.logs("demo/twice", &id).await.len();
+
+    let mut client = Client::connect(s.grpc.clone()).await.unwrap();
+    let e = client
+        .set_phase(set_phase(&first_job, 9, pb::Phase::Complete))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("earlier attempt"), "{}", e.message());
+    let e = heartbeat_once(&mut client, &first_job).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let stale = log_line_status(&mut client, &first_job).await;
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    let view = s.build(&id).await;
+    assert_eq!(
+        view["phase"], "unpacking",
+        "the second attempt is untouched"
+    );
+    assert_eq!(
+        s.logs("demo/twice", &id).await.len(),
+        before,
+        "nothing stored"
+    );
+
+    // Over for good: even the live attempt's token adds nothing any more.
+    assert_eq!(s.cancel("demo/twice", &id).await.status(), 201);
+    let late = log_line_status(&mut client, &second_job).await;
+    assert!(
+        matches!(
+            late.code(),
+            Code::FailedPrecondition | Code::Unauthenticated
+        ),
+        "{late:?}"
+    );
+    let logged = phases(&s.logs("demo/twice", &id).await);
+    assert_eq!(logged.last().map(String::as_str), Some("cancelled"));
+    s.stop().await;
+}
+
+/// Sends one log line with `jwt` and returns the status the stream ends with.
+async fn log_line_status(client: &mut Client, jwt: &str) -> tonic::Status {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = client
+        .log_message(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(pb::LogMessageRequest {
+        job_jwt: jwt.into(),
+        sequence_number: 1000,
+        log_message: json!({"stream": "stale\n"}).to_string(),
+        phase: "building".into(),
+    })
+    .await
+    .unwrap();
+    match replies.message().await {
+        Err(status) => status,
+        Ok(reply) => panic!("a stale line was answered {reply:?}"),
+    }
 }

@@ -160,6 +160,7 @@ mod tests {
     fn line(build: BuildId, sequence: i32) -> WorkerLine {
         WorkerLine {
             build,
+            attempt: None,
             sequence,
             entry: LogEntry::output(format!("line {sequence}")),
         }

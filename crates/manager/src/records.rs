@@ -46,11 +46,6 @@ impl JobRecords {
             .transpose()
     }
 
-    /// True while the job under `key` is live.
-    pub(crate) async fn exists(&self, key: &str) -> Result<bool, ManagerError> {
-        Ok(self.orchestrator.get(key).await?.is_some())
-    }
-
     /// Reads the record under `key`, lets `f` decide its new value and TTL, and writes it
     /// back with a compare-and-set, retrying when another call changed it in between.
     /// Returns the record written, or `None` when there is no job (or `f` chose to write

@@ -12,6 +12,7 @@ use buildman_manager::sessions::{HeartbeatStream, LogStream, PackageSource, Phas
 use buildman_manager::tokens::TokenError;
 use buildman_manager::{ManagerError, WorkerSessions};
 use buildman_proto as pb;
+use buildman_store::StoreError;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -35,6 +36,8 @@ fn status(e: ManagerError) -> Status {
         ManagerError::Conflict(_) => Status::failed_precondition(message),
         // The protocol: RegisterBuildJob answers INTERNAL when it cannot start the job.
         ManagerError::JobNotWaiting { .. } => Status::internal(message),
+        ManagerError::Store(StoreError::AttemptOver(_)) => Status::failed_precondition(message),
+        ManagerError::Store(StoreError::NotFound(_)) => Status::not_found(message),
         ManagerError::ShuttingDown => Status::unavailable(message),
         _ => Status::internal(message),
     }

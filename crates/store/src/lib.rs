@@ -29,6 +29,10 @@ pub enum StoreError {
     /// A row held something this version cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A worker's line for an attempt that is over (the build reached a final phase, or a
+    /// later attempt runs): refused, nothing of the batch written.
+    #[error("build {0}: the attempt this line belongs to is over")]
+    AttemptOver(BuildId),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -60,10 +64,13 @@ pub struct QueueState {
     pub processing_expires: Option<DateTime<Utc>>,
 }
 
-/// One log line a worker sent, with the sequence number it carried.
+/// One log line a worker sent, with the sequence number it carried and the attempt (the
+/// claim's `state_id`) its token names; `None` for a token that names none (issued before
+/// tokens named attempts).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerLine {
     pub build: BuildId,
+    pub attempt: Option<String>,
     pub sequence: i32,
     pub entry: LogEntry,
 }
@@ -169,7 +176,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends lines workers sent, in one transaction (group commit over many builds),
     /// skipping each line whose sequence number is not above the last one stored for its
     /// build in this attempt: a line re-sent after a reconnect is stored once. Returns,
-    /// per line, whether it was stored.
+    /// per line, whether it was stored. A line of an attempt that is over (its build is in
+    /// a final phase, or its `attempt` is not the build's current one) fails the batch with
+    /// [`StoreError::AttemptOver`].
     async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<bool>>;
 
     /// Entries from index `start` (at most `limit`), with the log's total length.

@@ -37,7 +37,7 @@ impl Scheduler {
                 failures.push(format!("{}: skipped, its circuit breaker is open", c.name));
                 continue;
             }
-            match self.try_executor(configured, build).await {
+            match self.try_executor(configured, build, item).await {
                 Ok(execution_id) => return Ok(Some((c.name.clone(), execution_id))),
                 Err(e) => {
                     configured.breaker.failed(Instant::now());
@@ -61,12 +61,14 @@ impl Scheduler {
         &self,
         configured: &Configured,
         build: &Build,
+        item: &ClaimedItem,
     ) -> Result<String, ManagerError> {
         let (s, c) = (&self.settings, &configured.entry.config);
         let token = self.tokens.issue(
             TokenType::Registration,
             build.id,
             &job_key(build.id),
+            &item.state_id,
             s.job_registration_timeout + c.setup_time + Duration::from_secs(30),
         )?;
         let request = StartRequest {

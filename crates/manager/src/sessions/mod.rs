@@ -112,7 +112,7 @@ impl WorkerSessions {
             )
             .await?;
         }
-        let assignment = self.assignment(&build, &ctx)?;
+        let assignment = self.assignment(&build, &ctx, &record)?;
         tracing::info!(build_id = %build.id, "worker registered");
         Ok(assignment)
     }
@@ -129,6 +129,9 @@ impl WorkerSessions {
                     return Err(
                         TokenError::Refused("token does not belong to this job".into()).into(),
                     );
+                }
+                if !same_attempt(ctx, record) {
+                    return Err(stale_attempt());
                 }
                 if record.registered() {
                     refusal = Some("a worker already registered for this job");
@@ -150,8 +153,14 @@ impl WorkerSessions {
         }
     }
 
-    /// The BuildPack of a registered worker.
-    fn assignment(&self, build: &Build, ctx: &TokenContext) -> Result<Assignment, ManagerError> {
+    /// The BuildPack of a registered worker; its job token lives as long as the job may
+    /// (the rest of MACHINE_MAX_TIME) and names the job's attempt.
+    fn assignment(
+        &self,
+        build: &Build,
+        ctx: &TokenContext,
+        record: &JobRecord,
+    ) -> Result<Assignment, ManagerError> {
         let s = &self.settings;
         let source = match &build.source {
             BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
@@ -166,9 +175,12 @@ impl WorkerSessions {
                 private_key: private_key.clone().unwrap_or_default(),
             },
         };
+        let left = record.max_expiration - chrono::Utc::now().timestamp();
+        let lifetime = Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1));
+        let attempt = &record.queue_item.state_id;
         let job_token =
             self.tokens
-                .issue(TokenType::Job, build.id, &ctx.job_key, s.machine_max_time)?;
+                .issue(TokenType::Job, build.id, &ctx.job_key, attempt, lifetime)?;
         Ok(Assignment {
             job_token,
             source,
@@ -197,6 +209,9 @@ impl WorkerSessions {
             .modify(&ctx.job_key, |record| {
                 if record.build_id != ctx.build_id || now >= record.max_expiration {
                     return Ok(None);
+                }
+                if !same_attempt(ctx, record) {
+                    return Err(stale_attempt());
                 }
                 let mut next = record.clone();
                 next.last_heartbeat = Some(now);
@@ -271,8 +286,10 @@ impl WorkerSessions {
         if current.phase == to {
             return Ok(true);
         }
-        if !self.records.exists(&ctx.job_key).await? {
-            return Ok(false);
+        match self.records.get(ctx.build_id).await? {
+            None => return Ok(false),
+            Some(record) if !same_attempt(ctx, &record) => return Err(stale_attempt()),
+            Some(_) => {}
         }
         let error = (to == Phase::Error).then_some(JobEnd::Error.reason());
         let before = phases::change(
@@ -338,6 +355,20 @@ impl WorkerSessions {
             .find(|t| pushed.contains(t))
             .unwrap_or_default())
     }
+}
+
+/// True when the token is for the job's current attempt (a token naming none predates
+/// attempts and is taken as the current one's).
+fn same_attempt(ctx: &TokenContext, record: &JobRecord) -> bool {
+    ctx.attempt
+        .as_deref()
+        .is_none_or(|a| a == record.queue_item.state_id)
+}
+
+/// The refusal of a token whose attempt is over (a later attempt runs).
+fn stale_attempt() -> ManagerError {
+    TokenError::Refused("token of an earlier attempt of this build: that attempt is over".into())
+        .into()
 }
 
 /// A job's TTL after a heartbeat: the heartbeat TTL, cut short by MACHINE_MAX_TIME.

@@ -72,6 +72,7 @@ impl LogStream {
         self.last_sequence = Some(sequence);
         let line = WorkerLine {
             build: ctx.build_id,
+            attempt: ctx.attempt.clone(),
             sequence,
             entry,
         };

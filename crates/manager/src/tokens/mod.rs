@@ -57,6 +57,10 @@ pub struct TokenContext {
     /// The orchestrator key of the job (the claim is `job_id` on the wire, as in Quay).
     #[serde(rename = "job_id")]
     pub job_key: String,
+    /// The attempt (the queue claim's `state_id`) the token is for: it is accepted only
+    /// while that attempt's job is live. `None` in tokens of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
     /// The token's lifetime in seconds.
     pub expiration: u64,
 }
@@ -156,18 +160,20 @@ impl TokenService {
                 TokenType::Job,
                 BuildId::new(),
                 "probe",
+                "probe",
                 Duration::from_secs(1),
             )
             .map_err(|e| TokenError::Key(format!("signing key {:?}: {e}", signing.kid)))?;
         Ok(service)
     }
 
-    /// A signed token of `token_type` for a job, valid for `lifetime`.
+    /// A signed token of `token_type` for a job's `attempt`, valid for `lifetime`.
     pub fn issue(
         &self,
         token_type: TokenType,
         build_id: BuildId,
         job_key: &str,
+        attempt: &str,
         lifetime: Duration,
     ) -> Result<String, TokenError> {
         let now = unix_now();
@@ -182,6 +188,7 @@ impl TokenService {
                 token_type,
                 build_id,
                 job_key: job_key.to_string(),
+                attempt: Some(attempt.to_string()),
                 expiration: lifetime.as_secs(),
             },
         };
@@ -288,7 +295,13 @@ mod tests {
         let service = TokenService::new("aud", &pair, &[]).unwrap();
         let id = BuildId::new();
         let token = service
-            .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
+            .issue(
+                TokenType::Job,
+                id,
+                "building/x",
+                "claim",
+                Duration::from_secs(60),
+            )
             .unwrap();
         let first = service.verify(&token, TokenType::Job).unwrap();
         let until = service.verify_signed(&token, TokenType::Job).unwrap().1;
@@ -321,6 +334,7 @@ mod tests {
                 TokenType::Job,
                 BuildId::new(),
                 "building/x",
+                "claim",
                 Duration::from_secs(60),
             )
             .unwrap();
@@ -363,7 +377,13 @@ mod tests {
             TokenService::new("aud", &new, &[(old.kid.clone(), old.public_pem.clone())]).unwrap();
         let id = BuildId::new();
         let t = old_service
-            .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
+            .issue(
+                TokenType::Job,
+                id,
+                "building/x",
+                "claim",
+                Duration::from_secs(60),
+            )
             .unwrap();
         let ctx = new_service.verify(&t, TokenType::Job).unwrap();
         assert_eq!(ctx.build_id, id);
@@ -375,7 +395,13 @@ mod tests {
         );
         let other = TokenService::new("other-aud", &new, &[]).unwrap();
         let t2 = new_service
-            .issue(TokenType::Job, id, "building/x", Duration::from_secs(60))
+            .issue(
+                TokenType::Job,
+                id,
+                "building/x",
+                "claim",
+                Duration::from_secs(60),
+            )
             .unwrap();
         assert!(
             other

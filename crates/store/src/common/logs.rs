@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use buildman_core::log::is_new_worker_line;
-use buildman_core::{BuildId, LogEntry};
+use buildman_core::{BuildId, LogEntry, Phase};
 
 use super::rows::{LogHead, unserialisable};
 use crate::{Result, StoreError};
@@ -56,6 +56,10 @@ impl<'a> LastSequences<'a> {
 /// One build's log during a batch.
 #[derive(Debug)]
 struct Head {
+    /// The claim of the build's current attempt.
+    attempt: Option<String>,
+    /// Whether the build reached a final phase: its attempt is over.
+    over: bool,
     /// The index the next stored line gets.
     next: i64,
     /// The highest worker sequence number stored in this attempt.
@@ -79,7 +83,10 @@ impl<'a> LogBatch<'a> {
         let heads = heads
             .into_iter()
             .map(|h| {
+                let over = h.phase.parse::<Phase>().is_ok_and(Phase::is_final);
                 let head = Head {
+                    attempt: h.attempt,
+                    over,
                     next: h.total,
                     last: h.last_worker_sequence,
                     moved: false,
@@ -124,6 +131,18 @@ impl<'a> LogBatch<'a> {
         Ok(())
     }
 
+    /// Refuses a worker's line of an attempt that is over: its build is final, or the line
+    /// names another attempt than the build's current one (a line that names none is
+    /// checked for the final phase only).
+    pub fn check_attempt(&self, build: BuildId, key: &str, attempt: Option<&str>) -> Result<()> {
+        let head = self.heads.get(key).ok_or(StoreError::NotFound(build))?;
+        let other = attempt.is_some_and(|a| head.attempt.as_deref() != Some(a));
+        if head.over || other {
+            return Err(StoreError::AttemptOver(build));
+        }
+        Ok(())
+    }
+
     /// The length a build's log has with this batch.
     pub fn total(&self, key: &str) -> Option<i64> {
         self.heads.get(key).map(|h| h.next)
@@ -149,8 +168,29 @@ mod tests {
         LogHead {
             id: id.to_owned(),
             last_worker_sequence: last,
+            attempt: Some("claim".into()),
+            phase: "building".into(),
             total,
         }
+    }
+
+    #[test]
+    fn lines_of_an_attempt_that_is_over_are_refused() {
+        let a = BuildId::new();
+        let batch = LogBatch::new(vec![head("a", 0, None)]);
+        batch.check_attempt(a, "a", Some("claim")).unwrap();
+        batch.check_attempt(a, "a", None).unwrap();
+        assert!(matches!(
+            batch.check_attempt(a, "a", Some("earlier claim")),
+            Err(StoreError::AttemptOver(id)) if id == a
+        ));
+        let over = LogHead {
+            phase: "complete".into(),
+            ..head("a", 0, None)
+        };
+        let batch = LogBatch::new(vec![over]);
+        assert!(batch.check_attempt(a, "a", Some("claim")).is_err());
+        assert!(batch.check_attempt(a, "a", None).is_err());
     }
 
     #[test]

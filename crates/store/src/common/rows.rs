@@ -202,7 +202,7 @@ impl ClaimableRow {
 
 /// The columns of `builds b` a [`LogHead`] reads. A log's length costs one index probe
 /// (indices are dense).
-pub(crate) const LOG_HEAD_COLUMNS: &str = "b.id, b.last_worker_sequence, \
+pub(crate) const LOG_HEAD_COLUMNS: &str = "b.id, b.last_worker_sequence, b.attempt, b.phase, \
      (SELECT COALESCE(MAX(l.idx) + 1, 0) FROM build_logs l WHERE l.build_id = b.id) AS total";
 
 /// Where a build's log stands: its length and the last sequence number stored from the
@@ -211,6 +211,9 @@ pub(crate) const LOG_HEAD_COLUMNS: &str = "b.id, b.last_worker_sequence, \
 pub(crate) struct LogHead {
     pub id: String,
     pub last_worker_sequence: Option<i32>,
+    /// The claim of the build's current attempt.
+    pub attempt: Option<String>,
+    pub phase: String,
     pub total: i64,
 }
 

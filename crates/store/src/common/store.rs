@@ -206,11 +206,15 @@ where
                 skip.push(item.queue_name);
                 continue;
             }
-            // A new attempt means a new worker, whose sequence numbers start afresh.
-            sqlx::query("UPDATE builds SET last_worker_sequence = NULL WHERE id = $1")
-                .bind(claimed.build_id.to_string())
-                .execute(&mut *tx)
-                .await?;
+            // A new attempt means a new worker, whose sequence numbers start afresh, and
+            // whose lines alone are taken from now on.
+            sqlx::query(
+                "UPDATE builds SET last_worker_sequence = NULL, attempt = $2 WHERE id = $1",
+            )
+            .bind(claimed.build_id.to_string())
+            .bind(claimed.state_id.as_str())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(Some(claimed));
         }
@@ -358,6 +362,7 @@ where
         let mut tx = self.begin_deciding().await?;
         let mut batch = LogBatch::new(B::lock_log_heads(&mut tx, &builds).await?);
         for ((line, key), entry) in lines.iter().zip(&keys).zip(&encoded) {
+            batch.check_attempt(line.build, key, line.attempt.as_deref())?;
             batch.push(line.build, key, Some(line.sequence), entry)?;
         }
         if !batch.rows.builds.is_empty() {

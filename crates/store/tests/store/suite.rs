@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
-use buildman_core::{Build, BuildId, BuildSource, LogEntry, NewBuild, Phase, Requeue};
+use buildman_core::{Build, BuildId, BuildSource, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
 use buildman_store::{LogPage, Store, StoreError, WorkerLine};
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -53,6 +53,7 @@ macro_rules! store_suite {
             logs_append_in_batches_and_read_in_pages,
             concurrent_appends_keep_indices_dense,
             worker_lines_are_stored_once_per_attempt_across_builds,
+            lines_of_an_attempt_that_is_over_are_refused,
             concurrent_worker_lines_are_stored_once,
             data_survives_reopening,
             concurrent_opens_migrate_once,
@@ -904,6 +905,7 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
     let b = create(&store, "ns", "b").await.id;
     let line = |build, sequence, m: &str| WorkerLine {
         build,
+        attempt: None,
         sequence,
         entry: LogEntry::output(m),
     };
@@ -970,6 +972,58 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
     assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
 }
 
+pub async fn lines_of_an_attempt_that_is_over_are_refused<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let build = create(&store, "ns", "a").await.id;
+    let first = store.claim(Utc::now(), LEASE).await.unwrap().unwrap();
+    let line = |attempt: &ClaimedItem, sequence, m: &str| WorkerLine {
+        build,
+        attempt: Some(attempt.state_id.clone()),
+        sequence,
+        entry: LogEntry::output(m),
+    };
+    assert_eq!(
+        store
+            .append_worker_lines(&[line(&first, 1, "first 1")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    // The first attempt ends; a second one runs.
+    let requeue = requeue(Duration::ZERO, true);
+    assert!(
+        store
+            .return_item(&first, Utc::now(), &requeue)
+            .await
+            .unwrap()
+    );
+    let second = store.claim(Utc::now(), LEASE).await.unwrap().unwrap();
+    assert!(matches!(
+        store.append_worker_lines(&[line(&first, 2, "stale")]).await,
+        Err(StoreError::AttemptOver(id)) if id == build
+    ));
+    assert_eq!(
+        store
+            .append_worker_lines(&[line(&second, 1, "second 1")])
+            .await
+            .unwrap(),
+        [true]
+    );
+    // The build completes: no attempt may add to its log any more.
+    store
+        .set_phase(build, Phase::Complete, &[], None, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.append_worker_lines(&[line(&second, 2, "late")]).await,
+        Err(StoreError::AttemptOver(_))
+    ));
+    assert_eq!(
+        messages(store.read_logs(build, 0, 10).await.unwrap()),
+        ["first 1", "second 1"]
+    );
+}
+
 pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
     // Two connections of one worker (a reconnect while the old stream still delivers) send
     // the same lines of two builds at once, in batches of different sizes: every line is
@@ -988,6 +1042,7 @@ pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
                     .flat_map(|&sequence| {
                         [x, y].map(|build| WorkerLine {
                             build,
+                            attempt: None,
                             sequence,
                             entry: LogEntry::output(format!("{build} {sequence}")),
                         })
