@@ -150,3 +150,56 @@ async fn refusals_say_what_is_wrong() {
 fn uuid_like() -> String {
     "123e4567-e89b-12d3-a456-426614174000".to_string()
 }
+
+/// Malformed queries and paths are refused with the same JSON errors as the rest (never
+/// plain text, never a 500 from the database), and the database file is the owner's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queries_and_paths_are_refused_in_json() {
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(d, "local", "")),
+        "hold-building",
+        fast_timings(),
+    )
+    .await;
+    let id = s.submit("demo/x", &[]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (path, expected) in [
+        (
+            format!("/api/v1/repository/demo/x/build/{id}/logs?start=-1"),
+            "invalid query",
+        ),
+        (
+            "/api/v1/repository/demo/x/build/?limit=-5".to_string(),
+            "invalid query",
+        ),
+        (
+            "/api/v1/repository/de%00mo/x/build/".to_string(),
+            "invalid namespace",
+        ),
+        (
+            format!("/api/v1/repository/demo/x%00/build/{id}"),
+            "invalid repository",
+        ),
+    ] {
+        let (code, msg) = error_of(s.req(Method::GET, &path).send().await.unwrap()).await;
+        assert_eq!(code, 400, "{path}: {msg}");
+        assert!(msg.contains(expected), "{path}: {msg}");
+    }
+    let (code, msg) = error_of(
+        s.req(Method::POST, "/api/v1/repository/demo/x/build/")
+            .json(&json!({"archive_url": "http://h/a\u{0}.tar"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(msg.contains("control character"), "{msg}");
+    use std::os::unix::fs::PermissionsExt;
+    let db = s.dir.path().join("data/buildman.db");
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} is {mode:o}", db.display());
+    s.stop().await;
+}

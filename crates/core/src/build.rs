@@ -127,11 +127,15 @@ impl NewBuild {
             ("manual_user", self.manual_user.as_ref()),
             ("pull_robot", self.pull_robot.as_ref()),
         ] {
-            if let Some(v) = value.filter(|v| v.len() > MAX_LABEL_LEN) {
+            let Some(v) = value else { continue };
+            if v.len() > MAX_LABEL_LEN {
                 return invalid(format!(
                     "{what} is {} bytes long; the limit is {MAX_LABEL_LEN}",
                     v.len()
                 ));
+            }
+            if v.chars().any(char::is_control) {
+                return invalid(format!("{what} holds a control character"));
             }
         }
         Ok(self)
@@ -219,6 +223,11 @@ impl BuildSource {
                 url.len()
             )));
         }
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(InvalidBuild(format!(
+                "{field} holds a space or control character"
+            )));
+        }
         Ok(())
     }
 }
@@ -253,10 +262,13 @@ fn context_path(field: &str, value: &str) -> Result<String, InvalidBuild> {
             value.len()
         )));
     }
-    if value.split('/').any(|c| c == "..") || value.contains('\0') {
+    if value.split('/').any(|c| c == "..") {
         return Err(InvalidBuild(format!(
             "{field} must stay inside the build context (no `..`)"
         )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(InvalidBuild(format!("{field} holds a control character")));
     }
     Ok(if value.starts_with('/') {
         value.to_string()

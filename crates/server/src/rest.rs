@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +16,13 @@ use buildman_api::{
     BuildList, BuildView, CANCELLED, CreateBuild, ErrorBody, FileDrop, ListQuery, LogPage,
     LogsQuery, paths,
 };
+use buildman_core::build::valid_name;
 use buildman_core::{Build, BuildId};
 use buildman_manager::files::UploadError;
 use buildman_manager::{Builds, ManagerError};
 use buildman_store::StoreError;
 use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 /// An error answer: a status and a message that says what to do.
@@ -54,6 +57,47 @@ impl From<ManagerError> for ApiError {
         }
         ApiError(code, e.to_string())
     }
+}
+
+/// A path parameter, refused with a JSON error naming the problem.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| ApiPath(t))
+            .map_err(|e| bad_request(format!("invalid path: {}", e.body_text())))
+    }
+}
+
+/// A query string, refused with a JSON error naming the problem.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| ApiQuery(t))
+            .map_err(|e| bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// A repository named in a path, checked as a registry would take it (a name no build can
+/// have never reaches the store).
+fn repository_path(namespace: &str, repository: &str) -> ApiResult<()> {
+    for (what, name) in [("namespace", namespace), ("repository", repository)] {
+        if !valid_name(name) {
+            return Err(bad_request(format!(
+                "invalid {what} {name:?}: use lower-case letters, digits, '.', '_' and '-'"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -164,7 +208,7 @@ async fn create_filedrop(State(api): State<Api>) -> Json<FileDrop> {
 
 async fn upload_file(
     State(api): State<Api>,
-    Path(file_id): Path<String>,
+    ApiPath(file_id): ApiPath<String>,
     body: Body,
 ) -> ApiResult<StatusCode> {
     let body = body.into_data_stream().map_err(std::io::Error::other);
@@ -173,7 +217,10 @@ async fn upload_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn download_file(State(api): State<Api>, Path(file_id): Path<String>) -> ApiResult<Response> {
+async fn download_file(
+    State(api): State<Api>,
+    ApiPath(file_id): ApiPath<String>,
+) -> ApiResult<Response> {
     let path = api
         .builds
         .uploaded(&file_id)
@@ -187,7 +234,7 @@ async fn download_file(State(api): State<Api>, Path(file_id): Path<String>) -> A
 
 async fn create_build(
     State(api): State<Api>,
-    Path((namespace, repository)): Path<(String, String)>,
+    ApiPath((namespace, repository)): ApiPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let req: CreateBuild = serde_json::from_slice(&body)
@@ -208,9 +255,10 @@ async fn create_build(
 
 async fn list_builds(
     State(api): State<Api>,
-    Path((namespace, repository)): Path<(String, String)>,
-    Query(q): Query<ListQuery>,
+    ApiPath((namespace, repository)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<BuildList>> {
+    repository_path(&namespace, &repository)?;
     let builds = api
         .builds
         .list(&namespace, &repository, q.limit(), q.since())
@@ -233,6 +281,7 @@ fn parse_id(id: &str) -> ApiResult<BuildId> {
 
 /// A build of the repository in the path; 404 when it belongs to another one.
 async fn repo_build(api: &Api, namespace: &str, repository: &str, id: &str) -> ApiResult<Build> {
+    repository_path(namespace, repository)?;
     let id = parse_id(id)?;
     match api.builds.get(id).await? {
         Some(b) if b.namespace == namespace && b.repository == repository => Ok(b),
@@ -245,7 +294,7 @@ async fn repo_build(api: &Api, namespace: &str, repository: &str, id: &str) -> A
 
 async fn get_build(
     State(api): State<Api>,
-    Path((namespace, repository, id)): Path<(String, String, String)>,
+    ApiPath((namespace, repository, id)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Json<BuildView>> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     Ok(Json(view(&api.builds, &build).await?))
@@ -253,7 +302,7 @@ async fn get_build(
 
 async fn get_build_by_id(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BuildView>> {
     let id = parse_id(&id)?;
     let build = api
@@ -266,7 +315,7 @@ async fn get_build_by_id(
 
 async fn cancel_build(
     State(api): State<Api>,
-    Path((namespace, repository, id)): Path<(String, String, String)>,
+    ApiPath((namespace, repository, id)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Response> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     api.builds.cancel(build.id).await?;
@@ -275,8 +324,8 @@ async fn cancel_build(
 
 async fn build_logs(
     State(api): State<Api>,
-    Path((namespace, repository, id)): Path<(String, String, String)>,
-    Query(q): Query<LogsQuery>,
+    ApiPath((namespace, repository, id)): ApiPath<(String, String, String)>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<Json<LogPage>> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     let page = api

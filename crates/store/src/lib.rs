@@ -112,7 +112,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets the phase when the current phase is one of `from` (all phases when `from` is
     /// empty); returns the phase the build had before, or `None` when nothing changed
-    /// because the current phase was not allowed. `error` replaces the stored error.
+    /// because the current phase was not allowed. `error` replaces the stored error; a
+    /// build that reaches `complete` keeps none (of an earlier attempt).
     /// This compare-and-set is what settles races between a cancel and a worker. When the
     /// phase changed (it was not `to` already), `entry` is appended to the build's log in
     /// the same transaction, so phase entries are logged in the order of the changes.

@@ -68,11 +68,13 @@ impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database file at `path`, in WAL
     /// mode, and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let io = |e| StoreError::Database(sqlx::Error::Io(e));
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            tokio::fs::create_dir_all(parent).await.map_err(io)?;
         }
+        // The database holds deploy keys and the build history: only its owner reads it
+        // (SQLite gives its -wal and -shm files the database file's mode).
+        private_file(path).map_err(io)?;
         let options = SqliteConnectOptions::new().filename(path);
         Self::connect(options, false).await
     }
@@ -125,6 +127,18 @@ impl SqliteStore {
         }
         Ok(SqliteStore { pool })
     }
+}
+
+/// Creates `path` with mode 0600 if it does not exist, and takes group and other
+/// permissions away if it does.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// A JSON array to bind where PostgreSQL would bind an array.

@@ -150,7 +150,9 @@ where
             return Ok(None);
         }
         sqlx::query(
-            "UPDATE builds SET phase = $1, updated_at = $2, error = COALESCE($3, error) \
+            // A build that completes keeps no error of an earlier attempt.
+            "UPDATE builds SET phase = $1, updated_at = $2, \
+             error = CASE WHEN $1 = 'complete' THEN NULL ELSE COALESCE($3, error) END \
              WHERE id = $4",
         )
         .bind(to.as_str())

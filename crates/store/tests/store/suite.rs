@@ -815,6 +815,19 @@ pub async fn set_phase_is_a_compare_and_set<B: Backend>() {
         store.set_result_location(missing, "/x").await,
         Err(StoreError::NotFound(_))
     ));
+    // An error of an earlier attempt does not outlive a build that completes.
+    let retried = create(&store, "acme", "retried").await;
+    let internal = Some("the worker stopped sending heartbeats");
+    store
+        .set_phase(retried.id, Phase::InternalError, &[], internal, None)
+        .await
+        .unwrap();
+    store
+        .set_phase(retried.id, Phase::Complete, &[], None, None)
+        .await
+        .unwrap();
+    let done = store.get_build(retried.id).await.unwrap().unwrap();
+    assert_eq!(done.error, None);
 }
 
 pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
