@@ -327,9 +327,15 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
     proxy.target.send_replace(Some(grpc));
 
     let busybox = std::fs::read(buildman_testkit::busybox()).unwrap();
-    let dockerfile: &[u8] = b"FROM scratch\nCOPY busybox /bin/busybox\n\
-        RUN [\"/bin/busybox\", \"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do echo line-$i; /bin/busybox sleep 0.5; done\"]\n\
-        RUN [\"/bin/busybox\", \"echo\", \"after\"]\n";
+    // A nonce in the step, so buildah's layer cache (shared on a developer's machine)
+    // never skips it: the cut must land while the step prints.
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {nonce} >/dev/null; for i in 1 2 3 4 5 6 7 8; do echo line-$i; /bin/busybox sleep 0.5; done\"]\n\
+         RUN [\"/bin/busybox\", \"echo\", \"after\"]\n"
+    );
+    let dockerfile = dockerfile.as_bytes();
     let context = tar_gz(&[("Dockerfile", dockerfile), ("busybox", &busybox)], &[]);
     let id = s.submit_bytes("demo/flaky", &[], &context).await["id"]
         .as_str()

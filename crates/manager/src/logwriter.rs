@@ -44,15 +44,32 @@ impl LogWriter {
         }
     }
 
-    /// Appends one line with the next batch; `Ok(false)` when the store already held it
-    /// (re-sent after a reconnect), as [`Store::append_worker_lines`] says.
-    pub(crate) async fn append(&self, line: WorkerLine) -> Result<bool, ManagerError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send((line, ack))
-            .await
-            .map_err(|_| ManagerError::ShuttingDown)?;
-        done.await.map_err(|_| ManagerError::ShuttingDown)?
+    /// Appends lines with the next batch (all of them, so lines a stream received together
+    /// share a transaction) and answers each in order: `Ok(false)` when the store already
+    /// held it (re-sent after a reconnect), as [`Store::append_worker_lines`] says.
+    pub(crate) async fn append_all(
+        &self,
+        lines: Vec<WorkerLine>,
+    ) -> Vec<Result<bool, ManagerError>> {
+        let mut pending = Vec::with_capacity(lines.len());
+        for line in lines {
+            let (ack, done) = oneshot::channel();
+            match self.tx.send((line, ack)).await {
+                Ok(()) => pending.push(Some(done)),
+                Err(_) => pending.push(None),
+            }
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for done in pending {
+            answers.push(match done {
+                Some(done) => done
+                    .await
+                    .map_err(|_| ManagerError::ShuttingDown)
+                    .and_then(|r| r),
+                None => Err(ManagerError::ShuttingDown),
+            });
+        }
+        answers
     }
 
     /// Writes the lines already handed over, refuses new ones, and waits for the writer
@@ -131,6 +148,12 @@ mod tests {
     use super::*;
     use buildman_core::{BuildId, BuildSource, LogEntry, NewBuild};
     use buildman_store::sqlite::SqliteStore;
+
+    impl LogWriter {
+        async fn append(&self, line: WorkerLine) -> Result<bool, ManagerError> {
+            self.append_all(vec![line]).await.remove(0)
+        }
+    }
 
     async fn store_with_build() -> (Arc<dyn Store>, BuildId) {
         let store = SqliteStore::open_url("sqlite::memory:").await.unwrap();

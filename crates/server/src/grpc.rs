@@ -62,20 +62,26 @@ pub struct WorkerService {
 
 type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Most requests of one stream answered together: a worker that sends before each
+/// acknowledgement (ours keeps a window of lines in flight) has them written in one go.
+pub const MAX_PIPELINED: usize = 256;
+
 /// Answers the requests of one bidirectional stream, in order, keeping per-stream state.
 #[tonic::async_trait]
 trait StreamHandler<Req, Rep>: Send + 'static {
-    /// One reply; an error ends the stream with that status, as the protocol wants for a
-    /// bad token.
-    async fn handle(&mut self, request: Req) -> Result<Rep, Status>;
+    /// The replies to requests that arrived together, in order; an error ends the stream
+    /// with that status (as the protocol wants for a bad token) and is the last reply.
+    async fn handle(&mut self, requests: Vec<Req>) -> Vec<Result<Rep, Status>>;
 }
 
 /// Runs a handler over an inbound stream and returns the outbound one. The handler runs
 /// when the reply stream is polled, inside the task the connection already has for the
 /// call: a message costs no task switch or channel of its own, and an open stream no task
-/// of its own (a worker holds two open for its whole build). The stream ends with the
-/// inbound one, or after the first error reply; an inbound error (an oversized or
-/// undecodable message) is answered with its status, so the worker knows why.
+/// of its own (a worker holds two open for its whole build). Requests already received
+/// are handled together (at most [`MAX_PIPELINED`]); a worker that waits for each answer
+/// gets one at a time. The stream ends with the inbound one, or after the first error
+/// reply; an inbound error (an oversized or undecodable message) is answered with its
+/// status, so the worker knows why.
 fn reply_stream<Req, Rep>(
     inbound: Streaming<Req>,
     handler: impl StreamHandler<Req, Rep>,
@@ -84,30 +90,46 @@ where
     Req: Send + 'static,
     Rep: Send + 'static,
 {
-    Box::pin(futures::stream::unfold(
-        Some((inbound, handler)),
-        |state| async move {
-            let (mut inbound, mut handler) = state?;
-            let request = match inbound.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => return None,
+    let chunks = futures::StreamExt::ready_chunks(inbound, MAX_PIPELINED);
+    let replies = futures::stream::unfold(Some((chunks, handler)), |state| async move {
+        let (mut chunks, mut handler) = state?;
+        let received = chunks.next().await?;
+        let mut requests = Vec::with_capacity(received.len());
+        let mut failed = None;
+        for r in received {
+            match r {
+                Ok(r) => requests.push(r),
                 Err(e) => {
                     tracing::debug!(error = %e, "worker stream closed with an error");
-                    return Some((Err(e), None));
+                    failed = Some(e);
+                    break;
                 }
-            };
-            let reply = handler.handle(request).await;
-            let next = reply.is_ok().then_some((inbound, handler));
-            Some((reply, next))
-        },
-    ))
+            }
+        }
+        let mut replies = handler.handle(requests).await;
+        replies.extend(failed.map(Err));
+        let go_on = replies.iter().all(Result::is_ok);
+        Some((replies, go_on.then_some((chunks, handler))))
+    });
+    Box::pin(futures::StreamExt::flat_map(replies, futures::stream::iter))
 }
 
 #[tonic::async_trait]
 impl StreamHandler<pb::HeartbeatRequest, pb::HeartbeatResponse> for HeartbeatStream {
-    async fn handle(&mut self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse, Status> {
-        let reply = self.beat(&req.job_jwt).await.map_err(status)?;
-        Ok(pb::HeartbeatResponse { reply })
+    async fn handle(
+        &mut self,
+        requests: Vec<pb::HeartbeatRequest>,
+    ) -> Vec<Result<pb::HeartbeatResponse, Status>> {
+        let mut replies = Vec::with_capacity(requests.len());
+        for req in requests {
+            let reply = self.beat(&req.job_jwt).await.map_err(status);
+            let failed = reply.is_err();
+            replies.push(reply.map(|reply| pb::HeartbeatResponse { reply }));
+            if failed {
+                break;
+            }
+        }
+        replies
     }
 }
 
@@ -115,16 +137,31 @@ impl StreamHandler<pb::HeartbeatRequest, pb::HeartbeatResponse> for HeartbeatStr
 impl StreamHandler<pb::LogMessageRequest, pb::LogMessageResponse> for LogStream {
     async fn handle(
         &mut self,
-        req: pb::LogMessageRequest,
-    ) -> Result<pb::LogMessageResponse, Status> {
-        let success = self
-            .message(&req.job_jwt, req.sequence_number, &req.log_message)
-            .await
-            .map_err(status)?;
-        Ok(pb::LogMessageResponse {
-            success,
-            sequence_number: req.sequence_number,
-        })
+        requests: Vec<pb::LogMessageRequest>,
+    ) -> Vec<Result<pb::LogMessageResponse, Status>> {
+        let batch: Vec<(&str, i32, &str)> = requests
+            .iter()
+            .map(|r| {
+                (
+                    r.job_jwt.as_str(),
+                    r.sequence_number,
+                    r.log_message.as_str(),
+                )
+            })
+            .collect();
+        let answers = self.messages(&batch).await;
+        answers
+            .into_iter()
+            .zip(&requests)
+            .map(|(answer, req)| {
+                answer
+                    .map_err(status)
+                    .map(|success| pb::LogMessageResponse {
+                        success,
+                        sequence_number: req.sequence_number,
+                    })
+            })
+            .collect()
     }
 }
 

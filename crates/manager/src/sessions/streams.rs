@@ -62,29 +62,66 @@ impl LogStream {
         sequence: i32,
         line: &str,
     ) -> Result<bool, ManagerError> {
-        let ctx = self.sessions.verify_job_token(token)?;
-        if self.last_sequence.is_some_and(|last| sequence <= last) {
-            return Ok(false);
+        let mut answers = self.messages(&[(token, sequence, line)]).await;
+        answers.pop().unwrap_or(Ok(false))
+    }
+
+    /// Several LogMessages that arrived together (a worker that sends before each
+    /// acknowledgement): answered as [`LogStream::message`] answers each, in order, with
+    /// their lines written in one go. Processing stops at the first error (a bad token, a
+    /// job no longer this token's), which is the last answer.
+    pub async fn messages(
+        &mut self,
+        batch: &[(&str, i32, &str)],
+    ) -> Vec<Result<bool, ManagerError>> {
+        let mut answers: Vec<Option<Result<bool, ManagerError>>> = Vec::with_capacity(batch.len());
+        let mut lines = Vec::new();
+        let mut live = None;
+        for &(token, sequence, line) in batch {
+            let ctx = match self.sessions.verify_job_token(token) {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    answers.push(Some(Err(e)));
+                    break;
+                }
+            };
+            if self.last_sequence.is_some_and(|last| sequence <= last) {
+                answers.push(Some(Ok(false)));
+                continue;
+            }
+            let Ok(entry) = LogEntry::from_worker_line(line) else {
+                answers.push(Some(Ok(false)));
+                continue;
+            };
+            self.last_sequence = Some(sequence);
+            lines.push(WorkerLine {
+                build: ctx.build_id,
+                attempt: ctx.attempt.clone(),
+                sequence,
+                entry,
+            });
+            answers.push(None);
+            live = Some(ctx);
         }
-        let Ok(entry) = LogEntry::from_worker_line(line) else {
-            return Ok(false);
-        };
-        self.last_sequence = Some(sequence);
-        let line = WorkerLine {
-            build: ctx.build_id,
-            attempt: ctx.attempt.clone(),
-            sequence,
-            entry,
-        };
         // Written with whatever other streams' lines are waiting (group commit).
-        self.sessions.log_writer.append(line).await?;
-        if self
-            .last_heartbeat
-            .is_none_or(|at| at.elapsed() >= LOG_HEARTBEAT_EVERY)
+        let mut written = self.sessions.log_writer.append_all(lines).await.into_iter();
+        let mut answers: Vec<Result<bool, ManagerError>> = answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| written.next().map_or(Ok(false), |w| w.map(|_| true))))
+            .collect();
+        if let Some(ctx) = live
+            && self
+                .last_heartbeat
+                .is_none_or(|at| at.elapsed() >= LOG_HEARTBEAT_EVERY)
         {
             self.last_heartbeat = Some(Instant::now());
-            self.sessions.heartbeat(&ctx).await?;
+            if let Err(e) = self.sessions.heartbeat(&ctx).await
+                && let Some(last) = answers.last_mut()
+            {
+                // The job is no longer this token's: the stream ends here.
+                *last = Err(e);
+            }
         }
-        Ok(true)
+        answers
     }
 }
