@@ -383,7 +383,10 @@ async fn a_job_token_is_bound_to_its_attempt() {
     assert_eq!(e.code(), Code::Unauthenticated);
     let stale = log_line_status(&mut client, &first_job).await;
     assert!(
-        matches!(stale.code(), Code::FailedPrecondition | Code::Unauthenticated),
+        matches!(
+            stale.code(),
+            Code::FailedPrecondition | Code::Unauthenticated
+        ),
         "{stale:?}"
     );
     let view = s.build(&id).await;
