@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use buildman_contexts::LocalStore;
 use buildman_core::config::{ExecutorConfig, ExecutorKind};
 use buildman_core::{BuildId, BuildSource, NewBuild, Phase};
 use buildman_executor::{Executor, ExecutorError, StartRequest};
 use buildman_manager::sessions::PhaseReport;
-use buildman_manager::{
-    ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
-};
+use buildman_manager::{ExecutorEntry, KeyPair, Manager, Settings, Timings, TokenService};
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_store::sqlite::SqliteStore;
 
@@ -76,10 +75,10 @@ async fn manager(executor: Arc<Scripted>, workers: u32) -> Manager {
     config.name = "scripted".into();
     let keys = KeyPair::generate().unwrap();
     let tokens = TokenService::new("test", &keys, &[]).unwrap();
-    let files = FileStore::new(
+    let files = Arc::new(LocalStore::new(
         std::env::temp_dir().join("buildman-roles-unused"),
         Arc::new(|id: &str| format!("http://files/{id}")),
-    );
+    ));
     let settings = Settings {
         allowed_worker_count: workers,
         job_registration_timeout: Duration::from_secs(30),

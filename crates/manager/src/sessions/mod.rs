@@ -7,11 +7,11 @@ mod streams;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use buildman_contexts::ContextStore;
 use buildman_core::{Actor, Build, BuildSource, JobEnd, JobRecord, Phase};
 use buildman_store::Store;
 use serde_json::{Map, Value};
 
-use crate::files::FileStore;
 use crate::leases::LeaseMarks;
 use crate::logwriter::LogWriter;
 use crate::reaper::Reaper;
@@ -74,7 +74,7 @@ pub struct WorkerSessions {
     pub(crate) records: JobRecords,
     pub(crate) tokens: Arc<TokenService>,
     pub(crate) reaper: Arc<Reaper>,
-    pub(crate) files: FileStore,
+    pub(crate) files: Arc<dyn ContextStore>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) log_writer: LogWriter,
     /// The queue leases this manager last wrote (see [`WorkerSessions::extend_lease`]).
@@ -106,7 +106,7 @@ impl WorkerSessions {
             )
             .await?;
         }
-        let assignment = self.assignment(&build, &ctx)?;
+        let assignment = self.assignment(&build, &ctx).await?;
         tracing::info!(build_id = %build.id, "worker registered");
         Ok(assignment)
     }
@@ -145,11 +145,17 @@ impl WorkerSessions {
     }
 
     /// The BuildPack of a registered worker.
-    fn assignment(&self, build: &Build, ctx: &TokenContext) -> Result<Assignment, ManagerError> {
+    async fn assignment(
+        &self,
+        build: &Build,
+        ctx: &TokenContext,
+    ) -> Result<Assignment, ManagerError> {
         let s = &self.settings;
         let source = match &build.source {
             BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
-            BuildSource::Uploaded { file_id } => PackageSource::Url(self.files.worker_url(file_id)),
+            BuildSource::Uploaded { file_id } => {
+                PackageSource::Url(self.files.worker_url(file_id).await?)
+            }
             BuildSource::Git {
                 url,
                 sha,
