@@ -20,6 +20,17 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// What `buildman check-config` says about a file it refuses.
+fn refused_by_check_config(file: &Path) -> String {
+    let out = Command::new(BUILDMAN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_config_reports_every_problem_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,13 +39,7 @@ fn check_config_reports_every_problem_with_its_path() {
         "bad.yaml",
         "FEATURE_BUILD_SUPPORT: true\nBUILD_MANAGER:\n- ephemeral\n- ALLOWED_WORKER_COUNT: 0\n  ORCHESTRATOR:\n    REDIS_HOST: r\n    REDIS_PREFIX: x/\n  EXECUTORS:\n  - EXECUTOR: popen\n    NAME: a\n    SETUP_TIME: abc\n  - EXECUTOR: popen\n    NAME: a\n    SURPRISE: 1\n",
     );
-    let out = Command::new(BUILDMAN)
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_by_check_config(&bad);
     for expected in [
         "BUILD_MANAGER[1].ALLOWED_WORKER_COUNT: must be at least 1, got 0",
         "BUILD_MANAGER[1].ORCHESTRATOR.REDIS_PREFIX: a key prefix does not belong in ORCHESTRATOR; set ORCHESTRATOR_PREFIX instead",
@@ -75,6 +80,27 @@ fn check_config_reports_every_problem_with_its_path() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 executor(s): kubernetes, ec2"));
+}
+
+#[test]
+fn check_config_reports_context_storage_problems_without_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "storage.yaml",
+        "FEATURE_BUILD_SUPPORT: true\nBUILDMAN_CONTEXT_STORAGE:\n  KIND: s3\n  \
+         ENDPOINT_URL: minio:9000\n  ACCESS_KEY: AKIAXYZZY\n  SECRETKEY: xyzzy-secret\n",
+    );
+    let err = refused_by_check_config(&bad);
+    for expected in [
+        "BUILDMAN_CONTEXT_STORAGE: missing required key BUCKET",
+        "BUILDMAN_CONTEXT_STORAGE.ENDPOINT_URL: expected a URL starting with http:// or https://, got \"minio:9000\"",
+        "BUILDMAN_CONTEXT_STORAGE: set both ACCESS_KEY and SECRET_KEY, or neither to use the AWS SDK's credentials chain",
+        "warning: BUILDMAN_CONTEXT_STORAGE.SECRETKEY: unknown key, ignored",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("XYZZY") && !err.contains("xyzzy"), "{err}");
 }
 
 #[test]

@@ -7,117 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const BUILDMAN: &str = env!("CARGO_BIN_EXE_buildman");
 const T: Duration = Duration::from_secs(300);
-const API_TOKEN: &str = "failover-test-token";
-
-/// A `buildman serve` process and where it listens.
-struct Serve {
-    child: Child,
-    base: String,
-    grpc: std::net::SocketAddr,
-}
-
-impl Serve {
-    /// Starts `buildman serve` with `config` in `dir/name*`; waits until it listens.
-    async fn start(dir: &Path, name: &str, config: &str) -> Serve {
-        let config_file = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config_file, config).expect("config");
-        let out = dir.join(format!("{name}.out"));
-        let child = Command::new(BUILDMAN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_file)
-            .arg("--data-dir")
-            .arg(dir.join(format!("{name}-data")))
-            .args([
-                "--http-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).expect("log"))
-            .spawn()
-            .expect("buildman serve");
-        // "buildman serving: REST API on http://ADDR, workers on ADDR, data in DIR"
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let line = loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.starts_with("buildman serving:")) {
-                break line.to_string();
-            }
-            assert!(Instant::now() < deadline, "{name} did not start: {text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let field = |after: &str| {
-            let rest = &line[line.find(after).expect("address") + after.len()..];
-            rest.split([',', ' ']).next().expect("address").to_string()
-        };
-        Serve {
-            child,
-            base: format!("http://{}", field("REST API on http://")),
-            grpc: field("workers on ").parse().expect("gRPC address"),
-        }
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        buildman_testkit::http_client()
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(API_TOKEN)
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let response = self.request(reqwest::Method::GET, path).send().await;
-        response.expect("request").json().await.expect("json")
-    }
-
-    /// Uploads `context` and submits a build of it to `repo`; returns the build's id.
-    async fn submit(&self, repo: &str, context: &[u8]) -> String {
-        let http = buildman_testkit::http_client();
-        let view = submit_at(&http, &self.base, API_TOKEN, repo, &[], context).await;
-        view["id"].as_str().expect("id").to_string()
-    }
-
-    /// The whole log of a build.
-    async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
-        logs_at(
-            &buildman_testkit::http_client(),
-            &self.base,
-            API_TOKEN,
-            repo,
-            id,
-        )
-        .await
-    }
-
-    /// Polls until the build is in one of `phases`.
-    async fn wait_phase(&self, id: &str, phases: &[&str]) -> Value {
-        let deadline = Instant::now() + T;
-        loop {
-            let view = self.get(&format!("/api/v1/build/{id}")).await;
-            if phases.contains(&view["phase"].as_str().unwrap_or_default()) {
-                return view;
-            }
-            assert!(Instant::now() < deadline, "build {id}: {view}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The worker, through a wrapper that records its exit status in `exit_file`.
 fn worker_script(dir: &Path, work: &Path, exit_file: &Path) -> PathBuf {
@@ -150,7 +45,7 @@ async fn a_worker_survives_its_killed_manager_and_completes_on_another() {
     let script = worker_script(dir.path(), &work, &exit_file);
     let proxy = Proxy::start().await;
     let config = format!(
-        "{}BUILDMAN_HOSTNAME: 127.0.0.1:{}\nBUILDMAN_API_TOKENS: [{API_TOKEN}]\n{}",
+        "{}BUILDMAN_HOSTNAME: 127.0.0.1:{}\nBUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{}",
         cluster.shared_keys(),
         proxy.port,
         config_yaml(
@@ -186,8 +81,7 @@ async fn a_worker_survives_its_killed_manager_and_completes_on_another() {
     }
     // Started now, so that it cannot have claimed the build before the first one did.
     let b = Serve::start(dir.path(), "b", &config).await;
-    a.child.kill().expect("kill -9");
-    a.child.wait().expect("reaped");
+    a.kill();
     proxy.target.send_replace(Some(b.grpc));
 
     let view = b

@@ -1,16 +1,15 @@
 //! The user-facing side of the manager: submitting, reading and cancelling builds, and the
 //! uploaded contexts builds are made from. The REST API is a thin adapter over this.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use buildman_contexts::{ContextStore, Download, new_id};
 use buildman_core::{Build, BuildId, BuildSource, InvalidBuild, NewBuild, Phase};
 use buildman_store::{LogPage, QueueState, Store};
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 
 use crate::ManagerError;
-use crate::files::FileStore;
 use crate::reaper::Reaper;
 use crate::scheduler::Wake;
 use crate::settings::Settings;
@@ -19,7 +18,7 @@ use crate::settings::Settings;
 #[derive(Clone)]
 pub struct Builds {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) files: FileStore,
+    pub(crate) files: Arc<dyn ContextStore>,
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) wake: Wake,
     pub(crate) settings: Arc<Settings>,
@@ -30,11 +29,11 @@ impl Builds {
     /// An empty display name gets Quay's kind: a short random hex string.
     pub async fn submit(&self, mut new: NewBuild) -> Result<Build, ManagerError> {
         if new.display_name.is_empty() {
-            new.display_name = FileStore::new_id()[..7].to_string();
+            new.display_name = new_id()[..7].to_string();
         }
         let new = new.validate()?;
         if let BuildSource::Uploaded { file_id } = &new.source
-            && self.files.path(file_id).is_none()
+            && !self.files.exists(file_id).await?
         {
             return Err(InvalidBuild(format!(
                 "file_id {file_id:?} names no uploaded file: upload the context first"
@@ -96,21 +95,21 @@ impl Builds {
 
     /// A new upload id (the capability to upload one context, and to fetch it).
     pub fn new_upload_id(&self) -> String {
-        FileStore::new_id()
+        new_id()
     }
 
     /// Stores an uploaded context of at most `limit` bytes under `file_id`.
     pub async fn upload(
         &self,
         file_id: &str,
-        body: impl AsyncRead + Unpin,
+        mut body: impl AsyncRead + Send + Unpin,
         limit: u64,
     ) -> Result<u64, ManagerError> {
-        Ok(self.files.write(file_id, body, limit).await?)
+        Ok(self.files.put(file_id, &mut body, limit).await?)
     }
 
-    /// The file of a finished upload, for a worker to download.
-    pub fn uploaded(&self, file_id: &str) -> Option<PathBuf> {
-        self.files.path(file_id)
+    /// A finished upload's bytes, for a worker to download; `None` when there is none.
+    pub async fn download(&self, file_id: &str) -> Result<Option<Download>, ManagerError> {
+        Ok(self.files.open(file_id).await?)
     }
 }

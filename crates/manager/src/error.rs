@@ -1,12 +1,12 @@
 //! The manager's error: each kind keeps its source, so an adapter can map it to the right
 //! status and a log line can show the whole chain.
 
+use buildman_contexts::ContextError;
 use buildman_core::{BuildId, InvalidBuild};
 use buildman_executor::ExecutorError;
 use buildman_orchestrator::OrchestratorError;
 use buildman_store::StoreError;
 
-use crate::files::UploadError;
 use crate::tokens::TokenError;
 
 /// What went wrong in a manager operation.
@@ -28,9 +28,9 @@ pub enum ManagerError {
     /// expired, ended or cancelled): a refusal, not a failure of the manager.
     #[error("cannot start job for build {build}: {why}")]
     JobNotWaiting { build: BuildId, why: &'static str },
-    /// An upload was refused or could not be stored.
+    /// An upload was refused, or the context storage failed.
     #[error(transparent)]
-    Upload(#[from] UploadError),
+    Upload(#[from] ContextError),
     /// The store failed, or refused (a full namespace queue, an unknown build).
     #[error(transparent)]
     Store(#[from] StoreError),

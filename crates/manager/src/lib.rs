@@ -16,7 +16,6 @@
 mod builds;
 mod error;
 mod executors;
-pub mod files;
 mod leases;
 mod logwriter;
 mod phases;
@@ -31,13 +30,13 @@ pub mod tokens;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use buildman_contexts::ContextStore;
 use buildman_orchestrator::Orchestrator;
 use buildman_store::Store;
 
 pub use builds::Builds;
 pub use error::ManagerError;
 pub use executors::ExecutorEntry;
-pub use files::FileStore;
 pub use sessions::WorkerSessions;
 pub use settings::{Settings, Timings};
 pub use tokens::{KeyPair, TokenService, TokenType};
@@ -74,7 +73,7 @@ impl Manager {
         orchestrator: Arc<dyn Orchestrator>,
         executors: Vec<ExecutorEntry>,
         tokens: TokenService,
-        files: FileStore,
+        files: Arc<dyn ContextStore>,
         settings: Settings,
     ) -> Self {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();

@@ -16,9 +16,9 @@ use buildman_api::{
     BuildList, BuildView, CANCELLED, CreateBuild, ErrorBody, FileDrop, ListQuery, LogPage,
     LogsQuery, paths,
 };
+use buildman_contexts::ContextError;
 use buildman_core::build::valid_name;
 use buildman_core::{Build, BuildId};
-use buildman_manager::files::UploadError;
 use buildman_manager::{Builds, ManagerError};
 use buildman_store::StoreError;
 use futures::TryStreamExt;
@@ -44,10 +44,10 @@ impl From<ManagerError> for ApiError {
             }
             ManagerError::Store(StoreError::QueueFull { .. }) => StatusCode::TOO_MANY_REQUESTS,
             ManagerError::Upload(u) => match u {
-                UploadError::MalformedId | UploadError::Interrupted(_) => StatusCode::BAD_REQUEST,
-                UploadError::AlreadyUploaded => StatusCode::CONFLICT,
-                UploadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                UploadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ContextError::MalformedId | ContextError::Interrupted(_) => StatusCode::BAD_REQUEST,
+                ContextError::AlreadyUploaded => StatusCode::CONFLICT,
+                ContextError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ContextError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ManagerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -217,18 +217,18 @@ async fn upload_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Streams an upload from the context storage (for S3 workers get a presigned URL instead,
+/// but this keeps working).
 async fn download_file(
     State(api): State<Api>,
     ApiPath(file_id): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let path = api
+    let upload = api
         .builds
-        .uploaded(&file_id)
+        .download(&file_id)
+        .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such file".into()))?;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("no such file: {e}")))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(upload));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

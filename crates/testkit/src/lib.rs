@@ -3,13 +3,15 @@
 //! buildah and no network. Tests need `buildah`, `docker-registry` and `busybox-static`
 //! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
 //! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
-//! [`redis`] (a `redis-server` per test).
+//! [`redis`] (a `redis-server` per test); and [`s3`], moto's S3 server for the contexts in
+//! object storage.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod postgres;
 pub mod redis;
+pub mod s3;
 
 /// A port on 127.0.0.1 that was free a moment ago (a server may still lose it to a race:
 /// callers retry on another).

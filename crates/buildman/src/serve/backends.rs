@@ -1,13 +1,15 @@
-//! The store and the orchestrator the configuration names.
+//! The store, the orchestrator and the context storage the configuration names.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use buildman_core::config::{Config, OrchestratorConfig};
+use buildman_contexts::{ContextStore, LocalStore, S3Store};
+use buildman_core::config::{Config, ContextStorageConfig, OrchestratorConfig};
 use buildman_orchestrator::Orchestrator;
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_orchestrator::redis::{RedisOrchestrator, RedisOrchestratorConfig};
+use buildman_server::rest::filedrop_url;
 use buildman_store::Store;
 use buildman_store::postgres::PostgresStore;
 use buildman_store::sqlite::SqliteStore;
@@ -66,4 +68,44 @@ fn redis_config(
     // A slot must outlive the longest job plus the time to stop its worker.
     c.slot_ttl = machine_max_time + std::time::Duration::from_secs(3600);
     c
+}
+
+/// The context storage: `<data dir>/contexts`, served to workers by this manager's REST API at
+/// `public_url`, unless BUILDMAN_CONTEXT_STORAGE names a bucket (S3 uploads are spooled in the
+/// same directory on their way).
+pub(super) async fn open_contexts(
+    config: &Config,
+    data_dir: &Path,
+    public_url: &str,
+) -> anyhow::Result<Arc<dyn ContextStore>> {
+    let dir = data_dir.join("contexts");
+    match &config.context_storage {
+        ContextStorageConfig::Local => {
+            if shared_database(config) {
+                tracing::warn!(
+                    "uploaded contexts live in this manager's data dir: a build uploaded here \
+                     fails on any other manager; with several managers configure \
+                     BUILDMAN_CONTEXT_STORAGE (KIND: s3) so that they share them"
+                );
+            }
+            let public_url = public_url.to_owned();
+            Ok(Arc::new(LocalStore::new(
+                dir,
+                Arc::new(move |id: &str| filedrop_url(&public_url, id)),
+            )))
+        }
+        ContextStorageConfig::S3(s3) => {
+            Ok(Arc::new(S3Store::connect(s3, dir).await.context(
+                "opening the context storage (BUILDMAN_CONTEXT_STORAGE)",
+            )?))
+        }
+    }
+}
+
+/// A database other managers can share (PostgreSQL), as opposed to this one's SQLite file.
+fn shared_database(config: &Config) -> bool {
+    config
+        .database_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
 }

@@ -1,7 +1,7 @@
 //! `buildman serve`: builds the manager from a configuration (store, orchestrator,
 //! executors, keys) and runs the gRPC worker service and the REST API until stopped.
 //!
-//! - [`backends`]: the store and the orchestrator;
+//! - [`backends`]: the store, the orchestrator and the context storage;
 //! - [`secrets`]: the signing key and the API tokens;
 //! - [`executors`]: the executors, built for this process;
 //! - this module: the settings handed to the manager, and the two servers.
@@ -12,13 +12,12 @@ mod secrets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use buildman_core::config::{Config, Lifecycle};
-use buildman_manager::{FileStore, Manager, Settings, Timings};
-use buildman_server::rest::{RestOptions, filedrop_url};
+use buildman_manager::{Manager, Settings, Timings};
+use buildman_server::rest::RestOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -127,13 +126,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", dialable(http_addr)));
-    let files = {
-        let public_url = public_url.clone();
-        FileStore::new(
-            data_dir.join("contexts"),
-            Arc::new(move |id: &str| filedrop_url(&public_url, id)),
-        )
-    };
+    let files = backends::open_contexts(config, data_dir, &public_url).await?;
     let manager = Manager::new(store, orchestrator, executors, tokens, files, settings);
     manager.recover().await?;
     manager.start();

@@ -53,7 +53,7 @@ pub(super) fn api_tokens(
         tokens.push(token.trim().to_string());
         return Ok((tokens, None));
     }
-    let token = buildman_manager::FileStore::new_id();
+    let token = buildman_contexts::new_id();
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

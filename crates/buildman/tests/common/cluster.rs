@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use buildman_manager::{FileStore, KeyPair};
+use buildman_manager::KeyPair;
 use buildman_testkit::redis::RedisServer;
 
 /// The shared backends and key of one test's managers.
@@ -25,7 +25,7 @@ impl Cluster {
         Cluster {
             database_url: buildman_testkit::postgres::fresh_database().await,
             redis: RedisServer::start().await,
-            prefix: format!("buildman/test-{}/", &FileStore::new_id()[..16]),
+            prefix: format!("buildman/test-{}/", &buildman_contexts::new_id()[..16]),
             signing_key,
             _keys: keys,
         }

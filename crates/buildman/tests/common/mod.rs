@@ -7,10 +7,12 @@
 mod archive;
 mod cluster;
 mod proxy;
+mod serve_process;
 
 pub use archive::tar_gz;
 pub use cluster::Cluster;
 pub use proxy::Proxy;
+pub use serve_process::{SERVE_API_TOKEN, Serve};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! buildman's own top-level keys (`BUILDMAN_*` apart from Quay's BUILDMAN_HOSTNAME): listen
-//! addresses, TLS, database, token keys, API tokens, queue bound and registry. Quay ignores
-//! them, so one `config.yaml` can serve both.
+//! addresses, TLS, database, token keys, API tokens, queue bound, registry and context storage.
+//! Quay ignores them, so one `config.yaml` can serve both.
 
 use std::path::PathBuf;
 
@@ -93,6 +93,7 @@ pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
     config.registry_pull_token = s
         .string("BUILDMAN_REGISTRY_PULL_TOKEN")
         .filter(|t| !t.is_empty());
+    config.context_storage = super::context_storage::parse_context_storage(s);
     check_api_tokens(r, &config.api_tokens);
     check_key_ids(r, config.signing_key.as_ref(), &config.trusted_keys);
 }

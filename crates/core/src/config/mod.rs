@@ -14,6 +14,7 @@
 //! - this file: [`Config`] (every top-level key), [`Config::parse`] and the top-level keys Quay
 //!   defines, the environment overrides and the worker address rules;
 //! - `buildman_keys`: buildman's own top-level `BUILDMAN_*` keys, which Quay does not know;
+//!   `context_storage`: their BUILDMAN_CONTEXT_STORAGE;
 //! - `manager`: BUILD_MANAGER; `orchestrator`: its ORCHESTRATOR;
 //! - `executors`: the keys every executor shares, and one file per kind for its own keys;
 //! - `diagnostics`: [`Diagnostic`], the collector and the typed readers every section uses;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use serde_yaml_ng::Value;
 
 mod buildman_keys;
+mod context_storage;
 mod diagnostics;
 mod executors;
 mod manager;
@@ -36,6 +38,7 @@ mod redact;
 mod tests;
 
 pub use buildman_keys::{SigningKeyConfig, TlsConfig, TrustedKeyConfig};
+pub use context_storage::{ContextStorageConfig, S3StorageConfig};
 pub use diagnostics::Diagnostic;
 pub use executors::{
     BenchConfig, Ec2Config, ExecutorConfig, ExecutorKind, ExecutorSpecific, KubernetesConfig,
@@ -97,6 +100,8 @@ pub struct Config {
     /// BUILDMAN_REGISTRY_PULL_TOKEN: likewise for pulling the cache image; defaults to the
     /// push token (redacted in Debug).
     pub registry_pull_token: Option<String>,
+    /// BUILDMAN_CONTEXT_STORAGE: where uploaded build contexts are kept (default: the data dir).
+    pub context_storage: ContextStorageConfig,
     /// BUILDMAN_CONTROLLER_PORT (environment only): Quay's metrics/controller port, default 8686.
     pub controller_port: u16,
 }
@@ -105,7 +110,7 @@ debug_redacting!(Config {
     feature_build_support, server_hostname, buildman_hostname, build_manager, data_dir,
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
     max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, registry,
-    controller_port,
+    context_storage, controller_port,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 
 /// A parsed configuration and the warnings found on the way.
@@ -149,6 +154,7 @@ impl Config {
             max_silent_retries: crate::job::DEFAULT_MAX_SILENT_RETRIES,
             orphan_reap_interval: std::time::Duration::from_secs(60),
             registry: None,
+            context_storage: ContextStorageConfig::Local,
             controller_port: DEFAULT_CONTROLLER_PORT,
         }
     }

@@ -7,12 +7,12 @@ mod streams;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use buildman_contexts::ContextStore;
 use buildman_core::{Actor, Build, BuildSource, JobEnd, JobRecord, Phase};
 use buildman_store::Store;
 use serde_json::{Map, Value};
 
 use crate::executors::Executors;
-use crate::files::FileStore;
 use crate::leases::LeaseMarks;
 use crate::logwriter::LogWriter;
 use crate::reaper::Reaper;
@@ -76,7 +76,7 @@ pub struct WorkerSessions {
     pub(crate) executors: Executors,
     pub(crate) tokens: Arc<TokenService>,
     pub(crate) reaper: Arc<Reaper>,
-    pub(crate) files: FileStore,
+    pub(crate) files: Arc<dyn ContextStore>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) log_writer: LogWriter,
     /// The queue leases this manager last wrote (see [`WorkerSessions::extend_lease`]).
@@ -112,7 +112,7 @@ impl WorkerSessions {
             )
             .await?;
         }
-        let assignment = self.assignment(&build, &ctx, &record)?;
+        let assignment = self.assignment(&build, &ctx, &record).await?;
         tracing::info!(build_id = %build.id, "worker registered");
         Ok(assignment)
     }
@@ -155,7 +155,7 @@ impl WorkerSessions {
 
     /// The BuildPack of a registered worker; its job token lives as long as the job may
     /// (the rest of MACHINE_MAX_TIME) and names the job's attempt.
-    fn assignment(
+    async fn assignment(
         &self,
         build: &Build,
         ctx: &TokenContext,
@@ -164,7 +164,9 @@ impl WorkerSessions {
         let s = &self.settings;
         let source = match &build.source {
             BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
-            BuildSource::Uploaded { file_id } => PackageSource::Url(self.files.worker_url(file_id)),
+            BuildSource::Uploaded { file_id } => {
+                PackageSource::Url(self.files.worker_url(file_id).await?)
+            }
             BuildSource::Git {
                 url,
                 sha,

@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use buildman_contexts::LocalStore;
 use buildman_core::config::{ExecutorConfig, ExecutorKind};
 use buildman_core::{BuildId, BuildSource, NewBuild, Phase};
 use buildman_executor::{Executor, ExecutorError, OwnedWorker, StartRequest, WorkerFailure};
 use buildman_manager::sessions::{PhaseReport, WorkerSessions};
 use buildman_manager::tokens::TokenContext;
-use buildman_manager::{
-    ExecutorEntry, FileStore, KeyPair, Manager, Settings, Timings, TokenService,
-};
+use buildman_manager::{ExecutorEntry, KeyPair, Manager, Settings, Timings, TokenService};
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_store::Store;
 use buildman_store::sqlite::SqliteStore;
@@ -161,10 +160,10 @@ pub fn manager_with(
 ) -> Manager {
     let keys = KeyPair::generate().unwrap();
     let tokens = TokenService::new("test", &keys, &[]).unwrap();
-    let files = FileStore::new(
+    let files = Arc::new(LocalStore::new(
         std::env::temp_dir().join("buildman-roles-unused"),
         Arc::new(|id: &str| format!("http://files/{id}")),
-    );
+    ));
     let entries = executors
         .into_iter()
         .map(|e| {

@@ -4,6 +4,7 @@
 use super::{Config, Loaded};
 
 mod buildman_keys;
+mod context_storage;
 mod diagnostics;
 mod executors;
 mod manager;
