@@ -7,21 +7,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use buildman_testkit::{Buildah, Registry, TOKEN};
+use buildman_testkit::{Registry, TOKEN};
 use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(180);
-
-/// A registry with a busybox base image pushed as `base:latest`.
-async fn registry_with_base(scratch: &Path) -> Registry {
-    let registry = Registry::start().await;
-    let buildah = Buildah { storage: None };
-    let local = format!("localhost/buildman-test-base-{}", std::process::id());
-    buildah.make_base_image(&local, scratch);
-    buildah.push(&local, &format!("{}/base:latest", registry.addr));
-    registry
-}
 
 fn registry_config(dir: &Path, registry: &Registry, token: &str) -> String {
     let mut yaml = config_yaml("ALLOWED_WORKER_COUNT: 2", &real_worker(dir, ""));
@@ -42,7 +32,7 @@ fn messages(logs: &[Value], kind: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_build_pushes_every_tag_to_the_registry() {
     let scratch = tempfile::tempdir().unwrap();
-    let registry = registry_with_base(scratch.path()).await;
+    let registry = Registry::start_with_base(scratch.path()).await;
     let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
     let dockerfile = format!(
         "FROM {}/base\nRUN echo built-by-buildman > /result.txt\nCOPY file.txt /file.txt\n",
@@ -99,7 +89,7 @@ async fn a_real_build_pushes_every_tag_to_the_registry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_push_token_ends_in_error_with_the_registrys_refusal() {
     let scratch = tempfile::tempdir().unwrap();
-    let registry = registry_with_base(scratch.path()).await;
+    let registry = Registry::start_with_base(scratch.path()).await;
     let s = TestServer::start(
         |d| registry_config(d, &registry, "wrong-token"),
         "",
@@ -135,7 +125,7 @@ async fn a_wrong_push_token_ends_in_error_with_the_registrys_refusal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_git_context_builds_the_requested_commit() {
     let scratch = tempfile::tempdir().unwrap();
-    let registry = registry_with_base(scratch.path()).await;
+    let registry = Registry::start_with_base(scratch.path()).await;
     let repo = scratch.path().join("src");
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")
@@ -308,8 +298,10 @@ async fn without_a_registry_the_image_is_written_as_an_oci_layout() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_doubled() {
+/// Runs a build whose worker reaches the manager through a proxy and, mid-build (while
+/// its RUN step prints), has its connection broken by `interrupt`: the build completes,
+/// the worker dialled again, and every line is stored exactly once, in order.
+async fn a_build_survives(repository: &str, interrupt: impl AsyncFnOnce(&Proxy)) {
     let proxy = Proxy::start().await;
     let port = proxy.port;
     let s = TestServer::start(
@@ -327,33 +319,31 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
     proxy.target.send_replace(Some(grpc));
 
     let busybox = std::fs::read(buildman_testkit::busybox()).unwrap();
-    // A nonce in the step, so buildah's layer cache (shared on a developer's machine)
-    // never skips it: the cut must land while the step prints.
-    let nonce = format!("{:?}", std::time::SystemTime::now());
+    // The loop must run (no cache hit), long enough to be interrupted.
     let dockerfile = format!(
         "FROM scratch\nCOPY busybox /bin/busybox\n\
-         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {nonce} >/dev/null; for i in 1 2 3 4 5 6 7 8; do echo line-$i; /bin/busybox sleep 0.5; done\"]\n\
-         RUN [\"/bin/busybox\", \"echo\", \"after\"]\n"
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \": {}; for i in 1 2 3 4 5 6 7 8; do echo line-$i; /bin/busybox sleep 0.5; done\"]\n\
+         RUN [\"/bin/busybox\", \"echo\", \"after\"]\n",
+        buildman_testkit::unique()
     );
-    let dockerfile = dockerfile.as_bytes();
-    let context = tar_gz(&[("Dockerfile", dockerfile), ("busybox", &busybox)], &[]);
-    let id = s.submit_bytes("demo/flaky", &[], &context).await["id"]
+    let context = tar_gz(
+        &[("Dockerfile", dockerfile.as_bytes()), ("busybox", &busybox)],
+        &[],
+    );
+    let id = s.submit_bytes(repository, &[], &context).await["id"]
         .as_str()
         .unwrap()
         .to_string();
 
-    // Mid-build (while the loop prints), the connection is cut for 3 seconds.
     s.wait_phase(&id, &["building"], T).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let before = proxy.accepted.load(std::sync::atomic::Ordering::SeqCst);
-    proxy.cut.send_replace(true);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    proxy.cut.send_replace(false);
+    interrupt(&proxy).await;
 
     let view = s
         .wait_phase(&id, &["complete", "error", "internalerror", "expired"], T)
         .await;
-    let logs = s.logs("demo/flaky", &id).await;
+    let logs = s.logs(repository, &id).await;
     assert_eq!(view["phase"], "complete", "{view}\n{logs:#?}");
     assert!(
         proxy.accepted.load(std::sync::atomic::Ordering::SeqCst) > before,
@@ -378,6 +368,27 @@ async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_d
     assert_eq!(got, expected, "every line exactly once, in order");
     assert_eq!(phases(&logs), COMPLETE_RUN);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reconnects_after_its_connection_drops_and_no_line_is_lost_or_doubled() {
+    a_build_survives("demo/flaky", async |proxy| {
+        // The connection is cut for 3 seconds.
+        proxy.cut.send_replace(true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.cut.send_replace(false);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connection_goes_silent_dials_again_and_no_line_is_lost_or_doubled() {
+    // The connection stays open but carries nothing: only the worker's heartbeat timeout
+    // finds out (it sends no HTTP/2 pings).
+    a_build_survives("demo/silent", async |proxy| {
+        proxy.silence.send(()).expect("a live connection");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

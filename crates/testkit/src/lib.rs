@@ -22,6 +22,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh unique word (32 hex digits). A build step that echoes it misses buildah's layer
+/// cache, which persists across test runs: a step that must really run (and print) needs one.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// The password the test registry accepts for user `$token`.
 pub const TOKEN: &str = "push-token-0123456789";
 
@@ -106,6 +112,20 @@ impl Registry {
             "registry did not come up: {}",
             std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
         );
+    }
+
+    /// Starts a registry (as [`Registry::start`]) holding a busybox base image as
+    /// `base:latest`, built with buildah's default storage; `scratch` is a temp dir for its
+    /// rootfs.
+    pub async fn start_with_base(scratch: &Path) -> Registry {
+        let registry = Registry::start().await;
+        let buildah = Buildah { storage: None };
+        // Unique per call: tests of one binary build their base images in parallel.
+        let local = format!("localhost/buildman-test-base-{}", unique());
+        buildah.make_base_image(&local, scratch);
+        buildah.push(&local, &format!("{}/base:latest", registry.addr));
+        buildah.run(&["rmi", &local]);
+        registry
     }
 
     /// GETs a registry API path (below `/v2/`) with the token, as JSON.

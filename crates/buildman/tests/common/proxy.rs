@@ -1,12 +1,15 @@
 //! A TCP proxy for tests that cut or move a worker's connection to its manager.
 
 /// A TCP proxy between the worker and a manager's gRPC port that a test can cut (while cut,
-/// live connections are dropped and new ones refused) or point at another manager.
+/// live connections are dropped and new ones refused), silence, or point at another manager.
 pub struct Proxy {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     /// True cuts every connection and refuses new ones until set back to false.
     pub cut: tokio::sync::watch::Sender<bool>,
+    /// A send silences every live connection: it stays open but carries nothing more, as
+    /// when the peer's host vanished. New connections work.
+    pub silence: tokio::sync::broadcast::Sender<()>,
     /// Where new connections go; `None` drops them.
     pub target: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
     /// How many connections it accepted.
@@ -21,6 +24,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let (cut, cut_rx) = tokio::sync::watch::channel(false);
         let (target, target_rx) = tokio::sync::watch::channel(None);
+        let (silence, _) = tokio::sync::broadcast::channel(1);
+        let silencer = silence.clone();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
@@ -51,9 +56,14 @@ impl Proxy {
                         let Ok((mut inbound, _)) = accepted else { continue };
                         count.fetch_add(1, Ordering::SeqCst);
                         let Some(to) = *target_rx.borrow() else { continue };
+                        let mut silenced = silencer.subscribe();
                         links.spawn(async move {
                             if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                    // Both sockets stay open until the proxy goes.
+                                    _ = silenced.recv() => std::future::pending::<()>().await,
+                                }
                             }
                         });
                     }
@@ -63,6 +73,7 @@ impl Proxy {
         Proxy {
             port,
             cut,
+            silence,
             target,
             accepted,
         }

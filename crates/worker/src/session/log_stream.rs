@@ -2,8 +2,10 @@
 //! acknowledgement (quay-builder's pattern), across reconnects, and given up with a reason
 //! instead of retried for ever when the manager keeps refusing.
 //!
+//! - A stream opens with its first line (no waiting for response headers, [`super::bidi`]).
 //! - A broken stream is reopened and the unacknowledged line re-sent with the same sequence
-//!   number (the manager stores it once).
+//!   number (the manager stores it once). A line unanswered within [`ANSWER_TIMEOUT`] breaks
+//!   the stream and the connection is dialled anew.
 //! - While the manager cannot be reached at all, the worker keeps trying for
 //!   [`RECONNECT_FOR`], as for every other call.
 //! - A refusal — an error status that names the message, not the connection
@@ -11,26 +13,24 @@
 //!   at once.
 //! - So does a stream that had to be reopened [`MAX_LOG_REOPENS`] times in a row without a
 //!   single line acknowledged in between (a manager that ends the stream without
-//!   answering, or does not answer within [`ACK_TIMEOUT`]).
+//!   answering, or does not answer within [`ANSWER_TIMEOUT`]).
 //!
 //! Once given up, the reason is published (the job ends the build with it) and output lines
 //! are dropped; each error line (the job's last words) still gets one try.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use buildman_proto as pb;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
-use super::{Backoff, Client, RECONNECT_FOR};
+use super::link::Link;
+use super::{ANSWER_TIMEOUT, Backoff, RECONNECT_FOR, bidi};
 
 /// How many times in a row the log stream may be reopened without one line acknowledged
 /// before the build is given up.
 pub const MAX_LOG_REOPENS: u32 = 10;
-/// How long the manager may take to acknowledge a line before the stream counts as broken.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the job asks of the log stream.
 pub(super) enum LogCommand {
@@ -51,17 +51,11 @@ pub struct LogFailure {
     pub unreachable: bool,
 }
 
-/// A log stream: where lines go, where answers come from.
-type OpenStream = (
-    mpsc::Sender<pb::LogMessageRequest>,
-    Streaming<pb::LogMessageResponse>,
-);
-
 /// How one stream ended.
 enum Ended {
     /// No more lines will come.
     Done,
-    /// The stream could not be opened.
+    /// The stream could not be opened: the connection failed before the manager took it.
     Unopened(Status),
     /// Opened, then broken or ended before the line at the front was acknowledged.
     Broken(String),
@@ -87,7 +81,7 @@ fn refusal(status: &Status) -> bool {
 
 /// The sending side of the log stream; [`LogSender::run`] until the job drops its handles.
 pub(super) struct LogSender {
-    client: Client,
+    link: Link,
     commands: mpsc::Receiver<LogCommand>,
     failure: watch::Sender<Option<LogFailure>>,
     next_sequence: i32,
@@ -100,12 +94,12 @@ pub(super) struct LogSender {
 
 impl LogSender {
     pub(super) fn new(
-        client: Client,
+        link: Link,
         commands: mpsc::Receiver<LogCommand>,
         failure: watch::Sender<Option<LogFailure>>,
     ) -> Self {
         LogSender {
-            client,
+            link,
             commands,
             failure,
             next_sequence: 1,
@@ -126,11 +120,7 @@ impl LogSender {
             if self.pending.is_empty() && !self.next_command().await {
                 return;
             }
-            let ended = match self.open().await {
-                Ok((tx, replies)) => self.send_on(tx, replies).await,
-                Err(status) => Ended::Unopened(status),
-            };
-            match ended {
+            match self.send_on().await {
                 Ended::Done => return,
                 Ended::Unopened(status) => self.unopened(status).await,
                 Ended::Broken(why) => self.broken(why).await,
@@ -162,35 +152,25 @@ impl LogSender {
         }
     }
 
-    async fn open(&mut self) -> Result<OpenStream, Status> {
-        let (tx, rx) = mpsc::channel(1);
-        let replies = self
-            .client
-            .log_message(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok((tx, replies))
-    }
-
-    /// Sends the pending lines on one stream, each after the previous one's answer, until
-    /// there are no more or the stream fails.
-    async fn send_on(
-        &mut self,
-        tx: mpsc::Sender<pb::LogMessageRequest>,
-        mut replies: Streaming<pb::LogMessageResponse>,
-    ) -> Ended {
+    /// Opens a stream with the line at the front and sends the pending lines on it, each
+    /// after the previous one's answer, until there are no more or the stream fails.
+    async fn send_on(&mut self) -> Ended {
+        let Some(first) = self.pending.front().cloned() else {
+            return Ended::Done;
+        };
+        let (mut client, generation) = self.link.current();
+        let (tx, mut replies) = bidi::open(first, move |requests| async move {
+            client.log_message(requests).await
+        });
         loop {
-            if self.pending.is_empty() && !self.next_command().await {
-                return Ended::Done;
-            }
-            let Some(line) = self.pending.front().cloned() else {
-                continue;
+            let sequence = self.pending.front().map_or(0, |l| l.sequence_number);
+            let answer = tokio::select! {
+                answer = tokio::time::timeout(ANSWER_TIMEOUT, replies.next()) => answer,
+                () = self.link.replaced(generation) => {
+                    return Ended::Broken("the connection went silent; dialled anew".into());
+                }
             };
-            let sequence = line.sequence_number;
-            if tx.send(line).await.is_err() {
-                return Ended::Broken(format!("the stream closed before line {sequence}"));
-            }
-            match tokio::time::timeout(ACK_TIMEOUT, replies.message()).await {
+            match answer {
                 Ok(Ok(Some(reply))) => self.acknowledged(sequence, &reply),
                 Ok(Ok(None)) => {
                     return Ended::Broken(format!(
@@ -198,12 +178,24 @@ impl LogSender {
                     ));
                 }
                 Ok(Err(status)) if refusal(&status) => return Ended::Refused(status),
+                Ok(Err(status)) if !replies.opened() => return Ended::Unopened(status),
                 Ok(Err(status)) => return Ended::Broken(status.message().to_string()),
                 Err(_) => {
+                    self.link.redial(generation);
                     return Ended::Broken(format!(
-                        "no answer to line {sequence} within {ACK_TIMEOUT:?}"
+                        "no answer to line {sequence} within {ANSWER_TIMEOUT:?}"
                     ));
                 }
+            }
+            if self.pending.is_empty() && !self.next_command().await {
+                return Ended::Done;
+            }
+            let Some(line) = self.pending.front().cloned() else {
+                return Ended::Done;
+            };
+            let sequence = line.sequence_number;
+            if tx.send(line).await.is_err() {
+                return Ended::Broken(format!("the stream closed before line {sequence}"));
             }
         }
     }
@@ -229,13 +221,6 @@ impl LogSender {
         if self.failed() {
             self.pending.pop_front();
             return;
-        }
-        if refusal(&status) {
-            let message = status.message();
-            return self.give_up(
-                format!("the build manager refused the log stream: {message}"),
-                false,
-            );
         }
         let since = *self.unreachable_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= RECONNECT_FOR {

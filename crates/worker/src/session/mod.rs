@@ -4,7 +4,12 @@
 //! (the manager stores each once). The endpoint is dialled again each time, so a load
 //! balancer in front of several managers may route the worker to another one. A log stream
 //! the manager keeps refusing is given up rather than retried for ever ([`log_stream`]).
+//! Streams open by sending ([`bidi`]); the connection has no HTTP/2 keepalive ([`link`]).
+//! docs/worker-protocol.md says what the worker assumes of a manager.
 
+mod bidi;
+mod heartbeat;
+mod link;
 mod log_stream;
 mod logger;
 
@@ -14,33 +19,23 @@ use std::time::{Duration, Instant};
 use buildman_proto as pb;
 use pb::build_manager_client::BuildManagerClient;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-pub use log_stream::{ACK_TIMEOUT, LogFailure, MAX_LOG_REOPENS};
+pub use heartbeat::{HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT};
+use link::Link;
+pub use link::Target;
 use log_stream::{LogCommand, LogSender};
+pub use log_stream::{LogFailure, MAX_LOG_REOPENS};
 pub use logger::Logger;
 
 type Client = BuildManagerClient<Channel>;
 
-/// How the worker reaches its manager (quay-builder's SERVER, INSECURE, TLS_CERT_PATH).
-#[derive(Clone, Debug)]
-pub struct Target {
-    /// `host:port`.
-    pub server: String,
-    /// Plaintext gRPC.
-    pub insecure: bool,
-    /// A CA bundle (PEM) to trust instead of the system roots.
-    pub ca_pem: Option<Vec<u8>>,
-}
-
 /// How long the worker keeps trying to get back to its manager before it gives up.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(600);
-/// quay-builder's heartbeat period.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
-/// quay-builder's connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the manager may take to answer a call or acknowledge a log line before the
+/// connection counts as dead (and is dialled anew).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the session failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,29 +49,6 @@ pub enum SessionError {
     /// The endpoint is malformed or TLS could not be set up.
     #[error("bad endpoint {0}")]
     Endpoint(String),
-}
-
-impl Target {
-    fn channel(&self) -> Result<Channel, SessionError> {
-        let scheme = if self.insecure { "http" } else { "https" };
-        let bad =
-            |e: &dyn std::fmt::Display| SessionError::Endpoint(format!("{}: {e}", self.server));
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.server))
-            .map_err(|e| bad(&e))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if !self.insecure {
-            let tls = match &self.ca_pem {
-                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
-        }
-        // Lazy: the channel dials on first use and again after every failure.
-        Ok(endpoint.connect_lazy())
-    }
 }
 
 /// A capped exponential backoff between reconnects: 100 ms doubling up to 5 s.
@@ -112,41 +84,46 @@ fn transient(status: &Status) -> bool {
     )
 }
 
-/// Retries `call` on connection failures with a capped exponential backoff.
-async fn retry<T, F, Fut>(server: &str, call: &'static str, mut f: F) -> Result<T, SessionError>
+/// Makes a unary call with the link's current client, retried on connection failures (and
+/// on no answer within [`ANSWER_TIMEOUT`], after dialling anew) with a capped exponential
+/// backoff.
+async fn retry<T, F, Fut>(link: &Link, call: &'static str, mut f: F) -> Result<T, SessionError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     let started = Instant::now();
     let mut backoff = Backoff::new();
     loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(s) if transient(&s) && started.elapsed() < RECONNECT_FOR => {
-                tracing::warn!(call, error = %s.message(), "manager unreachable; retrying in {:?}", backoff.delay());
-                backoff.wait().await;
+        let (client, generation) = link.current();
+        let failed = match tokio::time::timeout(ANSWER_TIMEOUT, f(client)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(s)) => s,
+            Err(_) => {
+                link.redial(generation);
+                Status::deadline_exceeded(format!("no answer within {ANSWER_TIMEOUT:?}"))
             }
-            Err(s) if transient(&s) => {
-                return Err(SessionError::Unreachable {
-                    server: server.to_string(),
-                    status: s.message().to_string(),
-                });
-            }
-            Err(s) => {
-                return Err(SessionError::Refused {
-                    call,
-                    message: s.message().to_string(),
-                });
-            }
+        };
+        if !transient(&failed) {
+            return Err(SessionError::Refused {
+                call,
+                message: failed.message().to_string(),
+            });
         }
+        if started.elapsed() >= RECONNECT_FOR {
+            return Err(SessionError::Unreachable {
+                server: link.server().to_string(),
+                status: failed.message().to_string(),
+            });
+        }
+        tracing::warn!(call, error = %failed.message(), "manager unreachable; retrying in {:?}", backoff.delay());
+        backoff.wait().await;
     }
 }
 
 /// A registered job: the BuildPack, and the handles to report on it.
 pub struct Session {
-    client: Client,
-    server: String,
+    link: Link,
     job_jwt: String,
     phase_sequence: i32,
     log: mpsc::Sender<LogCommand>,
@@ -170,16 +147,13 @@ impl Session {
         target: &Target,
         token: &str,
     ) -> Result<(Session, pb::BuildPack), SessionError> {
-        let client = Client::new(target.channel()?);
-        let server = target.server.clone();
-        retry(&server, "Ping", || {
-            let mut c = client.clone();
-            async move { c.ping(pb::PingRequest {}).await }
+        let link = Link::new(target)?;
+        retry(&link, "Ping", |mut c| async move {
+            c.ping(pb::PingRequest {}).await
         })
         .await?;
         let (log_tx, log_rx) = mpsc::channel(1024);
-        let pack = retry(&server, "RegisterBuildJob", || {
-            let mut c = client.clone();
+        let pack = retry(&link, "RegisterBuildJob", |mut c| {
             let register_jwt = token.to_string();
             async move {
                 c.register_build_job(pb::BuildJobArgs { register_jwt })
@@ -192,13 +166,16 @@ impl Session {
         let (cancel_tx, cancelled) = watch::channel(false);
         let (failure_tx, log_failure) = watch::channel(None);
         let tasks = vec![
-            tokio::spawn(LogSender::new(client.clone(), log_rx, failure_tx).run()),
-            tokio::spawn(heartbeats(client.clone(), job_jwt.clone(), cancel_tx)),
+            tokio::spawn(LogSender::new(link.clone(), log_rx, failure_tx).run()),
+            tokio::spawn(heartbeat::heartbeats(
+                link.clone(),
+                job_jwt.clone(),
+                cancel_tx,
+            )),
         ];
         Ok((
             Session {
-                client,
-                server,
+                link,
                 job_jwt,
                 phase_sequence: 0,
                 log: log_tx,
@@ -225,8 +202,8 @@ impl Session {
             phase: phase as i32,
             pull_metadata,
         };
-        let reply = retry(&self.server, "SetPhase", || {
-            let (mut c, r) = (self.client.clone(), request.clone());
+        let reply = retry(&self.link, "SetPhase", |mut c| {
+            let r = request.clone();
             async move { c.set_phase(r).await }
         })
         .await?
@@ -252,8 +229,8 @@ impl Session {
             base_image_tag: base_tag.to_string(),
             base_image_id: String::new(),
         };
-        Ok(retry(&self.server, "DetermineCachedTag", || {
-            let (mut c, r) = (self.client.clone(), request.clone());
+        Ok(retry(&self.link, "DetermineCachedTag", |mut c| {
+            let r = request.clone();
             async move { c.determine_cached_tag(r).await }
         })
         .await?
@@ -282,7 +259,7 @@ impl Session {
 
     /// The manager's `host:port`.
     pub fn server(&self) -> &str {
-        &self.server
+        self.link.server()
     }
 
     /// A future that resolves when the log stream gave up (see [`log_stream`]): the build
@@ -311,57 +288,5 @@ impl Session {
         async move {
             let _ = rx.wait_for(|c| *c).await;
         }
-    }
-}
-
-/// Heartbeats every [`HEARTBEAT_EVERY`], awaiting each reply; reopens the stream when it
-/// breaks. Three `false` replies in a row (each retried at once) mean the job is gone.
-async fn heartbeats(client: Client, jwt: String, cancelled: watch::Sender<bool>) {
-    let mut backoff = Backoff::new();
-    let mut refused = 0;
-    loop {
-        let (tx, rx) = mpsc::channel(1);
-        let mut c = client.clone();
-        let mut replies = match c.heartbeat(ReceiverStream::new(rx)).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                tracing::warn!(error = %e.message(), "heartbeat stream: cannot open; retrying in {:?}", backoff.delay());
-                backoff.wait().await;
-                continue;
-            }
-        };
-        loop {
-            if tx
-                .send(pb::HeartbeatRequest {
-                    job_jwt: jwt.clone(),
-                })
-                .await
-                .is_err()
-            {
-                break;
-            }
-            match replies.message().await {
-                Ok(Some(r)) if r.reply => {
-                    refused = 0;
-                    backoff.reset();
-                }
-                Ok(Some(_)) => {
-                    refused += 1;
-                    if refused >= 3 {
-                        tracing::warn!("the manager no longer knows this job; stopping");
-                        let _ = cancelled.send(true);
-                        return;
-                    }
-                    continue;
-                }
-                Ok(None) | Err(_) => break,
-            }
-            tokio::time::sleep(HEARTBEAT_EVERY).await;
-        }
-        tracing::warn!(
-            "heartbeat stream broke; reconnecting in {:?}",
-            backoff.delay()
-        );
-        backoff.wait().await;
     }
 }
