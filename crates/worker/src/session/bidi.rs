@@ -32,14 +32,18 @@ enum State<T> {
 }
 
 /// Opens a bidirectional stream whose first request is `first`: `call` makes the call
-/// with the request stream it is given. Returns where further requests go (one at a time:
-/// each after the previous one's answer) and where the answers come from.
-pub(super) fn open<Req, Resp, F, Fut>(first: Req, call: F) -> (mpsc::Sender<Req>, Answers<Resp>)
+/// with the request stream it is given. Returns where further requests go (up to `window`
+/// of them may wait to be sent) and where the answers come from.
+pub(super) fn open<Req, Resp, F, Fut>(
+    first: Req,
+    window: usize,
+    call: F,
+) -> (mpsc::Sender<Req>, Answers<Resp>)
 where
     F: FnOnce(Requests<Req>) -> Fut,
     Fut: Future<Output = Result<Response<Streaming<Resp>>, Status>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, rx) = mpsc::channel(window.max(1));
     let requests = tokio_stream::once(first).chain(ReceiverStream::new(rx));
     let answers = Answers {
         state: State::Calling(Box::pin(call(requests))),

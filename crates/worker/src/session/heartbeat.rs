@@ -27,7 +27,7 @@ pub(super) async fn heartbeats(link: Link, jwt: String, cancelled: watch::Sender
     let mut refused = 0;
     loop {
         let (mut client, generation) = link.current();
-        let (tx, mut replies) = bidi::open(beat(), move |requests| async move {
+        let (tx, mut replies) = bidi::open(beat(), 1, move |requests| async move {
             client.heartbeat(requests).await
         });
         let why = loop {

@@ -1,11 +1,14 @@
-//! The LogMessage stream: queued lines sent one at a time, each awaiting its
-//! acknowledgement (quay-builder's pattern), across reconnects, and given up with a reason
-//! instead of retried for ever when the manager keeps refusing.
+//! The LogMessage stream: queued lines sent with up to [`LOG_WINDOW`] of them awaiting
+//! their acknowledgements (quay-builder waits for each; the stream is bidirectional, so a
+//! window costs the manager one write for many lines instead of one each), across
+//! reconnects, and given up with a reason instead of retried for ever when the manager
+//! keeps refusing.
 //!
 //! - A stream opens with its first line (no waiting for response headers, [`super::bidi`]).
-//! - A broken stream is reopened and the unacknowledged line re-sent with the same sequence
-//!   number (the manager stores it once). A line unanswered within [`ANSWER_TIMEOUT`] breaks
-//!   the stream and the connection is dialled anew.
+//! - Answers come in order, one per line. A broken stream is reopened and every
+//!   unacknowledged line re-sent with its sequence number (the manager stores each once).
+//!   No answer within [`ANSWER_TIMEOUT`] breaks the stream and the connection is dialled
+//!   anew.
 //! - While the manager cannot be reached at all, the worker keeps trying for
 //!   [`RECONNECT_FOR`], as for every other call.
 //! - A refusal — an error status that names the message, not the connection
@@ -31,6 +34,9 @@ use super::{ANSWER_TIMEOUT, Backoff, RECONNECT_FOR, bidi};
 /// How many times in a row the log stream may be reopened without one line acknowledged
 /// before the build is given up.
 pub const MAX_LOG_REOPENS: u32 = 10;
+
+/// Most lines in flight (sent, not yet acknowledged) on the log stream.
+pub const LOG_WINDOW: usize = 256;
 
 /// What the job asks of the log stream.
 pub(super) enum LogCommand {
@@ -133,69 +139,106 @@ impl LogSender {
     /// job dropped every handle.
     async fn next_command(&mut self) -> bool {
         loop {
-            if self.pending.is_empty() {
-                for flush in self.flushes.drain(..) {
-                    let _ = flush.send(());
-                }
-            }
+            self.answer_flushes();
             match self.commands.recv().await {
-                Some(LogCommand::Line { error, .. }) if self.failed() && !error => {}
-                Some(LogCommand::Line { mut request, .. }) => {
-                    request.sequence_number = self.next_sequence;
-                    self.next_sequence += 1;
-                    self.pending.push_back(request);
-                    return true;
+                Some(command) => {
+                    self.take(command);
+                    if !self.pending.is_empty() {
+                        return true;
+                    }
                 }
-                Some(LogCommand::Flush(flush)) => self.flushes.push(flush),
                 None => return false,
             }
         }
     }
 
-    /// Opens a stream with the line at the front and sends the pending lines on it, each
-    /// after the previous one's answer, until there are no more or the stream fails.
+    /// Opens a stream with the line at the front and sends the pending lines on it, up to
+    /// [`LOG_WINDOW`] ahead of their answers, until there are no more or the stream fails.
     async fn send_on(&mut self) -> Ended {
         let Some(first) = self.pending.front().cloned() else {
             return Ended::Done;
         };
         let (mut client, generation) = self.link.current();
-        let (tx, mut replies) = bidi::open(first, move |requests| async move {
+        let (tx, mut replies) = bidi::open(first, LOG_WINDOW, move |requests| async move {
             client.log_message(requests).await
         });
+        // Lines of `pending` sent on this stream (the front ones), and the job's handles.
+        let (mut sent, mut open) = (1, true);
+        let mut progress = Instant::now();
         loop {
+            while sent < self.pending.len().min(LOG_WINDOW) {
+                let line = self.pending[sent].clone();
+                let sequence = line.sequence_number;
+                if tx.send(line).await.is_err() {
+                    return Ended::Broken(format!("the stream closed before line {sequence}"));
+                }
+                sent += 1;
+            }
+            if sent == 0 {
+                // Nothing in flight: wait for the next line (answering flushes).
+                if !open || !self.next_command().await {
+                    return Ended::Done;
+                }
+                continue;
+            }
             let sequence = self.pending.front().map_or(0, |l| l.sequence_number);
-            let answer = tokio::select! {
-                answer = tokio::time::timeout(ANSWER_TIMEOUT, replies.next()) => answer,
+            let room = open && sent < LOG_WINDOW;
+            let deadline = tokio::time::Instant::from_std(progress + ANSWER_TIMEOUT);
+            tokio::select! {
+                answer = tokio::time::timeout_at(deadline, replies.next()) => match answer {
+                    Ok(Ok(Some(reply))) => {
+                        self.acknowledged(sequence, &reply);
+                        sent -= 1;
+                        progress = Instant::now();
+                        self.answer_flushes();
+                    }
+                    Ok(Ok(None)) => {
+                        return Ended::Broken(format!(
+                            "the build manager ended the log stream without answering line {sequence}"
+                        ));
+                    }
+                    Ok(Err(status)) if refusal(&status) => return Ended::Refused(status),
+                    Ok(Err(status)) if !replies.opened() => return Ended::Unopened(status),
+                    Ok(Err(status)) => return Ended::Broken(status.message().to_string()),
+                    Err(_) => {
+                        self.link.redial(generation);
+                        return Ended::Broken(format!(
+                            "no answer to line {sequence} within {ANSWER_TIMEOUT:?}"
+                        ));
+                    }
+                },
                 () = self.link.replaced(generation) => {
                     return Ended::Broken("the connection went silent; dialled anew".into());
                 }
-            };
-            match answer {
-                Ok(Ok(Some(reply))) => self.acknowledged(sequence, &reply),
-                Ok(Ok(None)) => {
-                    return Ended::Broken(format!(
-                        "the build manager ended the log stream without answering line {sequence}"
-                    ));
-                }
-                Ok(Err(status)) if refusal(&status) => return Ended::Refused(status),
-                Ok(Err(status)) if !replies.opened() => return Ended::Unopened(status),
-                Ok(Err(status)) => return Ended::Broken(status.message().to_string()),
-                Err(_) => {
-                    self.link.redial(generation);
-                    return Ended::Broken(format!(
-                        "no answer to line {sequence} within {ANSWER_TIMEOUT:?}"
-                    ));
-                }
+                command = self.commands.recv(), if room => match command {
+                    Some(command) => self.take(command),
+                    None => open = false,
+                },
             }
-            if self.pending.is_empty() && !self.next_command().await {
-                return Ended::Done;
+        }
+    }
+
+    /// A command that came while lines were in flight.
+    fn take(&mut self, command: LogCommand) {
+        match command {
+            LogCommand::Line { error, .. } if self.failed() && !error => {}
+            LogCommand::Line { mut request, .. } => {
+                request.sequence_number = self.next_sequence;
+                self.next_sequence += 1;
+                self.pending.push_back(request);
             }
-            let Some(line) = self.pending.front().cloned() else {
-                return Ended::Done;
-            };
-            let sequence = line.sequence_number;
-            if tx.send(line).await.is_err() {
-                return Ended::Broken(format!("the stream closed before line {sequence}"));
+            LogCommand::Flush(flush) => {
+                self.flushes.push(flush);
+                self.answer_flushes();
+            }
+        }
+    }
+
+    /// Answers the flushes waiting for every line to be acknowledged, once they are.
+    fn answer_flushes(&mut self) {
+        if self.pending.is_empty() {
+            for flush in self.flushes.drain(..) {
+                let _ = flush.send(());
             }
         }
     }
