@@ -3,11 +3,12 @@
 //! buildah and no network. Tests need `buildah`, `docker-registry` and `busybox-static`
 //! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
 //! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
-//! [`redis`] (a `redis-server` per test).
+//! [`redis`] (a `redis-server` per test). And [`kube`], a fake Kubernetes API server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod kube;
 pub mod postgres;
 pub mod redis;
 
