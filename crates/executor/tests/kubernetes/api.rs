@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use buildman_executor::{Executor, ExecutorError};
-use buildman_testkit::kube::{Auth, FakeKube, ago};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use buildman_testkit::kube::{Auth, FakeKube, abandoned_job};
 
 use crate::{TOKEN, executor, request};
 
@@ -15,31 +13,6 @@ fn plain(fake: &FakeKube) -> String {
         "EXECUTOR: kubernetesPodman\nK8S_API_SERVER: {}\nBUILDER_NAMESPACE: builds",
         fake.addr
     )
-}
-
-/// A worker Job as another manager (or a crashed one) left it.
-fn leftover(build: &str, age: Duration) -> Job {
-    let labels = [
-        ("build", build),
-        ("time", "2026-01-01-00"),
-        ("manager", "other"),
-        ("quay-sha", "x"),
-    ];
-    Job {
-        metadata: ObjectMeta {
-            name: Some(format!("{build}-old")),
-            namespace: Some("builds".into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            creation_timestamp: Some(ago(age)),
-            ..ObjectMeta::default()
-        },
-        ..Job::default()
-    }
 }
 
 #[tokio::test]
@@ -56,10 +29,8 @@ async fn start_count_list_and_stop() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].metadata.namespace.as_deref(), Some("builds"));
     assert_eq!(fake.pods().len(), 1, "the Job controller made its pod");
-    let other = fake.insert_job(leftover(
-        &buildman_core::BuildId::new().to_string(),
-        Duration::from_secs(3600),
-    ));
+    let build = buildman_core::BuildId::new().to_string();
+    let other = fake.insert_job(abandoned_job("builds", &build, Duration::from_secs(3600)));
     assert_eq!(executor.running().await.unwrap(), 2);
     fake.finish_job(&other, None);
     assert_eq!(

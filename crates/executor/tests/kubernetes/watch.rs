@@ -5,48 +5,10 @@
 use std::time::Duration;
 
 use buildman_executor::{Executor, WorkerFailure};
-use buildman_testkit::kube::{Auth, FakeKube};
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
-};
+use buildman_testkit::kube::{Auth, FakeKube, image_pull_back_off, unschedulable};
 use tokio::sync::mpsc::Receiver;
 
 use crate::{executor, request};
-
-pub fn unschedulable() -> PodStatus {
-    PodStatus {
-        phase: Some("Pending".into()),
-        conditions: Some(vec![PodCondition {
-            type_: "PodScheduled".into(),
-            status: "False".into(),
-            reason: Some("Unschedulable".into()),
-            message: Some("0/3 nodes are available: 3 Insufficient memory.".into()),
-            ..PodCondition::default()
-        }]),
-        ..PodStatus::default()
-    }
-}
-
-pub fn image_pull_back_off() -> PodStatus {
-    PodStatus {
-        phase: Some("Pending".into()),
-        container_statuses: Some(vec![ContainerStatus {
-            name: "builder".into(),
-            image: "quay.io/projectquay/quay-builder:nope".into(),
-            state: Some(ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some("ImagePullBackOff".into()),
-                    message: Some(
-                        "Back-off pulling image \"quay.io/projectquay/quay-builder:nope\"".into(),
-                    ),
-                }),
-                ..ContainerState::default()
-            }),
-            ..ContainerStatus::default()
-        }]),
-        ..PodStatus::default()
-    }
-}
 
 async fn next(failures: &mut Receiver<WorkerFailure>) -> WorkerFailure {
     tokio::time::timeout(Duration::from_secs(20), failures.recv())

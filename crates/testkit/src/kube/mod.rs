@@ -19,8 +19,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use k8s_openapi;
 pub use server::Peer;
 use store::Store;
 pub use store::{ago, now};
@@ -50,7 +54,7 @@ pub enum PodOutcome {
     /// Stays Pending with no status details.
     Pending,
     /// Takes this status (e.g. unschedulable, or a container waiting in ImagePullBackOff).
-    Status(PodStatus),
+    Status(Box<PodStatus>),
     /// Runs as this local process (put in a process group of its own): Running while it
     /// runs, then Succeeded (the Job Complete) or Failed (the Job Failed); deleting the pod
     /// kills its group.
@@ -190,10 +194,73 @@ impl FakeKube {
     }
 }
 
+/// A worker Job in `namespace` as a crashed manager left it: the four worker labels, for
+/// `build`, created `age` ago; named `<build>-left`.
+pub fn abandoned_job(namespace: &str, build: &str, age: std::time::Duration) -> Job {
+    let labels = [
+        ("build", build),
+        ("time", "2026-01-01-00"),
+        ("manager", "crashed"),
+        ("quay-sha", "x"),
+    ];
+    Job {
+        metadata: ObjectMeta {
+            name: Some(format!("{build}-left")),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            creation_timestamp: Some(ago(age)),
+            ..ObjectMeta::default()
+        },
+        ..Job::default()
+    }
+}
+
 /// The environment of a pod's first container, as a process would get it.
 pub fn container_env(pod: &Pod) -> Vec<(String, String)> {
     let containers = pod.spec.iter().flat_map(|s| s.containers.iter()).take(1);
     let vars = containers.flat_map(|c| c.env.iter().flatten());
     vars.map(|v| (v.name.clone(), v.value.clone().unwrap_or_default()))
         .collect()
+}
+
+/// A pod the scheduler cannot place (as a full cluster shows it).
+pub fn unschedulable() -> PodStatus {
+    PodStatus {
+        phase: Some("Pending".into()),
+        conditions: Some(vec![PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available: 3 Insufficient memory.".into()),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    }
+}
+
+/// A pod whose container cannot pull its image.
+pub fn image_pull_back_off() -> PodStatus {
+    PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "builder".into(),
+            image: "quay.io/projectquay/quay-builder:nope".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: Some(
+                        "Back-off pulling image \"quay.io/projectquay/quay-builder:nope\"".into(),
+                    ),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    }
 }

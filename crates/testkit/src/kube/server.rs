@@ -383,7 +383,7 @@ fn run_pod(shared: &Fake, kubelet: &super::Kubelet, pod: k8s_openapi::api::core:
     match kubelet(&pod) {
         PodOutcome::Pending => {}
         PodOutcome::Status(status) => {
-            shared.store().update_pod(&name, status);
+            shared.store().update_pod(&name, *status);
             let _ = shared.changed.send(0);
         }
         PodOutcome::Run(mut child) => {
