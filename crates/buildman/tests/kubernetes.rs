@@ -347,41 +347,6 @@ async fn orphaned_jobs_are_deleted_once_across_two_managers() {
     a.stop().await;
 }
 
-/// A certificate for the manager's gRPC listener on 127.0.0.1 (made with openssl).
-fn grpc_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("grpc.pem"), dir.join("grpc.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .args(["-addext", "extendedKeyUsage=serverAuth", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// Our worker started with exactly the environment a kubernetesPodman Job gives it (the
 /// fake kubelet runs `buildman worker` as a local process with the pod's variables; only
 /// the bundle path /certs/cacert.crt is moved into the test's directory): it writes
@@ -389,8 +354,8 @@ fn grpc_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 /// registers over TLS and completes a build with podman.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_worker_builds_with_the_kubernetes_podman_environment_over_tls() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = grpc_certificate(certs.path());
+    let certs = buildman_testkit::certs::Certs::make();
+    let (cert, key) = (certs.path("self.pem"), certs.path("self.key"));
     let fake = FakeKube::start(Auth::Anyone, None).await;
     let server = fake.addr.to_string();
     let s = TestServer::start(

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod certs;
 pub mod kube;
 pub mod postgres;
 pub mod redis;

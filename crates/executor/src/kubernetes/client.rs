@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use buildman_core::config::KubernetesConfig;
+use buildman_core::error_chain as chain;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// How the client was configured, for the start-up log line (no secrets).
@@ -112,22 +113,6 @@ fn readable(key: &str, path: &Path) -> Result<(), String> {
 /// A client over `config`.
 pub fn client(config: kube::Config) -> Result<kube::Client, String> {
     kube::Client::try_from(config).map_err(|e| format!("the Kubernetes client: {}", chain(&e)))
-}
-
-/// An error with its causes, each once (`a: b: c`): the cause is what tells an operator
-/// what to fix ("invalid peer certificate: UnknownIssuer").
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// K8S_API_TIMEOUT of `k`, at least a second (a zero timeout would fail every call).

@@ -209,7 +209,7 @@ fn api_error(what: &str, error: &kube::Error) -> ExecutorError {
             ExecutorError::Failed(text)
         }
         other => {
-            let text = client::chain(other);
+            let text = buildman_core::error_chain(other);
             let hint = if text.contains("certificate") || text.contains("Certificate") {
                 " (check K8S_API_TLS_CA, or VERIFY_TLS: false for a test cluster)"
             } else {

@@ -217,7 +217,7 @@ pub(super) async fn watch(
                 Some(Ok(None)) => last_error = None,
                 Some(Err(e)) => {
                     // The watcher retries with a back-off; say so once per kind of error.
-                    let text = super::client::chain(&e);
+                    let text = buildman_core::error_chain(&e);
                     if last_error.as_ref() != Some(&text) {
                         tracing::warn!(namespace = %namespace, error = %text, "watching worker pods and Jobs failed; retrying");
                         last_error = Some(text);

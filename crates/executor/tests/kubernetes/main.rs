@@ -8,13 +8,14 @@ mod auth;
 mod manifest;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use buildman_core::BuildId;
 use buildman_core::config::{Config, ExecutorConfig};
 use buildman_executor::StartRequest;
 use buildman_executor::kubernetes::{KubernetesExecutor, KubernetesSettings};
+pub use buildman_testkit::certs::Certs;
 
 /// The registration token handed to workers in these tests; it must never show up in an
 /// error.
@@ -53,116 +54,6 @@ pub async fn executor(entry: &str) -> KubernetesExecutor {
     KubernetesExecutor::new(settings(entry))
         .await
         .expect("executor")
-}
-
-/// Test certificates made with the openssl command: a CA, a server certificate it signed
-/// for 127.0.0.1, a client certificate it signed, a self-signed server certificate, and a
-/// second CA that signed nothing here.
-pub struct Certs {
-    pub dir: tempfile::TempDir,
-}
-
-impl Certs {
-    pub fn make() -> Certs {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl (Debian package openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let key = ["-nodes", "-newkey", "rsa:2048", "-days", "1"];
-        for (name, cn) in [("ca", "fake kube CA"), ("other-ca", "another CA")] {
-            let (k, c) = (format!("{name}.key"), format!("{name}.pem"));
-            let mut args = vec!["req", "-x509", "-subj"];
-            let subject = format!("/CN={cn}");
-            args.push(&subject);
-            args.extend(key);
-            args.extend(["-keyout", &k, "-out", &c]);
-            run(&args);
-        }
-        let leaf = |name: &str, cn: &str, ext: &str| {
-            let (k, r, c, e) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(dir.path().join(&e), ext).expect("ext");
-            let subject = format!("/CN={cn}");
-            run(&[
-                "req", "-new", "-nodes", "-newkey", "rsa:2048", "-subj", &subject, "-keyout", &k,
-                "-out", &r,
-            ]);
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &r,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                &e,
-                "-out",
-                &c,
-            ]);
-        };
-        leaf(
-            "server",
-            "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        );
-        leaf(
-            "client",
-            "buildman",
-            "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n",
-        );
-        run(&[
-            "req",
-            "-x509",
-            "-nodes",
-            "-newkey",
-            "rsa:2048",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-addext",
-            "extendedKeyUsage=serverAuth",
-            "-keyout",
-            "self.key",
-            "-out",
-            "self.pem",
-        ]);
-        Certs { dir }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn server(&self, client_ca: bool) -> buildman_testkit::kube::TlsFiles {
-        buildman_testkit::kube::TlsFiles {
-            cert: self.path("server.pem"),
-            key: self.path("server.key"),
-            client_ca: client_ca.then(|| self.path("ca.pem")),
-        }
-    }
 }
 
 /// Polls `check` until it holds; panics after 20 s.
