@@ -48,7 +48,7 @@ pub fn request() -> StartRequest {
     }
 }
 
-/// An executor over `entry`, started (its watch running when `watch` is true).
+/// An executor over `entry` (its watch starts when `failures()` is taken).
 pub async fn executor(entry: &str) -> KubernetesExecutor {
     buildman_testkit::tls_provider();
     KubernetesExecutor::new(settings(entry))
