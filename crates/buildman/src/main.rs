@@ -148,7 +148,25 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match load_config(file) {
         Ok(config) => {
             let bm = &config.build_manager;
-            let names: Vec<&str> = bm.executors.iter().map(|e| e.name.as_str()).collect();
+            let (runnable, skipped): (Vec<_>, Vec<_>) =
+                (bm.executors.iter()).partition(|e| buildman::serve::RUNNABLE.contains(&e.kind));
+            for e in &skipped {
+                eprintln!(
+                    "warning: executor {:?}: kind {} is not available in this version; `serve` skips it",
+                    e.name, e.kind
+                );
+            }
+            if runnable.is_empty() && bm.lifecycle == buildman_core::config::Lifecycle::Ephemeral {
+                let kinds: Vec<&str> = (buildman::serve::RUNNABLE.iter())
+                    .map(|k| k.as_str())
+                    .collect();
+                eprintln!(
+                    "error: no usable executor: `serve` would refuse this file; configure one of {}",
+                    kinds.join(", ")
+                );
+                return ExitCode::FAILURE;
+            }
+            let names: Vec<&str> = runnable.iter().map(|e| e.name.as_str()).collect();
             println!(
                 "{}: ok (build support {}, {} executor(s): {}, ALLOWED_WORKER_COUNT {})",
                 file.display(),
@@ -192,6 +210,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         options.grpc_listen = a;
     }
     options.allow_bench_executor = args.allow_bench_executor;
+    if let Some(dir) = args.config.as_deref().and_then(std::path::Path::parent) {
+        options.config_dir = dir.to_path_buf();
+    }
     let running = serve::start(options.clone()).await?;
     if let Some(token) = &running.new_admin_token {
         println!(

@@ -1,5 +1,5 @@
 //! Executors: the control planes that start a worker for a job and stop it afterwards
-//! (a local process; Kubernetes and EC2 later; a load generator's callback for
+//! (a local process; a Kubernetes Job; EC2 later; a load generator's callback for
 //! benchmarks). Each is one module implementing [`Executor`].
 //!
 //! An executor knows how to run a worker and nothing about queues, phases or tokens beyond
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 pub mod bench;
 pub mod ignition;
+pub mod kubernetes;
 pub mod local;
 
 /// Why a worker could not be started or stopped.
@@ -43,6 +44,9 @@ pub struct StartRequest {
     pub insecure: bool,
     /// The job's maximum lifetime, so a worker can power itself off after it.
     pub max_lifetime_s: u64,
+    /// The id of the manager starting the worker, for control planes that label workers
+    /// with it (a Kubernetes Job's `manager` label).
+    pub manager_id: String,
 }
 
 impl std::fmt::Debug for StartRequest {
@@ -52,7 +56,8 @@ impl std::fmt::Debug for StartRequest {
             .field("token", &"<redacted>")
             .field("server", &self.server)
             .field("registry_hostname", &self.registry_hostname)
-            .finish()
+            .field("manager_id", &self.manager_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -3,12 +3,14 @@
 //! buildah and no network. Tests need `buildah`, `docker-registry` and `busybox-static`
 //! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
 //! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
-//! [`redis`] (a `redis-server` per test); and [`s3`], moto's S3 server for the contexts in
-//! object storage.
+//! [`redis`] (a `redis-server` per test); [`s3`], moto's S3 server for the contexts in
+//! object storage; and [`kube`], a fake Kubernetes API server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod certs;
+pub mod kube;
 pub mod postgres;
 pub mod redis;
 pub mod s3;

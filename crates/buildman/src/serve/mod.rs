@@ -10,6 +10,8 @@ mod backends;
 mod executors;
 mod secrets;
 
+pub use executors::RUNNABLE;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +45,10 @@ pub struct ServeOptions {
     /// Allows `EXECUTOR: bench` (`--allow-bench-executor`): it hands registration tokens
     /// to whoever listens at its callback URL, so it must never run by accident.
     pub allow_bench_executor: bool,
+    /// The config file's directory: relative EXTRA_CA_CERTS are read from it (Quay reads
+    /// them from its config directory), and Quay's `ssl.cert` there is the workers' default
+    /// CA_CERT. The current directory without a file.
+    pub config_dir: PathBuf,
 }
 
 impl ServeOptions {
@@ -59,6 +65,7 @@ impl ServeOptions {
             timings: Timings::default(),
             worker_env: Vec::new(),
             allow_bench_executor: false,
+            config_dir: PathBuf::from("."),
             config,
         })
     }
@@ -120,7 +127,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     options
         .worker_env
         .extend(local_worker_env(config, result_dir.as_deref())?);
-    let executors = executors::executors(&options)?;
+    let executors = executors::executors(&options).await?;
     let settings = settings(&options, grpc_addr, result_dir);
     let public_url = config
         .public_url

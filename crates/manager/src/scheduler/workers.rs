@@ -78,6 +78,7 @@ impl Scheduler {
             registry_hostname: s.registry.clone(),
             insecure: s.worker_insecure,
             max_lifetime_s: c.max_lifetime_s,
+            manager_id: self.manager_id.to_string(),
         };
         Ok(configured.entry.executor.start(&request).await?)
     }

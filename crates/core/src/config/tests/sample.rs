@@ -69,7 +69,11 @@ fn quay_sample_config_parses() {
     let ExecutorSpecific::Kubernetes(kc) = &k8s.specific else {
         panic!("expected kubernetes keys: {:?}", k8s.specific);
     };
-    assert_eq!(kc.k8s_api_server, "api.openshift.somehost.org:6443");
+    assert_eq!(
+        kc.k8s_api_server.as_deref(),
+        Some("api.openshift.somehost.org:6443")
+    );
+    assert_eq!(kc.k8s_kubeconfig, None);
     assert_eq!(kc.builder_namespace, "builder");
     assert_eq!(
         kc.k8s_api_tls_ca.as_deref(),
