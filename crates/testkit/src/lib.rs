@@ -3,11 +3,12 @@
 //! buildah and no network. Tests need `buildah`, `docker-registry` and `busybox-static`
 //! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
 //! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
-//! [`redis`] (a `redis-server` per test).
+//! [`redis`] (a `redis-server` per test); and [`moto`], moto's AWS emulator.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod moto;
 pub mod postgres;
 pub mod redis;
 
@@ -18,6 +19,29 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// Spawns `command` with no input and its output discarded, killed when dropped; panics
+/// saying how to install the program (`install`) when it is missing.
+pub fn spawn_quiet(command: &mut tokio::process::Command, install: &str) -> tokio::process::Child {
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let spawned = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("{program} is not installed: {install}")
+        }
+        Err(e) => panic!("cannot start {program}: {e}"),
+    }
 }
 
 /// The password the test registry accepts for user `$token`.

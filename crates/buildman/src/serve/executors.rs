@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use buildman_core::config::{ExecutorKind, ExecutorSpecific};
 use buildman_executor::bench::BenchExecutor;
+use buildman_executor::ec2::{Ec2Executor, Ec2Settings};
 use buildman_executor::local::{LocalExecutor, LocalSettings};
 use buildman_manager::ExecutorEntry;
 
@@ -28,8 +29,12 @@ pub(super) fn refuse_bench_executor(options: &ServeOptions) -> anyhow::Result<()
 }
 
 /// The executors the configuration names, in order; kinds this version cannot run are
-/// skipped with an error in the log, as Quay does with unknown kinds.
-pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEntry>> {
+/// skipped with an error in the log, as Quay does with unknown kinds. `worker_server` is
+/// the address workers dial: ec2 instances are tagged with it, as the deployment's name.
+pub(super) async fn executors(
+    options: &ServeOptions,
+    worker_server: &str,
+) -> anyhow::Result<Vec<ExecutorEntry>> {
     let mut entries = Vec::new();
     for config in &options.config.build_manager.executors {
         let executor: Arc<dyn buildman_executor::Executor> = match (&config.kind, &config.specific)
@@ -66,6 +71,11 @@ pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEn
                         .with_context(|| format!("executor {:?}", config.name))?,
                 )
             }
+            (ExecutorKind::Ec2, ExecutorSpecific::Ec2(_)) => Arc::new(
+                Ec2Executor::connect(config, Ec2Settings::new(worker_server))
+                    .await
+                    .with_context(|| format!("executor {:?}", config.name))?,
+            ),
             _ => {
                 tracing::error!(executor = %config.name, "executor kind is not available in this version; skipped");
                 continue;
@@ -77,7 +87,9 @@ pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEn
         });
     }
     if entries.is_empty() {
-        bail!("no usable executor: configure a popen executor (the only kind this version runs)");
+        bail!(
+            "no usable executor: configure a popen or ec2 executor (the kinds this version runs)"
+        );
     }
     Ok(entries)
 }
