@@ -37,8 +37,9 @@ pub struct Ec2Config {
 }
 
 debug_redacting!(Ec2Config {
-    ec2_region, coreos_ami, coreos_channel, coreos_stream_url, ec2_endpoint_url, aws_access_key, ec2_instance_type, ec2_vpc_subnet_id,
-    ec2_security_group_ids, ec2_key_name, block_device_size,
+    ec2_region, coreos_ami, coreos_channel, coreos_stream_url, ec2_endpoint_url, aws_access_key,
+    ec2_instance_type, ec2_vpc_subnet_id, ec2_security_group_ids, ec2_key_name,
+    block_device_size,
 } secret { aws_secret_key });
 
 impl Default for Ec2Config {
