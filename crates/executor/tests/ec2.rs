@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
@@ -403,14 +404,25 @@ async fn an_instance_that_ends_before_registering_is_reported_with_its_reason() 
         "{}",
         failure.reason
     );
-    assert_eq!(state(&instance(sdk, &kept).await), "running");
-    assert!(
-        failures.try_recv().is_err(),
-        "reported once, and only the ended one"
+    assert_eq!(
+        state(&instance(sdk, &kept).await),
+        "running",
+        "a running instance is not reported"
     );
+
+    // Reported once: the next report is of the next instance that ends.
+    (sdk.terminate_instances().instance_ids(&kept))
+        .send()
+        .await
+        .expect("terminate");
+    let next = tokio::time::timeout(WITHIN, failures.recv())
+        .await
+        .expect("reported in time")
+        .expect("a failure");
+    assert_eq!(next.execution_id, kept);
 }
 
-/// Waits for the first answer of `start` that is an error.
+/// The error of a start that must fail.
 async fn start_error(executor: &Ec2Executor) -> ExecutorError {
     match executor.start(&request()).await {
         Ok(id) => panic!("started {id} although EC2 failed"),
@@ -418,8 +430,48 @@ async fn start_error(executor: &Ec2Executor) -> ExecutorError {
     }
 }
 
+/// What the executor logs while it lives (a test's runtime runs on one thread).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn errors_are_retried_or_not_by_kind_and_name_their_code_and_request_id() {
+    let (log, _guard) = Captured::start();
     let moto = Moto::start().await;
     let proxy = QueryProxy::start(&moto.endpoint()).await;
     let executor = executor(ec2_config(&proxy.endpoint())).await;
@@ -476,6 +528,16 @@ async fn errors_are_retried_or_not_by_kind_and_name_their_code_and_request_id() 
         "{error}"
     );
     assert_eq!(calls(), 9, "three attempts");
+
+    let log = log.text();
+    for part in [
+        r#"aws_code="InsufficientInstanceCapacity""#,
+        r#"aws_code="AuthFailure""#,
+        &format!(r#"request_id="{PROXY_REQUEST_ID}""#),
+    ] {
+        assert!(log.contains(part), "{part} missing from the log:\n{log}");
+    }
+    assert!(!log.contains("testing-secret-key"), "no key in the log");
 }
 
 #[tokio::test]
@@ -490,9 +552,9 @@ async fn an_endpoint_refusing_connections_is_unreachable() {
 /// Serves a Fedora CoreOS stream file listing `ami` for REGION; counts the requests.
 async fn stream_server(
     ami: &'static str,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
     let count = served.clone();
     let stream = serde_json::json!({
         "stream": "stable",
