@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use buildman_core::config::{ExecutorConfig, ExecutorKind, ExecutorSpecific};
 use buildman_executor::bench::BenchExecutor;
+use buildman_executor::ec2::{Ec2Executor, Ec2Settings};
 use buildman_executor::kubernetes::{KubernetesExecutor, KubernetesSettings};
 use buildman_executor::local::{LocalExecutor, LocalSettings};
 use buildman_manager::ExecutorEntry;
@@ -14,10 +15,11 @@ use super::ServeOptions;
 
 /// The executor kinds this binary runs; `serve` skips the others with an error in the log
 /// (Quay's treatment of unknown kinds), `check-config` warns about them.
-pub const RUNNABLE: [ExecutorKind; 4] = [
+pub const RUNNABLE: [ExecutorKind; 5] = [
     ExecutorKind::Popen,
     ExecutorKind::Kubernetes,
     ExecutorKind::KubernetesPodman,
+    ExecutorKind::Ec2,
     ExecutorKind::Bench,
 ];
 
@@ -40,8 +42,12 @@ pub(super) fn refuse_bench_executor(options: &ServeOptions) -> anyhow::Result<()
 
 /// The executors the configuration names, in order; kinds this version cannot run are
 /// skipped with an error in the log, as Quay does with unknown kinds. An executor whose
-/// files (certificates, kubeconfig) cannot be read is an error.
-pub(super) async fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEntry>> {
+/// files (certificates, kubeconfig) cannot be read is an error. `worker_server` is the
+/// address workers dial: ec2 instances are tagged with it, as the deployment's name.
+pub(super) async fn executors(
+    options: &ServeOptions,
+    worker_server: &str,
+) -> anyhow::Result<Vec<ExecutorEntry>> {
     let mut entries = Vec::new();
     for config in &options.config.build_manager.executors {
         let executor: Arc<dyn buildman_executor::Executor> = match (&config.kind, &config.specific)
@@ -81,6 +87,11 @@ pub(super) async fn executors(options: &ServeOptions) -> anyhow::Result<Vec<Exec
                         .with_context(|| format!("executor {:?}", config.name))?,
                 )
             }
+            (ExecutorKind::Ec2, ExecutorSpecific::Ec2(_)) => Arc::new(
+                Ec2Executor::connect(config, Ec2Settings::new(worker_server))
+                    .await
+                    .with_context(|| format!("executor {:?}", config.name))?,
+            ),
             _ => {
                 tracing::error!(executor = %config.name, kind = %config.kind, "executor kind is not available in this version; skipped");
                 continue;

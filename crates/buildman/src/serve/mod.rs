@@ -127,8 +127,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     options
         .worker_env
         .extend(local_worker_env(config, result_dir.as_deref())?);
-    let executors = executors::executors(&options).await?;
-    let settings = settings(&options, grpc_addr, result_dir);
+    let worker_server = config
+        .worker_server_address()
+        .unwrap_or_else(|| dialable(grpc_addr).to_string());
+    let executors = executors::executors(&options, &worker_server).await?;
+    let settings = settings(&options, worker_server, result_dir);
     let public_url = config
         .public_url
         .clone()
@@ -202,7 +205,7 @@ fn local_worker_env(
 /// The manager's settings from the configuration.
 fn settings(
     options: &ServeOptions,
-    grpc_addr: SocketAddr,
+    worker_server: String,
     result_dir: Option<PathBuf>,
 ) -> Settings {
     let config = &options.config;
@@ -211,9 +214,7 @@ fn settings(
         allowed_worker_count: bm.allowed_worker_count,
         job_registration_timeout: bm.job_registration_timeout,
         machine_max_time: bm.machine_max_time,
-        worker_server: config
-            .worker_server_address()
-            .unwrap_or_else(|| dialable(grpc_addr).to_string()),
+        worker_server,
         worker_insecure: config.grpc_tls.is_none(),
         registry: config.registry.clone().unwrap_or_default(),
         result_dir,

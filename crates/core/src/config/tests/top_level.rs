@@ -146,7 +146,8 @@ fn debug_never_shows_secrets() {
         manager(
             "ORCHESTRATOR: {REDIS_HOST: h, REDIS_PASSWORD: xyzzy-redis}, EXECUTORS: [\
              {EXECUTOR: kubernetes, QUAY_PASSWORD: xyzzy-quay, SERVICE_ACCOUNT_TOKEN: xyzzy-sa}, \
-             {EXECUTOR: ec2, EC2_REGION: r, AWS_SECRET_KEY: xyzzy-aws}]"
+             {EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, AWS_ACCESS_KEY: k, \
+             AWS_SECRET_KEY: xyzzy-aws}]"
         )
     );
     let config = load(&yaml).config;
