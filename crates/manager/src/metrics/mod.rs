@@ -231,7 +231,7 @@ impl Metrics {
         );
         r.register(
             "buildman_grpc_request_duration_seconds",
-            "worker protocol calls, by method and status code (the streams: until they end)",
+            "worker protocol calls until their answer's head (a stream: until it opened), by method and status code",
             self.grpc_requests.clone(),
         );
         r.register(
