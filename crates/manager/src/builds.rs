@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 
 use crate::ManagerError;
+use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::scheduler::Wake;
 use crate::settings::Settings;
@@ -22,6 +23,7 @@ pub struct Builds {
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) wake: Wake,
     pub(crate) settings: Arc<Settings>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Builds {
@@ -45,6 +47,7 @@ impl Builds {
             .store
             .create_build(new, s.queue_rules.retries, s.max_queued_per_namespace)
             .await?;
+        self.metrics.queue_put();
         tracing::info!(build_id = %build.id, repository = %build.full_repository(), "build queued");
         self.wake.notify();
         Ok(build)

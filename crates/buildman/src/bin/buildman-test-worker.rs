@@ -5,7 +5,8 @@
 //!
 //! Environment: quay-builder's `TOKEN`, `SERVER`, `INSECURE`; plus
 //! `TEST_WORKER_SCENARIO` (`happy` by default, `never-register`, `stop-heartbeats`,
-//! `hold-building`, `hold-pushing`, `hold-registered`), `TEST_WORKER_REPORT` (a file that
+//! `hold-building`, `hold-pushing`, `hold-registered`, `fail-build`: reports `error` after
+//! building), `TEST_WORKER_REPORT` (a file that
 //! gets one JSON line per event, for tests to read), `TEST_WORKER_HEARTBEAT_MS` and
 //! `TEST_WORKER_BUILD_MS` (when set, the building phase takes that long, between a
 //! `building` and a `built` report, so that the runs of several workers overlap).
@@ -129,6 +130,11 @@ async fn run() -> Result<(), Error> {
     job.build(settings.build_time).await?;
     if scenario == "hold-building" {
         return wait_for_cancel(cancelled).await;
+    }
+    if scenario == "fail-build" {
+        job.set_phase(pb::Phase::Error, None).await?;
+        report(serde_json::json!({ "event": "failed-build" }));
+        return Ok(());
     }
     job.set_phase(pb::Phase::Pushing, None).await?;
     if scenario == "hold-pushing" {

@@ -17,7 +17,7 @@ fn quay_sample_config_parses() {
     assert!(config.feature_build_support);
     assert_eq!(config.server_hostname, "quay.example.com");
     assert_eq!(config.buildman_hostname, None);
-    assert_eq!(config.controller_port, 8686);
+    assert_eq!(config.controller_port, None);
     let bm = &config.build_manager;
     assert_eq!(bm.lifecycle, Lifecycle::Ephemeral);
     assert_eq!(bm.allowed_worker_count, 1);
