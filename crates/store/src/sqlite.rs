@@ -34,6 +34,9 @@ use crate::{Result, StoreError};
 
 /// The schema, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// How many times opening runs the migrations before it reports their failure: more than
+/// there are migrations, so a racing opener can follow another one migration behind.
+const MIGRATE_TRIES: usize = 16;
 
 /// How long a statement waits for another connection's (or process's) write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,15 +118,17 @@ impl SqliteStore {
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?
         };
-        if let Err(first) = MIGRATOR.run(&pool).await {
-            // Two processes opening a new file at once can both see it unmigrated; the loser
-            // fails creating a table the winner created. Running again finds it all applied
-            // (and still reports any real problem).
-            tracing::debug!(error = %first, "migrating the store failed; trying once more");
-            MIGRATOR
-                .run(&pool)
-                .await
-                .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))?;
+        // Two processes opening a new file at once can both see a migration unapplied; the
+        // loser fails applying what the winner applied, and may do so at each migration
+        // while the winner is one ahead. Running again picks up after the winner (and still
+        // reports a real problem, on the last try).
+        let mut tries = 1;
+        while let Err(e) = MIGRATOR.run(&pool).await {
+            if tries == MIGRATE_TRIES {
+                return Err(StoreError::Database(sqlx::Error::Migrate(Box::new(e))));
+            }
+            tracing::debug!(error = %e, "migrating the store failed; trying again");
+            tries += 1;
         }
         Ok(SqliteStore { pool })
     }

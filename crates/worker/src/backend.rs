@@ -60,6 +60,7 @@
 mod auth;
 mod docker;
 mod dockerfile;
+mod follow;
 mod oci;
 mod process;
 mod pump;

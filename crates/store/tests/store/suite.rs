@@ -616,6 +616,9 @@ pub async fn concurrent_claimers_never_share_an_item<B: Backend>() {
         let build = create(&first, "acme", "single").await;
         single.push(build.id);
     }
+    // Claimed as of after their creation (a busy machine can take longer than `soon`'s
+    // margin to create them).
+    let now = soon();
     for expected in single {
         let claimers: Vec<_> = [&first, &second, &first, &second]
             .into_iter()

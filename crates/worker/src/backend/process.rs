@@ -1,30 +1,25 @@
-//! Running a tool: stdout and stderr read as fast as they come into a [`LineSink`] (which
-//! never makes the tool wait; see [`crate::output`]), the last lines kept for the error,
-//! and the whole process group killed when the caller stops waiting.
+//! Running a tool: stdout and stderr written to files ([`super::follow`]: a tool's writes
+//! never wait for the worker) and read as fast as they come into a [`LineSink`] (which never
+//! makes the reader wait; see [`crate::output`]), the last lines kept for the error, and the
+//! whole process group killed when the caller stops waiting.
 
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
+use tokio::sync::watch;
 
+use super::follow::OutputFile;
 use super::pump::pump;
 use super::{BackendError, ERROR_TAIL_LINES, LineSink};
 
 /// How long a cancelled command's process group gets between SIGTERM and SIGKILL. buildah
 /// needs well under a second to remove its working container after SIGTERM.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
-/// The buffer asked for on the tool's stdout and stderr pipes (Linux's default is 64 KiB, its
-/// maximum for unprivileged processes 1 MiB): room for a burst while the worker is not
-/// scheduled, before buildah's relay of a `RUN` step has to wait (and, when the step ends
-/// then, drop what it still holds).
-const PIPE_BYTES: i32 = 1024 * 1024;
 
 /// Runs `cmd` to its end. Its output (stdout and stderr, each cut into lines and chunks of
 /// long lines, `secrets` replaced) goes to `out` as soon as it is read; a non-zero exit
@@ -44,9 +39,14 @@ pub(crate) async fn run(
     out: Option<&LineSink>,
     secrets: &[&str],
 ) -> Result<(), BackendError> {
+    let io = |e| BackendError::io(format!("making the output files of {label}"), e);
+    let (stdout, stderr) = (
+        OutputFile::new().map_err(io)?,
+        OutputFile::new().map_err(io)?,
+    );
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout.writer().map_err(io)?)
+        .stderr(stderr.writer().map_err(io)?)
         .process_group(0);
     let mut child = cmd.spawn().map_err(|source| BackendError::Spawn {
         program: label.to_string(),
@@ -60,15 +60,9 @@ pub(crate) async fn run(
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw),
     );
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    for pipe in [
-        stdout.as_ref().map(AsFd::as_fd),
-        stderr.as_ref().map(AsFd::as_fd),
-    ] {
-        // Best effort: the default size works, with less room.
-        let _ = pipe.map(|fd| fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)));
-    }
+    let (exited, watch) = watch::channel(false);
+    let stdout = stdout.follow(watch.clone()).map_err(io)?;
+    let stderr = stderr.follow(watch).map_err(io)?;
 
     let tail = Mutex::new(VecDeque::with_capacity(ERROR_TAIL_LINES));
     let pumps = async {
@@ -79,9 +73,10 @@ pub(crate) async fn run(
     };
     let wait = async {
         let status = child.wait().await;
-        // Anything still in the group now is a stray of a finished command; it could also
-        // hold our pipes open forever, so it goes.
+        // Anything still in the group now is a stray of a finished command; what it wrote
+        // is read, what it would write after is not waited for.
         group.kill_now();
+        let _ = exited.send(true);
         Ok(status)
     };
     // An overflow returns at once; `group`, dropped then, stops the command.
@@ -182,6 +177,32 @@ mod tests {
         let mut lines = texts(rx).await;
         lines.sort();
         assert_eq!(lines, ["last", "one", "three", "two"]);
+    }
+
+    /// buildah relays a step's output with writes that can fail when the reader is behind
+    /// (and drops what it holds when the step ends): such a tool loses nothing here.
+    #[tokio::test]
+    async fn a_tool_whose_writes_must_not_wait_loses_nothing() {
+        let script = "import os\nos.set_blocking(1, False)\nlost = 0\n\
+            for i in range(200000):\n    line = b'line %d\\n' % i\n    \
+            try:\n        lost += len(line) - os.write(1, line)\n    \
+            except BlockingIOError:\n        lost += len(line)\n\
+            os.write(2, b'lost %d' % lost)\n";
+        let (tx, rx) = sink();
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(script);
+        run(cmd, "python3", Some(&tx), &[]).await.unwrap();
+        drop(tx);
+        let lines = texts(rx).await;
+        assert!(lines.contains(&"lost 0".to_string()), "{:?}", lines.last());
+        let printed: Vec<&String> = lines.iter().filter(|l| l.starts_with("line ")).collect();
+        assert_eq!(printed.len(), 200_000);
+        assert!(
+            printed
+                .iter()
+                .enumerate()
+                .all(|(i, l)| **l == format!("line {i}"))
+        );
     }
 
     #[tokio::test]

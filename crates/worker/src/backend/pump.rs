@@ -4,8 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _};
-
+use super::follow::Followed;
 use super::{BackendError, ERROR_TAIL_LINES, LineSink};
 use crate::output::{Chunk, MAX_ENTRY_BYTES, Splitter};
 
@@ -16,17 +15,14 @@ const READ_BYTES: usize = 64 * 1024;
 /// How much of each output line an error's tail keeps.
 pub(super) const TAIL_ENTRY_BYTES: usize = 1024;
 
-/// Reads `reader` until EOF or a read error, as fast as it delivers, into `out` and the
+/// Reads `reader` until its end or a read error, as fast as it delivers, into `out` and the
 /// tail; an error only when `out` overflows.
 pub(super) async fn pump(
-    reader: Option<impl AsyncRead + Unpin>,
+    mut reader: Followed,
     out: Option<&LineSink>,
     secrets: &[&str],
     tail: &Mutex<VecDeque<String>>,
 ) -> Result<(), BackendError> {
-    let Some(mut reader) = reader else {
-        return Ok(());
-    };
     let mut splitter = Splitter::new(MAX_ENTRY_BYTES, secrets);
     let mut chunks = Vec::new();
     let mut buf = vec![0; READ_BYTES];
