@@ -3,5 +3,7 @@
 //! log writer and the tests (which play Quay's web tier) share one definition.
 //!
 //! - [`secret`]: the `v0$$` encrypted columns and the key from `DATABASE_SECRET_KEY`.
+//! - [`buildlogs`]: the build-log Redis keys and entries.
 
+pub mod buildlogs;
 pub mod secret;
