@@ -4,6 +4,11 @@
 //!
 //! - [`secret`]: the `v0$$` encrypted columns and the key from `DATABASE_SECRET_KEY`.
 //! - [`buildlogs`]: the build-log Redis keys and entries.
+//! - [`rows`]: the rows the manager reads, typed; [`buildpack`]: what a worker is handed
+//!   from them; [`userfiles`]: where uploaded archives are and their download URLs.
 
 pub mod buildlogs;
+pub mod buildpack;
+pub mod rows;
 pub mod secret;
+pub mod userfiles;
