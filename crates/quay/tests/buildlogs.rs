@@ -113,3 +113,18 @@ fn keys_and_times_are_quays() {
         "2026-01-02 03:04:05"
     );
 }
+
+#[test]
+fn the_domains_log_entries_read_quays_entries() {
+    for case in answers().entries {
+        let entry: buildman_core::log::LogEntry =
+            serde_json::from_str(&case.json).expect(&case.name);
+        let ours: LogEntry = serde_json::from_str(&case.json).expect(&case.name);
+        assert_eq!(
+            (entry.message, entry.kind),
+            (ours.message, ours.kind),
+            "{}",
+            case.name
+        );
+    }
+}

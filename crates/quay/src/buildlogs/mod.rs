@@ -34,19 +34,12 @@ pub fn status_key(build_uuid: &str) -> String {
     format!("builds/{build_uuid}/status")
 }
 
-/// What an entry is, for Quay's UI.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryType {
-    /// A Dockerfile step (`Step N/M : ...`); the UI groups the lines after it.
-    Command,
-    /// A phase change; the message is the phase.
-    Phase,
-    /// An error shown as such; its data says whether it was internal.
-    Error,
-}
+/// What an entry is, for Quay's UI: the domain's own kinds, which are Quay's.
+pub use buildman_core::log::LogType as EntryType;
 
 /// One element of `builds/<uuid>/logs`: `{"message", "type"?, "data"?}`, in that order.
+/// The same JSON as [`buildman_core::log::LogEntry`], whose `data` is untyped (so its keys
+/// come out sorted); this one types Quay's `data` keys to write them in Quay's order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// The text shown.

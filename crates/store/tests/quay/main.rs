@@ -67,6 +67,18 @@ async fn item(pool: &PgPool, id: i32) -> Option<(bool, i32, String, Option<Strin
     })
 }
 
+/// A build started in acme/web, a time just after, and the build's claim at that time.
+async fn claim_one(pool: &PgPool, queue: &QuayQueue) -> (StartedBuild, DateTime<Utc>, ClaimedItem) {
+    let build = start(pool, "acme", "web").await;
+    let now = db_now(pool).await + chrono::Duration::seconds(1);
+    let claimed = queue
+        .claim(now, LEASE)
+        .await
+        .expect("claim")
+        .expect("an item");
+    (build, now, claimed)
+}
+
 fn text(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
@@ -131,13 +143,7 @@ async fn claims_are_quays_oldest_first_one_per_repository() {
 #[tokio::test]
 async fn a_returned_item_waits_keeps_its_lease_and_gets_a_new_state_id() {
     let (pool, queue) = queue().await;
-    let build = start(&pool, "acme", "web").await;
-    let now = db_now(&pool).await + chrono::Duration::seconds(1);
-    let claimed = queue
-        .claim(now, LEASE)
-        .await
-        .expect("claim")
-        .expect("an item");
+    let (build, now, claimed) = claim_one(&pool, &queue).await;
     let requeue = Requeue {
         after: Duration::from_secs(30),
         restore_retry: true,
@@ -189,13 +195,7 @@ async fn a_returned_item_waits_keeps_its_lease_and_gets_a_new_state_id() {
 #[tokio::test]
 async fn leases_move_only_by_more_than_the_minimum() {
     let (pool, queue) = queue().await;
-    let build = start(&pool, "acme", "web").await;
-    let now = db_now(&pool).await + chrono::Duration::seconds(1);
-    let claimed = queue
-        .claim(now, LEASE)
-        .await
-        .expect("claim")
-        .expect("an item");
+    let (build, now, claimed) = claim_one(&pool, &queue).await;
     let minute = Duration::from_secs(60);
     let expires = || async { item(&pool, build.queue_item_id).await.expect("row").3 };
     // now + 300 s is earlier than the claim's lease: held, nothing written.
