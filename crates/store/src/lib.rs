@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 mod common;
 pub mod postgres;
+pub mod quay;
 pub mod sqlite;
 
 /// What went wrong in the store.
@@ -33,6 +34,10 @@ pub enum StoreError {
     /// later attempt runs): refused, nothing of the batch written.
     #[error("build {0}: the attempt this line belongs to is over")]
     AttemptOver(BuildId),
+    /// A database whose schema this version does not know (Quay's, whose migrations are
+    /// Quay's own): the message names the version found and the ones supported.
+    #[error("{0}")]
+    UnsupportedSchema(String),
 }
 
 impl From<sqlx::Error> for StoreError {

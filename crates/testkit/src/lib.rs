@@ -4,7 +4,8 @@
 //! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
 //! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
 //! [`redis`] (a `redis-server` per test); [`moto`], moto's AWS emulator, and [`s3`], a bucket
-//! on it for the contexts in object storage; and [`kube`], a fake Kubernetes API server.
+//! on it for the contexts in object storage; [`kube`], a fake Kubernetes API server; and
+//! [`quay`], Quay's database schema and what its web tier does to start a build.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,7 @@ pub mod certs;
 pub mod kube;
 pub mod moto;
 pub mod postgres;
+pub mod quay;
 pub mod redis;
 pub mod s3;
 
