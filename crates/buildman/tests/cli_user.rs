@@ -167,10 +167,7 @@ async fn submit_leaves_out_what_dockerignore_excludes_and_prints_json() {
     std::fs::write(root.join("app.txt"), "app").unwrap();
     std::fs::write(
         root.join(".dockerignore"),
-        "# not for the image
-big.bin
-*.log
-",
+        "# not for the image\nbig.bin\n*.log\n",
     )
     .unwrap();
 
