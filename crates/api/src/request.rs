@@ -4,10 +4,11 @@ use buildman_core::{BuildSource, InvalidBuild, NewBuild};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The body of `POST .../build/` with Quay's field names. Exactly one of `archive_url` and
-/// `file_id` names the context; everything else is optional and the manager fills in Quay's
-/// defaults. A field the server does not know is refused rather than silently ignored.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The body of `POST .../build/` with Quay's field names. Exactly one of `archive_url`,
+/// `file_id` and `git_url` names the context; everything else is optional and the manager
+/// fills in Quay's defaults. A field the server does not know is refused rather than
+/// silently ignored. `Debug` never shows `git_deploy_key`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBuild {
     /// An http(s) URL of an archive or a lone Dockerfile the worker downloads.
@@ -16,6 +17,17 @@ pub struct CreateBuild {
     /// The id of a context uploaded through the file drop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
+    /// A git repository to build from: `https://`, `http://`, `git://`, `ssh://` or
+    /// `user@host:path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_url: Option<String>,
+    /// With `git_url`: the branch, tag or commit sha to build (default: the remote's HEAD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// With an ssh `git_url`: the private deploy key for the clone (PEM or OpenSSH). Kept
+    /// sealed by the manager and handed only to the build's worker; no answer shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_deploy_key: Option<String>,
     /// Tags to push; absent or empty means `["latest"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_tags: Option<Vec<String>>,
@@ -42,6 +54,21 @@ impl CreateBuild {
         }
     }
 
+    /// A request to build `reference` (a branch, tag or commit; `None`: the remote's HEAD)
+    /// of the git repository at `url`, cloned with `deploy_key` when given.
+    pub fn git(
+        url: impl Into<String>,
+        reference: Option<String>,
+        deploy_key: Option<String>,
+    ) -> Self {
+        CreateBuild {
+            git_url: Some(url.into()),
+            git_ref: reference,
+            git_deploy_key: deploy_key,
+            ..CreateBuild::default()
+        }
+    }
+
     /// A request to build a context uploaded through the file drop as `file_id`.
     pub fn uploaded(file_id: impl Into<String>) -> Self {
         CreateBuild {
@@ -57,12 +84,22 @@ impl CreateBuild {
         namespace: String,
         repository: String,
     ) -> Result<NewBuild, InvalidBuild> {
-        let source = match (self.archive_url, self.file_id) {
-            (Some(url), None) => BuildSource::ArchiveUrl { url },
-            (None, Some(file_id)) => BuildSource::Uploaded { file_id },
+        if self.git_url.is_none() && (self.git_ref.is_some() || self.git_deploy_key.is_some()) {
+            return Err(InvalidBuild(
+                "git_ref and git_deploy_key go with git_url".into(),
+            ));
+        }
+        let source = match (self.archive_url, self.file_id, self.git_url) {
+            (Some(url), None, None) => BuildSource::ArchiveUrl { url },
+            (None, Some(file_id), None) => BuildSource::Uploaded { file_id },
+            (None, None, Some(url)) => BuildSource::Git {
+                url,
+                sha: self.git_ref.unwrap_or_else(|| "HEAD".into()),
+                private_key: self.git_deploy_key.filter(|k| !k.trim().is_empty()),
+            },
             _ => {
                 return Err(InvalidBuild(
-                    "give exactly one of archive_url and file_id".into(),
+                    "give exactly one of archive_url, file_id and git_url".into(),
                 ));
             }
         };
@@ -77,6 +114,26 @@ impl CreateBuild {
             manual_user: None,
             pull_robot: self.pull_robot,
         })
+    }
+}
+
+impl std::fmt::Debug for CreateBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateBuild")
+            .field("archive_url", &self.archive_url)
+            .field("file_id", &self.file_id)
+            .field("git_url", &self.git_url)
+            .field("git_ref", &self.git_ref)
+            .field(
+                "git_deploy_key",
+                &self.git_deploy_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("docker_tags", &self.docker_tags)
+            .field("context", &self.context)
+            .field("dockerfile_path", &self.dockerfile_path)
+            .field("subdirectory", &self.subdirectory)
+            .field("pull_robot", &self.pull_robot)
+            .finish()
     }
 }
 
@@ -148,7 +205,10 @@ mod tests {
         };
         for request in [CreateBuild::default(), both] {
             let err = request.into_new_build("ns".into(), "r".into()).unwrap_err();
-            assert_eq!(err.0, "give exactly one of archive_url and file_id");
+            assert_eq!(
+                err.0,
+                "give exactly one of archive_url, file_id and git_url"
+            );
         }
         let new = CreateBuild {
             subdirectory: Some("sub".into()),
@@ -167,6 +227,27 @@ mod tests {
             (new.context.as_str(), new.tags),
             ("sub", vec!["v1".to_string()])
         );
+    }
+
+    #[test]
+    fn a_git_request_names_a_ref_and_keeps_its_key_out_of_debug() {
+        let request = CreateBuild::git("git@h:r.git", None, Some("KEY-MATERIAL".into()));
+        assert!(!format!("{request:?}").contains("KEY-MATERIAL"));
+        let new = request.into_new_build("ns".into(), "r".into()).unwrap();
+        assert_eq!(
+            new.source,
+            BuildSource::Git {
+                url: "git@h:r.git".into(),
+                sha: "HEAD".into(),
+                private_key: Some("KEY-MATERIAL".into())
+            }
+        );
+        let stray = CreateBuild {
+            git_ref: Some("main".into()),
+            ..CreateBuild::uploaded("f")
+        };
+        let err = stray.into_new_build("ns".into(), "r".into()).unwrap_err();
+        assert_eq!(err.0, "git_ref and git_deploy_key go with git_url");
     }
 
     #[test]

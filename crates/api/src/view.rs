@@ -144,7 +144,8 @@ pub struct BuildView {
     /// The URL of a downloaded context.
     #[serde(default)]
     pub archive_url: Option<String>,
-    /// Where the result went when it was not pushed to a registry (an OCI layout path).
+    /// Where the image went once complete: `<registry>/<namespace>/<repository>` (its tags
+    /// are `tags`), or `oci:<path>` of the OCI layout written when no registry is set.
     #[serde(default)]
     pub result_location: Option<String>,
 }

@@ -63,6 +63,15 @@ enum Command {
     Logs(user::LogsArgs),
     /// Cancel a build.
     Cancel(user::CancelArgs),
+    /// Show a build: phase, repository, tags, error, where its image went.
+    Status(user::StatusArgs),
+    /// Print a shell completion script: `buildman completions bash > /etc/bash_completion.d/buildman`,
+    /// `buildman completions zsh > "${fpath[1]}/_buildman"`,
+    /// `buildman completions fish > ~/.config/fish/completions/buildman.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -107,6 +116,12 @@ fn main() -> ExitCode {
             Command::Builds(args) => user::builds(args).await,
             Command::Logs(args) => user::logs(args).await,
             Command::Cancel(args) => user::cancel(args).await,
+            Command::Status(args) => user::status(args).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "buildman", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -5,6 +5,8 @@
 //! answers) on stderr and returns exit code 1 for them, so the `Err` path is not used.
 
 pub mod api;
+pub mod context;
+pub mod dockerignore;
 pub mod follow;
 pub mod pack;
 
@@ -17,7 +19,7 @@ use buildman_api::{BuildView, CreateBuild};
 use buildman_core::BuildId;
 
 use api::ApiClient;
-use follow::{EXIT_COMPLETE, EXIT_FAILED, write_stdout};
+use follow::{EXIT_COMPLETE, EXIT_FAILED, EXIT_INTERRUPTED, Output, write_stdout};
 
 /// Where and how to reach the manager's REST API (shared by all user commands).
 #[derive(clap::Args, Clone)]
@@ -51,8 +53,14 @@ impl std::fmt::Debug for ApiArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct SubmitArgs {
     /// A directory (packed as tar.gz), a tar / tar.gz / zip archive or a lone Dockerfile
-    /// (uploaded as-is), or an http(s) URL of an archive the worker downloads.
+    /// (uploaded as-is), an http(s) URL of an archive the worker downloads, or a git
+    /// repository: `https://host/repo.git#ref`, `git://...`, `ssh://...` or
+    /// `git@host:repo.git#sha` (`#` a branch, tag or commit; default the remote's HEAD).
     pub path_or_url: String,
+    /// With an ssh git repository: the private deploy key file to clone with (sent once,
+    /// kept sealed by the manager).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
     /// Repository to build into, as namespace/repo.
     #[arg(short = 'r', long)]
     pub repository: String,
@@ -68,6 +76,10 @@ pub struct SubmitArgs {
     /// Print the build id and exit instead of following the build to its end.
     #[arg(long)]
     pub no_follow: bool,
+    /// Print JSON on stdout: the log entries, one object per line, then the final build
+    /// view; with --no-follow the queued build view only.
+    #[arg(long)]
+    pub json: bool,
     /// How to reach the manager.
     #[command(flatten)]
     pub api: ApiArgs,
@@ -101,6 +113,9 @@ pub struct LogsArgs {
     /// Keep printing new entries until the build reaches a final phase.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Print each entry as a JSON object on a line of its own (`message`, `type`, `data`).
+    #[arg(long)]
+    pub json: bool,
     /// How to reach the manager.
     #[command(flatten)]
     pub api: ApiArgs,
@@ -111,6 +126,22 @@ pub struct LogsArgs {
 pub struct CancelArgs {
     /// The build id (UUID).
     pub id: String,
+    /// Print the build view after the cancel as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How to reach the manager.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Show one build: its phase, repository, tags, error and where its image went.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The build id (UUID).
+    pub id: String,
+    /// Print the build view as JSON (the API's `GET /api/v1/build/<id>` answer).
+    #[arg(long)]
+    pub json: bool,
     /// How to reach the manager.
     #[command(flatten)]
     pub api: ApiArgs,
@@ -134,6 +165,11 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 /// `buildman cancel`: cancels a build.
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     Ok(report(run_cancel(args).await))
+}
+
+/// `buildman status`: shows one build.
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    Ok(report(run_status(args).await))
 }
 
 /// Turns a command's outcome into its exit code, printing a failure on stderr.
@@ -168,16 +204,39 @@ pub fn parse_repository(s: &str) -> anyhow::Result<(String, String)> {
 pub enum Input {
     /// An http(s) URL the worker downloads.
     Url(String),
+    /// A git repository and the branch, tag or commit after its `#`, if any.
+    Git {
+        url: String,
+        reference: Option<String>,
+    },
     /// A local directory to pack.
     Dir(PathBuf),
     /// A local file to upload as-is.
     File(PathBuf),
 }
 
-/// Decides whether `path_or_url` is a URL, a directory or a file.
+/// Decides whether `path_or_url` is a git repository, an archive URL, a directory or a
+/// file. A git repository is a `git://`, `ssh://` or `user@host:path` URL, or an http(s)
+/// one whose path ends in `.git` or that names a ref after `#`.
 pub fn classify_input(path_or_url: &str) -> anyhow::Result<Input> {
     let lower = path_or_url.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
+    let (base, reference) = match path_or_url.split_once('#') {
+        Some((base, r)) => (base, Some(r.to_string()).filter(|r| !r.is_empty())),
+        None => (path_or_url, None),
+    };
+    let http = lower.starts_with("http://") || lower.starts_with("https://");
+    let git = ["git://", "ssh://", "git+ssh://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
+        || buildman_core::build::is_scp_like(base)
+        || (http && (base.ends_with(".git") || base.ends_with(".git/") || reference.is_some()));
+    if git {
+        return Ok(Input::Git {
+            url: base.to_string(),
+            reference,
+        });
+    }
+    if http {
         return Ok(Input::Url(path_or_url.to_string()));
     }
     if let Some((scheme, _)) = path_or_url.split_once("://")
@@ -186,7 +245,10 @@ pub fn classify_input(path_or_url: &str) -> anyhow::Result<Input> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
     {
-        anyhow::bail!("only http:// and https:// URLs can be built from, got {path_or_url:?}");
+        anyhow::bail!(
+            "cannot build from {path_or_url:?}: give an http(s) archive URL, a git repository \
+             (https://host/repo.git#ref, git://, ssh:// or user@host:path), or a local path"
+        );
     }
     let path = Path::new(path_or_url);
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {path_or_url}"))?;
@@ -211,16 +273,37 @@ async fn run_submit(args: SubmitArgs) -> anyhow::Result<u8> {
     let (ns, repo) = parse_repository(&args.repository)?;
     let input = classify_input(&args.path_or_url)?;
     let client = ApiClient::from_args(&args.api)?;
+    if args.ssh_key.is_some() && !matches!(input, Input::Git { .. }) {
+        anyhow::bail!("--ssh-key goes with a git repository (ssh://... or user@host:path)");
+    }
     let request = match input {
         Input::Url(url) => CreateBuild::archive_url(url),
+        Input::Git { url, reference } => {
+            let key = match &args.ssh_key {
+                Some(file) => Some(
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read the ssh key {}", file.display()))?,
+                ),
+                None => None,
+            };
+            CreateBuild::git(url, reference, key)
+        }
         Input::Dir(dir) => {
-            let bytes = pack::pack_dir(&dir)?;
+            let dockerfile =
+                context::check_dir(&dir, args.dockerfile.as_deref(), args.context.as_deref())?;
+            let packed = pack::pack_dir(&dir, &[dockerfile])?;
             note(&format!(
-                "uploading {} ({} packed)",
+                "uploading {} ({} packed, {} left out by .dockerignore)",
                 dir.display(),
-                human_size(bytes.len())
+                human_size(packed.bytes.len()),
+                packed.excluded
             ));
-            CreateBuild::uploaded(client.upload(bytes).await.context("upload refused")?)
+            CreateBuild::uploaded(
+                client
+                    .upload(packed.bytes)
+                    .await
+                    .context("upload refused")?,
+            )
         }
         Input::File(file) => {
             let bytes = tokio::fs::read(&file)
@@ -241,11 +324,27 @@ async fn run_submit(args: SubmitArgs) -> anyhow::Result<u8> {
         ..request
     };
     let view = client.create_build(&ns, &repo, &request).await?;
-    write_stdout(&format!("build {} queued\n", view.id))?;
+    let output = Output::json(args.json);
+    if args.json && args.no_follow {
+        write_stdout(&format!("{}\n", serde_json::to_string(&view)?))?;
+    } else if !args.json {
+        write_stdout(&format!("build {} queued\n", view.id))?;
+    }
     if args.no_follow {
         return Ok(EXIT_COMPLETE);
     }
-    follow::follow(&client, view).await
+    let id = view.id;
+    tokio::select! {
+        code = follow::follow_as(&client, view, output) => code,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted.context("waiting for Ctrl-C")?;
+            eprintln!(
+                "\ninterrupted: build {id} goes on without this command; follow it with \
+                 `buildman logs -f {id}`, cancel it with `buildman cancel {id}`"
+            );
+            Ok(EXIT_INTERRUPTED)
+        }
+    }
 }
 
 /// A byte count for people.
@@ -340,12 +439,49 @@ async fn run_logs(args: LogsArgs) -> anyhow::Result<u8> {
     let id = parse_build_id(&args.id)?;
     let client = ApiClient::from_args(&args.api)?;
     let view = client.build(id).await?;
+    let output = Output::json(args.json);
     if args.follow {
-        follow::follow(&client, view).await
+        follow::follow_as(&client, view, output).await
     } else {
-        follow::print_log(&client, &view).await?;
+        follow::print_log(&client, &view, output).await?;
         Ok(EXIT_COMPLETE)
     }
+}
+
+/// The body of `status`.
+async fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
+    let id = parse_build_id(&args.id)?;
+    let client = ApiClient::from_args(&args.api)?;
+    let view = client.build(id).await?;
+    if args.json {
+        write_stdout(&format!("{}\n", serde_json::to_string(&view)?))?;
+    } else {
+        write_stdout(&status_text(&view))?;
+    }
+    Ok(EXIT_COMPLETE)
+}
+
+/// A build view for people: one `field: value` per line, empty fields left out.
+pub fn status_text(view: &BuildView) -> String {
+    let repository = format!("{}/{}", view.repository.namespace, view.repository.name);
+    let git = (view.trigger_metadata.as_ref()).map(|g| format!("{}#{}", g.git_url, g.commit));
+    let fields = [
+        ("build", Some(view.id.to_string())),
+        ("phase", Some(view.phase.to_string())),
+        ("repository", Some(repository)),
+        ("tags", Some(view.tags.join(", "))),
+        ("queued", view.started.map(format_started)),
+        ("source", git.or_else(|| view.archive_url.clone())),
+        ("error", view.error.clone()),
+        ("image", follow::image_references(view)),
+    ];
+    let mut out = String::new();
+    for (name, value) in fields {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+    }
+    out
 }
 
 /// The body of `cancel`.
@@ -354,7 +490,12 @@ async fn run_cancel(args: CancelArgs) -> anyhow::Result<u8> {
     let client = ApiClient::from_args(&args.api)?;
     let view = client.build(id).await?;
     client.cancel(&view.repository, view.id).await?;
-    write_stdout(&format!("build {} cancelled\n", view.id))?;
+    if args.json {
+        let view = client.build(id).await?;
+        write_stdout(&format!("{}\n", serde_json::to_string(&view)?))?;
+    } else {
+        write_stdout(&format!("build {} cancelled\n", view.id))?;
+    }
     Ok(EXIT_COMPLETE)
 }
 
@@ -409,7 +550,25 @@ mod tests {
             classify_input(&file.to_string_lossy()).expect("file"),
             Input::File(file.clone())
         );
-        assert!(classify_input("git://example.com/repo").is_err());
+        let git = |url: &str, reference: Option<&str>| Input::Git {
+            url: url.into(),
+            reference: reference.map(String::from),
+        };
+        for (given, url, reference) in [
+            ("git://example.com/repo", "git://example.com/repo", None),
+            ("https://h/o/r.git#v1", "https://h/o/r.git", Some("v1")),
+            ("https://h/o/r.git", "https://h/o/r.git", None),
+            ("https://h/o/r#main", "https://h/o/r", Some("main")),
+            ("git@h:o/r.git#0123abc", "git@h:o/r.git", Some("0123abc")),
+            (
+                "ssh://git@h:22/o/r.git#x",
+                "ssh://git@h:22/o/r.git",
+                Some("x"),
+            ),
+        ] {
+            assert_eq!(classify_input(given).expect(given), git(url, reference));
+        }
+        assert!(classify_input("file:///srv/repo").is_err());
         assert!(classify_input(&format!("{dir_str}/missing")).is_err());
     }
 

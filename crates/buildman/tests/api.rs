@@ -57,7 +57,7 @@ async fn refusals_say_what_is_wrong() {
         (
             "demo/x",
             json!({}),
-            "give exactly one of archive_url and file_id",
+            "give exactly one of archive_url, file_id and git_url",
         ),
         (
             "demo/x",

@@ -158,6 +158,29 @@ async fn a_git_context_builds_the_requested_commit() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // Served by `git daemon`: builds take remote repositories only (no file:// or local
+    // paths, which would read the worker's machine).
+    let port = buildman_testkit::free_port();
+    let mut daemon = tokio::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", scratch.path().display()))
+        .arg(scratch.path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(daemon.try_wait().unwrap().is_none(), "git daemon exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
     let build = s
@@ -167,7 +190,7 @@ async fn a_git_context_builds_the_requested_commit() {
             namespace: "demo".into(),
             repository: "git".into(),
             source: buildman_core::BuildSource::Git {
-                url: format!("file://{}", bare.display()),
+                url: format!("git://127.0.0.1:{port}/src.git"),
                 sha: older,
                 private_key: None,
             },

@@ -40,8 +40,8 @@ impl FromStr for BuildId {
     }
 }
 
-/// Where the worker gets the build context from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the worker gets the build context from. `Debug` never shows a git private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BuildSource {
     /// An http(s) URL of an archive or a lone Dockerfile.
@@ -51,12 +51,43 @@ pub enum BuildSource {
     /// A git repository at a given commit.
     Git {
         url: String,
+        /// The commit sha, or a branch or tag name (resolved by the worker's clone).
         sha: String,
-        /// An SSH private key for the clone; never shown in API answers or logs.
+        /// An SSH private key for the clone; never shown in API answers or logs. The
+        /// manager stores it sealed (encrypted), never as given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         private_key: Option<String>,
     },
 }
+
+impl fmt::Debug for BuildSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildSource::ArchiveUrl { url } => {
+                f.debug_struct("ArchiveUrl").field("url", url).finish()
+            }
+            BuildSource::Uploaded { file_id } => f
+                .debug_struct("Uploaded")
+                .field("file_id", file_id)
+                .finish(),
+            BuildSource::Git {
+                url,
+                sha,
+                private_key,
+            } => f
+                .debug_struct("Git")
+                .field("url", url)
+                .field("sha", sha)
+                .field("private_key", &private_key.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
+}
+
+/// Longest git private key.
+pub const MAX_KEY_LEN: usize = 16 * 1024;
+/// Longest git ref (branch, tag or sha).
+pub const MAX_REF_LEN: usize = 255;
 
 /// What a user asks for when submitting a build.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +246,14 @@ impl BuildSource {
                 ("archive_url", url)
             }
             BuildSource::Uploaded { file_id } => ("file_id", file_id),
-            BuildSource::Git { url, .. } => ("git_url", url),
+            BuildSource::Git {
+                url,
+                sha,
+                private_key,
+            } => {
+                validate_git(url, sha, private_key.as_deref())?;
+                ("git_url", url)
+            }
         };
         if url.len() > MAX_URL_LEN {
             return Err(InvalidBuild(format!(
@@ -229,6 +267,63 @@ impl BuildSource {
             )));
         }
         Ok(())
+    }
+}
+
+/// A git source: a remote URL (no local paths or `file://`: the clone runs on the worker's
+/// machine), a ref git cannot read as an option, a key that looks like one.
+fn validate_git(url: &str, reference: &str, key: Option<&str>) -> Result<(), InvalidBuild> {
+    let invalid = |m: &str| Err(InvalidBuild(m.to_string()));
+    let lower = url.to_ascii_lowercase();
+    let scheme_ok = ["https://", "http://", "git://", "ssh://", "git+ssh://"]
+        .iter()
+        .any(|s| lower.starts_with(s));
+    if !scheme_ok && !is_scp_like(url) {
+        return invalid(
+            "git_url must be an https://, http://, git://, ssh:// or user@host:path URL",
+        );
+    }
+    if url.starts_with('-') || url.contains("::") {
+        return invalid("git_url is not a git repository URL");
+    }
+    let bad_ref = reference.is_empty()
+        || reference.len() > MAX_REF_LEN
+        || reference.starts_with('-')
+        || reference.contains("..")
+        || reference
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+    if bad_ref {
+        return invalid(&format!(
+            "git_ref must be a branch, tag or commit sha (at most {MAX_REF_LEN} characters, no spaces, no leading '-')"
+        ));
+    }
+    if let Some(key) = key {
+        if key.len() > MAX_KEY_LEN {
+            return invalid(&format!("git_deploy_key is over {MAX_KEY_LEN} bytes"));
+        }
+        if !key.trim_start().starts_with("-----BEGIN ") {
+            return invalid("git_deploy_key must be a private key in PEM or OpenSSH form");
+        }
+        if !(lower.starts_with("ssh://") || lower.starts_with("git+ssh://") || is_scp_like(url)) {
+            return invalid(
+                "git_deploy_key is used over ssh only: give an ssh:// or user@host:path git_url",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `user@host:path`, git's scp-like ssh syntax (no `://`, a `:` before any `/`).
+pub fn is_scp_like(url: &str) -> bool {
+    if url.contains("://") {
+        return false;
+    }
+    match url.split_once(':') {
+        Some((host, path)) => {
+            !host.is_empty() && !host.contains('/') && host.contains('@') && !path.is_empty()
+        }
+        None => false,
     }
 }
 
@@ -378,6 +473,56 @@ mod tests {
             url: format!("https://h/{}", "a".repeat(5000)),
         };
         assert!(r.validate().unwrap_err().0.contains("limit is 2048"));
+    }
+
+    #[test]
+    fn git_sources_are_checked() {
+        let git = |url: &str, sha: &str, key: Option<&str>| {
+            let mut r = request(vec![]);
+            r.source = BuildSource::Git {
+                url: url.into(),
+                sha: sha.into(),
+                private_key: key.map(String::from),
+            };
+            r.validate().map(|_| ()).map_err(|e| e.0)
+        };
+        let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n";
+        assert_eq!(git("https://h/r.git", "main", None), Ok(()));
+        assert_eq!(git("git://127.0.0.1:9418/r", "v1.2", None), Ok(()));
+        assert_eq!(git("git@h:o/r.git", "0123abc", Some(key)), Ok(()));
+        assert_eq!(
+            git("ssh://git@h:2222/o/r.git", "refs/heads/x", Some(key)),
+            Ok(())
+        );
+        for url in ["file:///etc", "/srv/repo", "ext::sh -c x", "h:r"] {
+            assert!(
+                git(url, "main", None).unwrap_err().starts_with("git_url"),
+                "{url}"
+            );
+        }
+        for reference in ["", "-x", "a b", "a..b", "x~1"] {
+            assert!(
+                git("https://h/r", reference, None)
+                    .unwrap_err()
+                    .starts_with("git_ref")
+            );
+        }
+        assert!(
+            git("https://h/r", "main", Some(key))
+                .unwrap_err()
+                .contains("over ssh only")
+        );
+        assert!(
+            git("git@h:r", "main", Some("hunter2"))
+                .unwrap_err()
+                .contains("PEM")
+        );
+        let source = BuildSource::Git {
+            url: "u".into(),
+            sha: "s".into(),
+            private_key: Some("SECRET".into()),
+        };
+        assert!(!format!("{source:?}").contains("SECRET"));
     }
 
     #[test]

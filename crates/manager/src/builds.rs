@@ -33,7 +33,17 @@ impl Builds {
         if new.display_name.is_empty() {
             new.display_name = new_id()[..7].to_string();
         }
-        let new = new.validate()?;
+        let mut new = new.validate()?;
+        if let BuildSource::Git {
+            private_key: Some(key),
+            ..
+        } = &mut new.source
+        {
+            let sealing = self.settings.sealing_key.as_ref().ok_or_else(|| {
+                InvalidBuild("this manager has no sealing key: it cannot keep a deploy key".into())
+            })?;
+            *key = sealing.seal(key)?;
+        }
         if let BuildSource::Uploaded { file_id } = &new.source
             && !self.files.exists(file_id).await?
         {

@@ -46,6 +46,9 @@ pub enum ManagerError {
     /// The manager is stopping and no longer takes this kind of work.
     #[error("the build manager is shutting down")]
     ShuttingDown,
+    /// A build secret could not be sealed or opened (see [`crate::sealing`]).
+    #[error(transparent)]
+    Seal(#[from] crate::sealing::SealError),
 }
 
 impl ManagerError {
@@ -65,6 +68,7 @@ impl ManagerError {
             ManagerError::Orchestrator(_)
             | ManagerError::Executor(_)
             | ManagerError::JobRecord(_)
+            | ManagerError::Seal(_)
             | ManagerError::ShuttingDown => false,
         }
     }

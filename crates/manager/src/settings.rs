@@ -2,9 +2,12 @@
 //! of a job's life (Quay's values by default; tests shorten them).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use buildman_core::{QueueRules, RetryPolicy};
+
+use crate::sealing::SealingKey;
 
 /// The delays of the manager's life cycle. Quay's values are the defaults; tests shorten them.
 #[derive(Clone, Debug)]
@@ -81,6 +84,9 @@ pub struct Settings {
     /// How long a build that ended for good is kept, with its log; `None`: forever
     /// (BUILDMAN_BUILD_RETENTION).
     pub build_retention: Option<Duration>,
+    /// Seals build secrets (git deploy keys) in the store; without one, a build with a
+    /// deploy key is refused.
+    pub sealing_key: Option<Arc<SealingKey>>,
     pub timings: Timings,
 }
 

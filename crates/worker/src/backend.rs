@@ -64,6 +64,7 @@ mod follow;
 mod oci;
 mod process;
 mod pump;
+mod syntax;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,8 +72,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use docker::DockerBackend;
-pub use dockerfile::{from_lines, glued_tool_message, normalize_step_line};
+pub use dockerfile::{from_lines, glued_tool_message, is_tool_message, normalize_step_line};
 pub use oci::OciBackend;
+pub use syntax::check_dockerfile;
 
 /// Where a backend sends its output: lines (and chunks of over-long ones) without their
 /// line ends, in the order they were read (stdout and stderr interleaved as they arrive).

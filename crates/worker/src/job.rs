@@ -5,6 +5,7 @@
 //! ([`crate::session::MAX_LOG_REOPENS`]).
 
 mod steps;
+mod summary;
 mod trust;
 
 use std::path::{Path, PathBuf};

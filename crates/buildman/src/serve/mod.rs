@@ -148,6 +148,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     let executors = executors::executors(&options, &worker_server).await?;
     let mut settings = settings(&options, worker_server, result_dir);
     settings.data_dir = Some(data_dir.clone());
+    settings.sealing_key = Some(std::sync::Arc::new(secrets::sealing_key(config, data_dir)?));
     let public_url = config
         .public_url
         .clone()
@@ -258,6 +259,7 @@ fn settings(
         context_retention: config.context_retention,
         build_retention: config.build_retention,
         queue_rules: Default::default(),
+        sealing_key: None,
         timings: options.timings.clone(),
     }
 }

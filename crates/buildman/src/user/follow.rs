@@ -25,6 +25,64 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the manager may stay unreachable (or answer 5xx) before following gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
+/// Exit code: `submit` was interrupted (Ctrl-C); the build goes on (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// How log entries and the final build view are printed on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Log lines as text (see [`format_entry`]).
+    Text,
+    /// One JSON object per line: each log entry as the API answers it (`message`, `type`,
+    /// `data`); when following, the final build view last.
+    Json,
+}
+
+impl Output {
+    /// `--json` or not.
+    pub fn json(json: bool) -> Self {
+        if json { Output::Json } else { Output::Text }
+    }
+
+    /// One log entry as printed.
+    pub fn render(self, entry: &LogEntry) -> anyhow::Result<String> {
+        Ok(match self {
+            Output::Text => format_entry(entry),
+            Output::Json => format!("{}\n", serde_json::to_string(entry)?),
+        })
+    }
+}
+
+/// Where a complete build's image went, each tag as a reference
+/// (`registry/ns/repo:tag, ...` or `oci:/path:tag, ...`); `None` when the view does not say.
+pub fn image_references(view: &BuildView) -> Option<String> {
+    let location = view.result_location.as_deref().filter(|l| !l.is_empty())?;
+    let refs: Vec<String> = (view.tags.iter())
+        .map(|t| format!("{location}:{t}"))
+        .collect();
+    Some(refs.join(", "))
+}
+
+/// Says how a build ended on stderr, `build <id> <phase>` with its error or where its image
+/// went; with [`Output::Json`] the final view also goes to stdout.
+pub fn finish(view: &BuildView, output: Output) -> anyhow::Result<()> {
+    let mut summary = format!("build {} {}", view.id, view.phase);
+    if let Some(msg) = view.error.as_deref().filter(|m| !m.trim().is_empty()) {
+        summary.push_str(": ");
+        summary.push_str(msg.trim());
+    } else if view.phase == ViewPhase::Phase(Phase::Complete)
+        && let Some(image) = image_references(view)
+    {
+        summary.push_str(": ");
+        summary.push_str(&image);
+    }
+    eprintln!("{summary}");
+    if output == Output::Json {
+        write_stdout(&format!("{}\n", serde_json::to_string(view)?))?;
+    }
+    Ok(())
+}
+
 /// The exit code for a final phase; `None` while the build is still going.
 pub fn final_exit_code(phase: ViewPhase) -> Option<u8> {
     match phase {
@@ -153,10 +211,10 @@ fn elapsed_since(started: Option<chrono::DateTime<chrono::Utc>>) -> Duration {
 }
 
 /// Prints a build's whole log as it is now.
-pub async fn print_log(client: &ApiClient, view: &BuildView) -> anyhow::Result<()> {
+pub async fn print_log(client: &ApiClient, view: &BuildView, output: Output) -> anyhow::Result<()> {
     let mut cursor = 0;
     drain_logs(client, &view.repository, view.id, &mut cursor, |entry| {
-        write_stdout(&format_entry(entry))
+        write_stdout(&output.render(entry)?)
     })
     .await
 }
@@ -164,13 +222,22 @@ pub async fn print_log(client: &ApiClient, view: &BuildView) -> anyhow::Result<(
 /// Polls a build and its log every 500 ms, printing new entries, until the build reaches a
 /// final phase; returns the exit code for that phase.
 pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8> {
+    follow_as(client, initial, Output::Text).await
+}
+
+/// [`follow`], printing as `output` says.
+pub async fn follow_as(
+    client: &ApiClient,
+    initial: BuildView,
+    output: Output,
+) -> anyhow::Result<u8> {
     let spinner = Spinner::new(&initial);
     let id = initial.id;
     let mut view = initial;
     let mut cursor = 0;
     let mut failing_since: Option<Instant> = None;
     loop {
-        match poll(client, id, &mut view, &mut cursor, &spinner).await {
+        match poll(client, id, &mut view, &mut cursor, &spinner, output).await {
             Ok(()) => failing_since = None,
             Err(err) => {
                 let transient = err
@@ -185,12 +252,7 @@ pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8
         }
         if let Some(code) = final_exit_code(view.phase) {
             drop(spinner);
-            let mut summary = format!("build {id} {}", view.phase);
-            if let Some(msg) = view.error.as_deref().filter(|m| !m.trim().is_empty()) {
-                summary.push_str(": ");
-                summary.push_str(msg.trim());
-            }
-            eprintln!("{summary}");
+            finish(&view, output)?;
             return Ok(code);
         }
         tokio::time::sleep(POLL_INTERVAL).await;
@@ -205,6 +267,7 @@ async fn poll(
     view: &mut BuildView,
     cursor: &mut u64,
     spinner: &Spinner,
+    output: Output,
 ) -> anyhow::Result<()> {
     let fresh = client.build(id).await?;
     if fresh.phase != view.phase {
@@ -212,7 +275,7 @@ async fn poll(
     }
     *view = fresh;
     drain_logs(client, &view.repository, id, cursor, |entry| {
-        spinner.print(&format_entry(entry))
+        spinner.print(&output.render(entry)?)
     })
     .await
 }

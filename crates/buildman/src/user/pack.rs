@@ -1,27 +1,89 @@
-//! Packing a local build context directory as a tar.gz in memory.
+//! Packing a local build context directory as a tar.gz in memory, leaving out what its
+//! `.dockerignore` excludes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-/// Packs everything under `dir` into a gzip-compressed tar, paths relative to `dir`.
+use super::dockerignore::{self, DockerIgnore};
+
+/// A packed context.
+pub struct Packed {
+    /// The tar.gz.
+    pub bytes: Vec<u8>,
+    /// Files and directories `.dockerignore` left out (a directory counts once).
+    pub excluded: usize,
+}
+
+/// Packs everything under `dir` that its `.dockerignore` does not exclude into a
+/// gzip-compressed tar, paths relative to `dir`. `always` (relative paths: the Dockerfile)
+/// are packed whatever `.dockerignore` says, as `docker build` sends the Dockerfile and the
+/// `.dockerignore` itself (which the worker's builder then applies to COPY and ADD).
 ///
 /// Symlinks are stored as symlinks (never followed, so nothing outside `dir` is read);
 /// ownership and timestamps are left out so the same tree packs to the same entries.
-pub fn pack_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let encoder = GzEncoder::new(Vec::new(), Compression::default());
-    let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder
-        .append_dir_all("", dir)
+pub fn pack_dir(dir: &Path, always: &[PathBuf]) -> anyhow::Result<Packed> {
+    let ignore = DockerIgnore::read(dir)?;
+    let mut always = always.to_vec();
+    always.push(PathBuf::from(dockerignore::FILE_NAME));
+    let mut packer = Packer {
+        builder: tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default())),
+        root: dir,
+        ignore,
+        always,
+        excluded: 0,
+    };
+    packer.builder.follow_symlinks(false);
+    packer.builder.mode(tar::HeaderMode::Deterministic);
+    packer
+        .add_tree(Path::new(""))
         .with_context(|| format!("cannot pack {}", dir.display()))?;
-    let encoder = builder
-        .into_inner()
-        .context("cannot finish the tar archive")?;
-    encoder.finish().context("cannot finish the gzip stream")
+    let excluded = packer.excluded;
+    let encoder = (packer.builder.into_inner()).context("cannot finish the tar archive")?;
+    let bytes = encoder.finish().context("cannot finish the gzip stream")?;
+    Ok(Packed { bytes, excluded })
+}
+
+/// The walk over a context directory.
+struct Packer<'a> {
+    builder: tar::Builder<GzEncoder<Vec<u8>>>,
+    root: &'a Path,
+    ignore: DockerIgnore,
+    always: Vec<PathBuf>,
+    excluded: usize,
+}
+
+impl Packer<'_> {
+    /// Adds the entries of directory `rel` (relative to the root), in name order.
+    fn add_tree(&mut self, rel: &Path) -> anyhow::Result<()> {
+        let here = self.root.join(rel);
+        let mut entries = std::fs::read_dir(&here)
+            .and_then(|dir| dir.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("cannot list {}", here.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = rel.join(entry.file_name());
+            let is_dir = entry.file_type()?.is_dir();
+            let needed = self.always.iter().any(|a| a.starts_with(&path));
+            if !needed && self.ignore.excludes(&path.to_string_lossy()) {
+                self.excluded += 1;
+                // Below an excluded directory only a `!pattern` can bring something back.
+                if is_dir && self.ignore.has_exceptions() {
+                    self.add_tree(&path)?;
+                }
+                continue;
+            }
+            self.builder
+                .append_path_with_name(entry.path(), &path)
+                .with_context(|| format!("cannot pack {}", entry.path().display()))?;
+            if is_dir {
+                self.add_tree(&path)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -76,7 +138,7 @@ mod tests {
             .expect("symlink");
         std::os::unix::fs::symlink(outside.path(), root.join("escape-dir")).expect("symlink");
 
-        let entries = unpack(&pack_dir(root).expect("pack"));
+        let entries = unpack(&pack_dir(root, &[]).expect("pack").bytes);
         let expected: BTreeMap<String, Entry> = [
             ("Dockerfile", Entry::File("FROM scratch\n".into())),
             ("sub", Entry::Dir),
@@ -100,6 +162,29 @@ mod tests {
     #[test]
     fn packing_a_missing_dir_fails() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(pack_dir(&dir.path().join("nope")).is_err());
+        assert!(pack_dir(&dir.path().join("nope"), &[]).is_err());
+    }
+
+    #[test]
+    fn dockerignore_leaves_files_out_but_never_the_dockerfile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("big/keep")).expect("mkdir");
+        std::fs::write(root.join("big/blob"), "x".repeat(4096)).expect("write");
+        std::fs::write(root.join("big/keep/me"), "kept").expect("write");
+        std::fs::write(root.join("a.log"), "log").expect("write");
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").expect("write");
+        std::fs::write(
+            root.join(".dockerignore"),
+            "*.log\nbig\n!big/keep\nDockerfile\n.dockerignore\n",
+        )
+        .expect("write");
+        let packed = pack_dir(root, &[PathBuf::from("Dockerfile")]).expect("pack");
+        let names: Vec<String> = unpack(&packed.bytes).into_keys().collect();
+        assert_eq!(
+            names,
+            [".dockerignore", "Dockerfile", "big/keep", "big/keep/me"]
+        );
+        assert_eq!(packed.excluded, 3, "a.log, big, big/blob");
     }
 }

@@ -42,6 +42,7 @@ pub struct TrustedKeyConfig {
 pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
     let r = s.r;
     config.data_dir = s.path("BUILDMAN_DATA_DIR");
+    config.sealing_key_file = s.path("BUILDMAN_SEALING_KEY_FILE");
     config.http_listen = s.parsed(
         "BUILDMAN_HTTP_LISTEN",
         "an address like 127.0.0.1:8080",

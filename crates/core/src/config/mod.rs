@@ -119,6 +119,10 @@ pub struct Config {
     /// BUILDMAN_BUILD_RETENTION: how long a build that ended for good is kept, with its log
     /// (seconds; default `None`: forever).
     pub build_retention: Option<std::time::Duration>,
+    /// BUILDMAN_SEALING_KEY_FILE: a file of 32 random bytes that seals build secrets (git
+    /// deploy keys) in the store; default `<data dir>/sealing-key`, generated on first start.
+    /// Managers sharing a database need the same one.
+    pub sealing_key_file: Option<PathBuf>,
 }
 
 debug_redacting!(Config {
@@ -126,7 +130,7 @@ debug_redacting!(Config {
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
     max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, registry,
     context_storage, controller_port, metrics_listen, drain_period, context_retention,
-    build_retention,
+    build_retention, sealing_key_file,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 
 /// A parsed configuration and the warnings found on the way.
@@ -156,6 +160,7 @@ impl Config {
             buildman_hostname: None,
             build_manager: BuildManagerConfig::default(),
             data_dir: None,
+            sealing_key_file: None,
             http_listen: None,
             grpc_listen: None,
             public_url: None,

@@ -177,7 +177,10 @@ impl WorkerSessions {
             } => PackageSource::Git {
                 url: url.clone(),
                 sha: sha.clone(),
-                private_key: private_key.clone().unwrap_or_default(),
+                private_key: match private_key {
+                    Some(sealed) => self.open_secret(sealed)?,
+                    None => String::new(),
+                },
             },
         };
         let left = record.max_expiration - chrono::Utc::now().timestamp();
@@ -296,13 +299,16 @@ impl WorkerSessions {
             Some(record) if !same_attempt(ctx, &record) => return Err(stale_attempt()),
             Some(_) => {}
         }
-        let error = (to == Phase::Error).then_some(JobEnd::Error.reason());
+        let error = match to {
+            Phase::Error => Some(phases::worker_error(self.store.as_ref(), build).await),
+            _ => None,
+        };
         let before = phases::change(
             self.store.as_ref(),
             build,
             to,
             Actor::Worker,
-            error,
+            error.as_deref(),
             report.pull_metadata,
         )
         .await?;
@@ -326,14 +332,24 @@ impl WorkerSessions {
         Ok(true)
     }
 
-    /// With no registry, a local worker wrote the image as an OCI layout: say where.
+    /// A build secret as the worker needs it: opened with the sealing key.
+    fn open_secret(&self, sealed: &str) -> Result<String, ManagerError> {
+        let key = (self.settings.sealing_key.as_ref()).ok_or(crate::sealing::SealError::Open)?;
+        Ok(key.open(sealed)?)
+    }
+
+    /// Records where the image went: `<registry>/<namespace>/<repository>` when the worker
+    /// pushed, or the OCI layout a local worker wrote when no registry is set.
     async fn record_result_location(&self, build: &Build) {
         let s = &self.settings;
-        let Some(dir) = s.result_dir.as_ref().filter(|_| s.registry.is_empty()) else {
-            return;
+        let location = match &s.result_dir {
+            _ if !s.registry.is_empty() => format!("{}/{}", s.registry, build.full_repository()),
+            Some(dir) => {
+                let layout = dir.join(&build.namespace).join(&build.repository);
+                format!("oci:{}", layout.display())
+            }
+            None => return,
         };
-        let layout = dir.join(&build.namespace).join(&build.repository);
-        let location = format!("oci:{}", layout.display());
         if let Err(e) = self.store.set_result_location(build.id, &location).await {
             tracing::warn!(build_id = %build.id, error = %e, "could not record where the image went");
         }

@@ -207,6 +207,7 @@ fn settings(workers: u32) -> Settings {
         context_retention: Duration::ZERO,
         build_retention: None,
         queue_rules: Default::default(),
+        sealing_key: None,
         timings: Timings {
             no_executor_retry: Duration::from_millis(50),
             requeue_delay: Duration::from_millis(50),

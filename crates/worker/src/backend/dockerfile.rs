@@ -36,7 +36,7 @@ pub fn from_lines(dockerfile: &str) -> Vec<String> {
 }
 
 /// The escape character: `\`, or what a leading `# escape=X` parser directive says.
-fn escape_char(dockerfile: &str) -> char {
+pub(super) fn escape_char(dockerfile: &str) -> char {
     for line in dockerfile.lines() {
         let Some(comment) = line.trim().strip_prefix('#') else {
             // Directives only count before the first instruction or blank line.
@@ -127,8 +127,9 @@ pub fn glued_tool_message(line: &str) -> Option<usize> {
         .find(|&at| is_tool_message(&line[at..]))
 }
 
-/// True when `s` is one of the messages buildah prints between steps.
-fn is_tool_message(s: &str) -> bool {
+/// True when `s` is one of the messages buildah prints between steps (`--> <id>`, `COMMIT
+/// ...`, `STEP N/M: ...`).
+pub fn is_tool_message(s: &str) -> bool {
     if let Some(id) = s.strip_prefix("--> ") {
         // A short image id, as buildah prints it after each committed step.
         return (11..=64).contains(&id.len())

@@ -41,7 +41,20 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Whether `name` can be fetched as a branch or tag (`main`, `v1.2`, `refs/heads/x`,
+/// `HEAD`) without git reading it as an option or a range.
+fn valid_ref(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(['-', '/'])
+        && !name.contains("..")
+        && !name.ends_with(['/', '.'])
+        && !(name.chars()).any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+}
+
 /// Clones `url` into `src` and checks out `sha` (detached), using `private_key` for ssh.
+/// `sha` may also name a branch or tag (buildman's API takes one; Quay's manager always
+/// sends a commit): it is fetched and its commit checked out.
 pub(crate) async fn checkout(
     url: &str,
     sha: &str,
@@ -50,9 +63,9 @@ pub(crate) async fn checkout(
     src: &Path,
 ) -> Result<(), ContextError> {
     check_url(url)?;
-    if !valid_sha(sha) {
+    if !valid_sha(sha) && !valid_ref(sha) {
         return Err(ContextError::Git(format!(
-            "{sha:?} is not a commit id (7 to 64 hex digits)"
+            "{sha:?} is neither a commit id (7 to 64 hex digits) nor a branch or tag name"
         )));
     }
     // Outside src, so the key can never become part of the build context.
@@ -60,11 +73,17 @@ pub(crate) async fn checkout(
         Some(key) => Some(write_key(work_dir, key)?),
         None => None,
     };
+    // Host keys are learnt into the work dir, not the user's ~/.ssh: a worker is as new as
+    // its machine on every executor (a popen worker must not keep, or trip over, what an
+    // earlier build learnt). Hosts pinned in /etc/ssh/ssh_known_hosts are still checked.
+    let known_hosts = work_dir.join("git-known-hosts");
     let git = Git {
         ssh_command: key.as_ref().map(|k| {
             format!(
-                "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new",
-                shell_quote(&k.0.to_string_lossy())
+                "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new \
+                 -o UserKnownHostsFile={} -o BatchMode=yes",
+                shell_quote(&k.0.to_string_lossy()),
+                shell_quote(&known_hosts.to_string_lossy())
             )
         }),
         secret: private_key,
@@ -78,7 +97,17 @@ pub(crate) async fn checkout(
     )
     .await?;
     let commit = format!("{sha}^{{commit}}");
-    if git
+    let mut target = sha;
+    if !valid_sha(sha) {
+        // A branch or tag: whatever the remote names so now.
+        git.run(
+            Some(src),
+            &["fetch", "--quiet", "origin", "--", sha],
+            &format!("fetching {sha} from {shown}"),
+        )
+        .await?;
+        target = "FETCH_HEAD";
+    } else if git
         .run(Some(src), &["cat-file", "-e", &commit], "")
         .await
         .is_err()
@@ -93,8 +122,8 @@ pub(crate) async fn checkout(
     }
     git.run(
         Some(src),
-        &["checkout", "--quiet", "--detach", sha],
-        &format!("checking out commit {sha}"),
+        &["checkout", "--quiet", "--detach", target],
+        &format!("checking out {sha}"),
     )
     .await?;
     drop(key);
@@ -194,6 +223,32 @@ mod tests {
         assert!(!valid_sha(&"a".repeat(65)));
         assert!(!valid_sha("--upload-pack=x"));
         assert!(!valid_sha("HEAD~1a"));
+    }
+
+    #[test]
+    fn refs_git_could_misread_are_refused() {
+        for name in [
+            "main",
+            "v1.2.3",
+            "refs/heads/feature/x",
+            "HEAD",
+            "release-1",
+        ] {
+            assert!(valid_ref(name), "{name}");
+        }
+        for name in [
+            "",
+            "-x",
+            "--upload-pack=x",
+            "a..b",
+            "a b",
+            "x~1",
+            "a:b",
+            "/x",
+            "x/",
+        ] {
+            assert!(!valid_ref(name), "{name}");
+        }
     }
 
     #[test]

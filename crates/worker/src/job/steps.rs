@@ -7,7 +7,7 @@ use std::path::Path;
 use buildman_proto as pb;
 use pb::build_pack::BuildPack as Package;
 
-use super::{Failure, WorkerEnv};
+use super::{Failure, WorkerEnv, summary};
 use crate::backend::{self, Backend, BuildRequest, Credentials, LineSink};
 use crate::context::{self, Prepared, Source};
 use crate::output::{self, Chunk, LineSource};
@@ -31,6 +31,8 @@ impl Job<'_> {
         let prepared = self.unpack().await?;
         let dockerfile = std::fs::read_to_string(&prepared.dockerfile)
             .map_err(|e| Failure::Build(format!("reading the Dockerfile: {e}")))?;
+        backend::check_dockerfile(&dockerfile)
+            .map_err(|e| Failure::Build(format!("Dockerfile {e}")))?;
         let bases = backend::from_lines(&dockerfile);
         let insecure_pulls = self.pull_bases(session, &bases).await?;
         let cache_from = self.prime_cache(session, &bases).await?;
@@ -38,28 +40,35 @@ impl Job<'_> {
         session.set_phase(pb::Phase::Building, None).await?;
         let request = self.request(&prepared, &bases, cache_from, insecure_pulls);
         let logger = session.logger("building");
-        let built = self
+        let (built, step) = self
             .with_output(&logger, async |out| self.backend.build(&request, out).await)
             .await;
-        built.map_err(|e| Failure::Build(format!("the build failed: {e}")))?;
+        built.map_err(|e| {
+            Failure::Build(summary::failed(step.as_deref().unwrap_or("the build"), &e))
+        })?;
 
         session.set_phase(pb::Phase::Pushing, None).await?;
         let logger = session.logger("pushing");
         self.with_output(&logger, async |out| self.push(out).await)
             .await
+            .0
     }
 
     /// Runs `step` with a sink whose output reaches `logger` as it comes; returns once the
-    /// step ended and all its output was handed to the session.
-    async fn with_output<T>(&self, logger: &Logger, step: impl AsyncFnOnce(&LineSink) -> T) -> T {
+    /// step ended and all its output was handed to the session, with the last Dockerfile
+    /// step line the output held.
+    async fn with_output<T>(
+        &self,
+        logger: &Logger,
+        step: impl AsyncFnOnce(&LineSink) -> T,
+    ) -> (T, Option<String>) {
         let (sink, source) = output::spool(self.work);
         let run = async move {
             let result = step(&sink).await;
             drop(sink);
             result
         };
-        let (result, ()) = tokio::join!(run, forward(logger, source));
-        result
+        tokio::join!(run, forward(logger, source))
     }
 
     async fn unpack(&self) -> Result<Prepared, Failure> {
@@ -128,12 +137,14 @@ impl Job<'_> {
             } else {
                 base_creds.clone()
             };
-            let pulled = self
+            let (pulled, _) = self
                 .with_output(&logger, async |out| {
                     self.backend.pull(base, creds.as_ref(), insecure, out).await
                 })
                 .await;
-            pulled.map_err(|e| Failure::Build(format!("pulling base image {base}: {e}")))?;
+            pulled.map_err(|e| {
+                Failure::Build(summary::failed(&format!("pulling base image {base}"), &e))
+            })?;
         }
         Ok(insecure_pulls)
     }
@@ -156,7 +167,7 @@ impl Job<'_> {
         let pull_creds = Credentials::token(pack.pull_token.clone());
         let insecure = is_loopback_registry(&pack.registry);
         let logger = session.logger("pulling");
-        let primed = self
+        let (primed, _) = self
             .with_output(&logger, async |out| {
                 let creds = Some(&pull_creds);
                 self.backend.pull(&cached_image, creds, insecure, out).await
@@ -224,7 +235,9 @@ impl Job<'_> {
                 backend
                     .push(image, &destination, Some(&creds), insecure, out)
                     .await
-                    .map_err(|e| Failure::Build(format!("pushing {destination}: {e}")))?;
+                    .map_err(|e| {
+                        Failure::Build(summary::failed(&format!("pushing {destination}"), &e))
+                    })?;
             }
             return Ok(());
         }
@@ -250,9 +263,11 @@ impl Job<'_> {
 
 /// Hands a command's output to the manager's log as it comes. A message buildah glued onto
 /// the end of a step's output goes as a line of its own; whole lines have buildah's step
-/// lines rewritten the Docker way; the chunks of a long line go as they are.
-async fn forward(logger: &Logger, mut source: LineSource) {
+/// lines rewritten the Docker way; the chunks of a long line go as they are. Returns the
+/// last step line (`Step 3/5 : RUN make`), which names the step a failed build was on.
+async fn forward(logger: &Logger, mut source: LineSource) -> Option<String> {
     let mut at_line_start = true;
+    let mut last_step = None;
     while let Some(mut chunk) = source.next().await {
         let glued = match chunk.continues {
             false => backend::glued_tool_message(&chunk.text).map(|at| chunk.text.split_off(at)),
@@ -261,11 +276,15 @@ async fn forward(logger: &Logger, mut source: LineSource) {
         for mut piece in std::iter::once(chunk).chain(glued.map(Chunk::line)) {
             if at_line_start && !piece.continues {
                 piece.text = backend::normalize_step_line(&piece.text);
+                if piece.text.starts_with("Step ") {
+                    last_step = Some(piece.text.clone());
+                }
             }
             at_line_start = !piece.continues;
             logger.output(&piece).await;
         }
     }
+    last_step
 }
 
 /// Docker's rule, which buildah follows too: registries on the loopback interface are
