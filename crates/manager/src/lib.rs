@@ -16,6 +16,7 @@
 mod builds;
 mod error;
 mod executors;
+pub mod feed;
 mod leases;
 mod logwriter;
 mod phases;
@@ -37,6 +38,7 @@ use buildman_store::Store;
 pub use builds::Builds;
 pub use error::ManagerError;
 pub use executors::ExecutorEntry;
+pub use feed::follow::{Followed, Follower};
 pub use sessions::WorkerSessions;
 pub use settings::{Settings, Timings};
 pub use tokens::{KeyPair, TokenService, TokenType};
@@ -77,6 +79,12 @@ impl Manager {
         settings: Settings,
     ) -> Self {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        // Every role writes through the feed, so followers hear of every entry stored here.
+        let feed = Arc::new(feed::Feed::default());
+        let store: Arc<dyn Store> = Arc::new(feed::FeedStore {
+            inner: store,
+            feed: feed.clone(),
+        });
         let orphan_reap_interval = settings.orphan_reap_interval;
         let settings = Arc::new(settings);
         let tokens = Arc::new(tokens);
@@ -120,6 +128,7 @@ impl Manager {
         });
         let builds = Builds {
             store,
+            feed,
             files,
             reaper: reaper.clone(),
             wake,

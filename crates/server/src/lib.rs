@@ -1,10 +1,14 @@
 //! Thin adapters over the [`buildman_manager::Manager`]: the gRPC service workers talk to
-//! ([`grpc`]) and the REST API users talk to ([`rest`]). Neither holds state or rules of
-//! its own; they translate requests and errors.
+//! ([`grpc`]), the REST API users talk to ([`rest`], with [`listing`] and the followed logs
+//! of [`events`]) and the web dashboard ([`web`]) on the same port. None holds state or
+//! rules of its own; they translate requests and errors.
 
 mod codec;
+pub mod events;
 pub mod grpc;
+pub mod listing;
 pub mod rest;
+pub mod web;
 
 /// The worker service's server side, generated with the compact codec (see build.rs).
 mod generated {

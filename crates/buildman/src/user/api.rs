@@ -284,7 +284,10 @@ impl ApiClient {
                 Method::GET,
                 &paths::build_logs(&repo.namespace, &repo.name, id),
             )
-            .query(&LogsQuery { start: Some(start) })
+            .query(&LogsQuery {
+                start: Some(start),
+                follow: false,
+            })
             .timeout(POLL_TIMEOUT),
         )
         .await
