@@ -11,6 +11,16 @@ use std::fmt::Display;
 /// The server's liveness check; answers `ok`, needs no token.
 pub const HEALTH: &str = "/health";
 
+/// Liveness: answers 200 while the process serves requests; needs no token.
+pub const HEALTHZ: &str = "/healthz";
+
+/// Readiness: 200 while the store and the orchestrator answer and the manager is not
+/// draining, else 503 with the reason; needs no token.
+pub const READYZ: &str = "/readyz";
+
+/// The Prometheus metrics, in Prometheus' text format; needs no token.
+pub const METRICS: &str = "/metrics";
+
 /// Where a file drop is created (`POST`, answers [`crate::FileDrop`]).
 pub const FILEDROP: &str = "/api/v1/filedrop/";
 

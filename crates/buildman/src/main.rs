@@ -16,8 +16,21 @@ use clap::{Parser, Subcommand};
     about = "Container-image build service (Quay-compatible build manager)"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text` for a person, `json` for a log
+    /// collector (one object per line: timestamp, level, target, message and the event's
+    /// fields, such as build_id and execution_id). Text is coloured only on a terminal
+    /// and without NO_COLOR.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BUILDMAN_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -76,20 +89,8 @@ fn main() -> ExitCode {
     // The one place the process-wide TLS provider is chosen: ring, for every rustls client
     // and server in the process (reqwest and redis are built without one of their own).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // A worker's stderr is read into the manager's log: colour only for a person.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A write that fails is dropped. Otherwise tracing reports it with `eprintln!`, which
-        // panics when stderr is gone: a worker whose manager died (the pipe's reader) would
-        // die with it instead of reconnecting.
-        .log_internal_errors(false)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -113,6 +114,35 @@ fn main() -> ExitCode {
         Err(e) => {
             say(format_args!("error: {e:#}"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log lines to stderr, as `format` says.
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        // A write that fails is dropped. Otherwise tracing reports it with `eprintln!`, which
+        // panics when stderr is gone: a worker whose manager died (the pipe's reader) would
+        // die with it instead of reconnecting.
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        // A worker's stderr is read into the manager's log: colour only for a person who
+        // has not asked for none (https://no-color.org).
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            logs.with_ansi(terminal && !no_color).init()
         }
     }
 }
@@ -148,7 +178,25 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match load_config(file) {
         Ok(config) => {
             let bm = &config.build_manager;
-            let names: Vec<&str> = bm.executors.iter().map(|e| e.name.as_str()).collect();
+            let (runnable, skipped): (Vec<_>, Vec<_>) =
+                (bm.executors.iter()).partition(|e| buildman::serve::RUNNABLE.contains(&e.kind));
+            for e in &skipped {
+                eprintln!(
+                    "warning: executor {:?}: kind {} is not available in this version; `serve` skips it",
+                    e.name, e.kind
+                );
+            }
+            if runnable.is_empty() && bm.lifecycle == buildman_core::config::Lifecycle::Ephemeral {
+                let kinds: Vec<&str> = (buildman::serve::RUNNABLE.iter())
+                    .map(|k| k.as_str())
+                    .collect();
+                eprintln!(
+                    "error: no usable executor: `serve` would refuse this file; configure one of {}",
+                    kinds.join(", ")
+                );
+                return ExitCode::FAILURE;
+            }
+            let names: Vec<&str> = runnable.iter().map(|e| e.name.as_str()).collect();
             println!(
                 "{}: ok (build support {}, {} executor(s): {}, ALLOWED_WORKER_COUNT {})",
                 file.display(),
@@ -192,6 +240,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         options.grpc_listen = a;
     }
     options.allow_bench_executor = args.allow_bench_executor;
+    if let Some(dir) = args.config.as_deref().and_then(std::path::Path::parent) {
+        options.config_dir = dir.to_path_buf();
+    }
     let running = serve::start(options.clone()).await?;
     if let Some(token) = &running.new_admin_token {
         println!(
@@ -205,11 +256,25 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         running.grpc_addr,
         options.data_dir.display()
     );
+    if let Some(address) = running.metrics_addr {
+        println!("metrics and health: http://{address}/metrics, /healthz, /readyz");
+    }
     shutdown_signal()
         .await
         .context("waiting for a shutdown signal")?;
-    eprintln!("shutting down");
-    running.stop().await;
+    tracing::info!(
+        drain_s = options.config.drain_period.as_secs(),
+        "stopping: draining first (a second SIGTERM or SIGINT stops at once)"
+    );
+    running
+        .drain_and_stop(async {
+            if let Err(e) = shutdown_signal().await {
+                tracing::warn!(error = %e, "cannot wait for a second signal");
+                std::future::pending::<()>().await;
+            }
+        })
+        .await;
+    tracing::info!("stopped");
     Ok(())
 }
 

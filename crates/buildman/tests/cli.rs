@@ -104,6 +104,46 @@ fn check_config_reports_context_storage_problems_without_the_keys() {
 }
 
 #[test]
+fn check_config_reads_the_ec2_endpoint_and_ami_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec2 = |keys: &str| {
+        format!(
+            "FEATURE_BUILD_SUPPORT: true\nBUILD_MANAGER:\n- ephemeral\n- EXECUTORS:\n  \
+             - EXECUTOR: ec2\n    EC2_REGION: eu-west-1\n{keys}"
+        )
+    };
+    let check = |name: &str, keys: &str| {
+        let path = write(dir.path(), name, &ec2(keys));
+        Command::new(BUILDMAN)
+            .arg("check-config")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(
+        "good.yaml",
+        "    EC2_ENDPOINT_URL: http://127.0.0.1:5000\n    \
+         COREOS_STREAM_URL: https://builds.coreos.fedoraproject.org/streams\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 executor(s): ec2"));
+
+    let out = check("bad.yaml", "    EC2_ENDPOINT_URL: 127.0.0.1:5000\n");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        r#"BUILD_MANAGER[1].EXECUTORS[0].EC2_ENDPOINT_URL: expected a URL starting with http:// or https://, got "127.0.0.1:5000""#,
+        "BUILD_MANAGER[1].EXECUTORS[0]: missing required key COREOS_AMI",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn serve_says_when_builds_are_disabled() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path(), "c.yaml", "FEATURE_BUILD_SUPPORT: false\n");

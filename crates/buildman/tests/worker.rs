@@ -393,38 +393,10 @@ async fn a_worker_whose_connection_goes_silent_dials_again_and_no_line_is_lost_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_talk_tls_to_a_manager_with_a_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        // A server certificate, not a CA: rustls refuses a CA certificate as a server's.
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .args(["-addext", "extendedKeyUsage=serverAuth", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A self-signed server certificate for 127.0.0.1 (not a CA: rustls refuses a CA
+    // certificate as a server's).
+    let certs = buildman_testkit::certs::Certs::make();
+    let (cert, key) = (certs.path("self.pem"), certs.path("self.key"));
     let s = TestServer::start(
         |d| {
             let mut yaml = config_yaml("ALLOWED_WORKER_COUNT: 1", &real_worker(d, ""));

@@ -79,6 +79,32 @@ pub trait ContextStore: Send + Sync {
     async fn delete(&self, id: &str) -> Result<(), ContextError>;
 }
 
+/// Removes the `.<id>.part` files an upload interrupted by the end of the process left in
+/// `dir` (both stores spool uploads there); returns how many. Only for the process that
+/// owns `dir` alone, at start, when no upload can be in flight. A missing `dir` is empty.
+pub fn remove_partial_uploads(dir: &Path) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let partial = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(".part"))
+            .is_some_and(well_formed);
+        if partial {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// A new random id: 256 bits in hex.
 pub fn new_id() -> String {
     use rand::RngCore;
@@ -150,4 +176,27 @@ async fn copy_bounded(
     }
     file.flush().await.map_err(ContextError::Storage)?;
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_partial_uploads_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, other) = (new_id(), new_id());
+        let part = dir.path().join(format!(".{id}.part"));
+        std::fs::write(&part, b"half").unwrap();
+        std::fs::write(dir.path().join(&other), b"done").unwrap();
+        std::fs::write(dir.path().join(".notes.part"), b"not ours").unwrap();
+        assert_eq!(remove_partial_uploads(dir.path()).unwrap(), 1);
+        assert!(!part.exists());
+        assert!(dir.path().join(&other).exists(), "a finished upload stays");
+        assert!(
+            dir.path().join(".notes.part").exists(),
+            "a file not named by an id stays"
+        );
+        assert_eq!(remove_partial_uploads(&dir.path().join("none")).unwrap(), 0);
+    }
 }

@@ -49,6 +49,10 @@ pub struct JobRecord {
     /// back past them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tried_executors: Vec<String>,
+    /// Unix milliseconds when the executor started the worker: where the ack and build
+    /// durations of the metrics count from, on whichever manager the job ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_started_ms: Option<i64>,
 }
 
 impl JobRecord {
@@ -93,6 +97,9 @@ pub enum JobEnd {
     WorkerSilent,
     /// The build ran longer than MACHINE_MAX_TIME.
     Overran,
+    /// The manager stopped while the build ran and no other manager can take the job over
+    /// (a process-local orchestrator): its worker is stopped and the build runs again.
+    ManagerStopped,
 }
 
 /// What happens to a job's queue item when the job ends.
@@ -164,6 +171,8 @@ impl JobEnd {
             | JobEnd::NeverRegistered
             | JobEnd::Overran => (policy.after_failure, false),
             JobEnd::NoExecutor => (policy.after_no_executor, false),
+            // Not the build's fault, and not a silent worker: runs again at once, for free.
+            JobEnd::ManagerStopped => (Duration::ZERO, true),
         };
         if restore_retry || item.retries_remaining > 0 {
             QueueAction::Requeue(Requeue {
@@ -182,7 +191,11 @@ impl JobEnd {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            JobEnd::NeverStarted | JobEnd::NeverRegistered | JobEnd::WorkerSilent | JobEnd::Overran
+            JobEnd::NeverStarted
+                | JobEnd::NeverRegistered
+                | JobEnd::WorkerSilent
+                | JobEnd::Overran
+                | JobEnd::ManagerStopped
         )
     }
 
@@ -199,6 +212,9 @@ impl JobEnd {
             }
             JobEnd::WorkerSilent => "the worker stopped sending heartbeats",
             JobEnd::Overran => "the build ran longer than MACHINE_MAX_TIME",
+            JobEnd::ManagerStopped => {
+                "the manager stopped while the build ran; its worker was stopped"
+            }
         }
     }
 
@@ -213,6 +229,7 @@ impl JobEnd {
             JobEnd::NeverRegistered => "never_registered",
             JobEnd::WorkerSilent => "worker_silent",
             JobEnd::Overran => "overran",
+            JobEnd::ManagerStopped => "manager_stopped",
         }
     }
 }
@@ -283,6 +300,16 @@ mod tests {
     }
 
     #[test]
+    fn a_build_its_stopping_manager_hands_back_runs_again_at_once_for_free() {
+        // Neither a retry nor the silent budget is spent, even on the last retry.
+        assert_eq!(
+            JobEnd::ManagerStopped.queue_action(&item(0, 2), P),
+            requeue(Duration::ZERO, true, 2)
+        );
+        assert!(JobEnd::ManagerStopped.is_failure());
+    }
+
+    #[test]
     fn a_silent_worker_gets_its_retry_back_only_so_often() {
         // Past the budget a silent worker spends its retry, so the build ends.
         assert_eq!(
@@ -325,6 +352,7 @@ mod tests {
             execution_id: None,
             manager_id: None,
             tried_executors: Vec::new(),
+            worker_started_ms: None,
         }
     }
 

@@ -8,12 +8,14 @@
 
 pub mod build;
 pub mod config;
+pub mod error;
 pub mod job;
 pub mod log;
 pub mod phase;
 pub mod queue;
 
 pub use build::{Build, BuildId, BuildSource, InvalidBuild, NewBuild};
+pub use error::error_chain;
 pub use job::{JobEnd, JobRecord, QueueAction, Requeue, RetryPolicy};
 pub use log::{LogEntry, LogType};
 pub use phase::{Actor, Phase};

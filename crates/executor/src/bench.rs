@@ -199,6 +199,7 @@ mod tests {
             registry_hostname: String::new(),
             insecure: true,
             max_lifetime_s: 60,
+            manager_id: "m".into(),
         }
     }
 

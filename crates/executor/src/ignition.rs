@@ -13,10 +13,17 @@
 //! The document holds secrets (the registration token, the registry password): never log
 //! it or put it in an error.
 
+use buildman_core::config::ExecutorConfig;
 use serde::Serialize;
+
+use crate::StartRequest;
 
 /// The Ignition spec version written.
 pub const VERSION: &str = "3.4.0";
+/// The worker image when WORKER_IMAGE is not set.
+pub const DEFAULT_WORKER_IMAGE: &str = "quay.io/projectquay/quay-builder";
+/// The worker image's tag when WORKER_TAG is not set.
+pub const DEFAULT_WORKER_TAG: &str = "latest";
 
 /// Where the worker's environment file lives on the machine.
 const ENV_FILE: &str = "/etc/buildman/worker.env";
@@ -147,6 +154,50 @@ fn env_line(name: &str, value: &str) -> String {
 }
 
 impl WorkerMachine {
+    /// The machine of one job, from its executor's common keys: the worker gets
+    /// quay-builder's environment (TOKEN, SERVER, BUILD_UUID, REGISTRY_HOSTNAME, INSECURE,
+    /// CONTAINER_RUNTIME, DEBUG and the proxies).
+    pub fn for_job(config: &ExecutorConfig, request: &StartRequest) -> WorkerMachine {
+        let mut env: Vec<(String, String)> = vec![
+            ("TOKEN".into(), request.token.clone()),
+            ("SERVER".into(), request.server.clone()),
+            ("BUILD_UUID".into(), request.build_id.to_string()),
+        ];
+        let mut set = |name: &str, value: Option<&str>| {
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                env.push((name.into(), value.into()));
+            }
+        };
+        set("REGISTRY_HOSTNAME", Some(&request.registry_hostname));
+        set("INSECURE", request.insecure.then_some("true"));
+        set("CONTAINER_RUNTIME", config.container_runtime.as_deref());
+        set("DEBUG", config.debug.then_some("true"));
+        set("HTTP_PROXY", config.http_proxy.as_deref());
+        set("HTTPS_PROXY", config.https_proxy.as_deref());
+        set("NO_PROXY", config.no_proxy.as_deref());
+        WorkerMachine {
+            image: (config.worker_image.as_deref())
+                .unwrap_or(DEFAULT_WORKER_IMAGE)
+                .to_owned(),
+            tag: (config.worker_tag.as_deref())
+                .unwrap_or(DEFAULT_WORKER_TAG)
+                .to_owned(),
+            runtime: match config.container_runtime.as_deref() {
+                Some("docker") => "docker".to_owned(),
+                _ => "podman".to_owned(),
+            },
+            image_login: config
+                .quay_username
+                .clone()
+                .zip(config.quay_password.clone()),
+            env,
+            registry: request.registry_hostname.clone(),
+            ca_bundle: config.ca_cert.clone().unwrap_or_default(),
+            ssh_authorized_keys: config.ssh_authorized_keys.clone(),
+            max_lifetime_s: request.max_lifetime_s,
+        }
+    }
+
     /// The Ignition config of this machine.
     pub fn ignition(&self) -> Config {
         let mut files = vec![File::new(ENV_FILE, 0o600, &self.env_file())];
@@ -375,6 +426,69 @@ mod tests {
         let worker = json["systemd"]["units"][0]["contents"].as_str().unwrap();
         assert!(worker.contains("/usr/bin/docker run"));
         assert!(!worker.contains("login"));
+    }
+
+    #[test]
+    fn a_jobs_machine_from_the_executors_keys() {
+        use buildman_core::BuildId;
+        use buildman_core::config::{ExecutorConfig, ExecutorKind};
+
+        let request = StartRequest {
+            build_id: BuildId::new(),
+            token: "tok".into(),
+            server: "manager:55443".into(),
+            registry_hostname: "registry.test".into(),
+            insecure: true,
+            max_lifetime_s: 600,
+            manager_id: "manager-a".into(),
+        };
+        let defaults = ExecutorConfig::with_defaults(ExecutorKind::Ec2);
+        let m = WorkerMachine::for_job(&defaults, &request);
+        assert_eq!(
+            (m.image.as_str(), m.tag.as_str(), m.runtime.as_str()),
+            (DEFAULT_WORKER_IMAGE, DEFAULT_WORKER_TAG, "podman")
+        );
+        assert!(m.image_login.is_none());
+        assert_eq!(m.max_lifetime_s, 600);
+        let env: Vec<(&str, &str)> = (m.env.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let build = request.build_id.to_string();
+        assert_eq!(
+            env,
+            [
+                ("TOKEN", "tok"),
+                ("SERVER", "manager:55443"),
+                ("BUILD_UUID", build.as_str()),
+                ("REGISTRY_HOSTNAME", "registry.test"),
+                ("INSECURE", "true"),
+            ]
+        );
+
+        let config = ExecutorConfig {
+            worker_image: Some("quay.example.com/builder".into()),
+            worker_tag: Some("v1".into()),
+            container_runtime: Some("docker".into()),
+            quay_username: Some("robot".into()),
+            quay_password: Some("pw".into()),
+            https_proxy: Some("http://proxy:3128".into()),
+            ca_cert: Some("PEM".into()),
+            ..defaults
+        };
+        let m = WorkerMachine::for_job(&config, &request);
+        assert_eq!(m.image, "quay.example.com/builder");
+        assert_eq!(m.tag, "v1");
+        assert_eq!(m.runtime, "docker");
+        assert_eq!(m.image_login, Some(("robot".into(), "pw".into())));
+        assert_eq!(m.ca_bundle, "PEM");
+        assert!(
+            m.env
+                .contains(&("CONTAINER_RUNTIME".into(), "docker".into()))
+        );
+        assert!(
+            m.env
+                .contains(&("HTTPS_PROXY".into(), "http://proxy:3128".into()))
+        );
     }
 
     #[test]

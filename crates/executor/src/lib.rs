@@ -1,10 +1,11 @@
 //! Executors: the control planes that start a worker for a job and stop it afterwards
-//! (a local process; Kubernetes and EC2 later; a load generator's callback for
+//! (a local process; a Kubernetes Job; EC2 instances; a load generator's callback for
 //! benchmarks). Each is one module implementing [`Executor`].
 //!
 //! An executor knows how to run a worker and nothing about queues, phases or tokens beyond
 //! the values handed to it in a [`StartRequest`].
 
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -12,7 +13,9 @@ use buildman_core::BuildId;
 use tokio::sync::mpsc;
 
 pub mod bench;
+pub mod ec2;
 pub mod ignition;
+pub mod kubernetes;
 pub mod local;
 
 /// Why a worker could not be started or stopped.
@@ -43,6 +46,9 @@ pub struct StartRequest {
     pub insecure: bool,
     /// The job's maximum lifetime, so a worker can power itself off after it.
     pub max_lifetime_s: u64,
+    /// The id of the manager starting the worker, for control planes that label workers
+    /// with it (a Kubernetes Job's `manager` label).
+    pub manager_id: String,
 }
 
 impl std::fmt::Debug for StartRequest {
@@ -52,7 +58,8 @@ impl std::fmt::Debug for StartRequest {
             .field("token", &"<redacted>")
             .field("server", &self.server)
             .field("registry_hostname", &self.registry_hostname)
-            .finish()
+            .field("manager_id", &self.manager_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,6 +90,23 @@ pub struct WorkerFailure {
 /// How many failures an executor keeps for the manager before it drops the oldest news:
 /// the manager reads them as they come, so this is a bound, not a buffer size that matters.
 pub const FAILURE_QUEUE: usize = 256;
+
+/// The receiving end of an executor's failure reports, kept until the manager takes it
+/// (see [`Executor::failures`]).
+pub struct FailureReports(Mutex<Option<mpsc::Receiver<WorkerFailure>>>);
+
+impl FailureReports {
+    /// A channel of up to [`FAILURE_QUEUE`] reports; the executor keeps the sender.
+    pub fn channel() -> (mpsc::Sender<WorkerFailure>, FailureReports) {
+        let (sender, receiver) = mpsc::channel(FAILURE_QUEUE);
+        (sender, FailureReports(Mutex::new(Some(receiver))))
+    }
+
+    /// The receiver, the first time it is asked for.
+    pub fn take(&self) -> Option<mpsc::Receiver<WorkerFailure>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
 
 /// A control plane that starts and stops workers.
 #[async_trait]

@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    Executor, ExecutorError, FAILURE_QUEUE, OwnedWorker, Result, StartRequest, WorkerFailure,
+    Executor, ExecutorError, FailureReports, OwnedWorker, Result, StartRequest, WorkerFailure,
 };
 
 /// How many of a worker's last stderr lines a failure report quotes.
@@ -80,7 +80,7 @@ pub struct LocalExecutor {
     /// Every exit of a worker is reported: the manager acts on those of workers that had
     /// not registered yet (a worker that cannot start fails its attempt at once).
     exits: mpsc::Sender<WorkerFailure>,
-    exits_taken: Mutex<Option<mpsc::Receiver<WorkerFailure>>>,
+    exits_taken: FailureReports,
 }
 
 /// A live child, as `stop` needs it; the reaper task owns the `Child` itself.
@@ -96,12 +96,12 @@ struct Running {
 impl LocalExecutor {
     /// An executor that runs `settings.program`.
     pub fn new(settings: LocalSettings) -> Self {
-        let (exits, taken) = mpsc::channel(FAILURE_QUEUE);
+        let (exits, exits_taken) = FailureReports::channel();
         Self {
             settings,
             children: Arc::default(),
             exits,
-            exits_taken: Mutex::new(Some(taken)),
+            exits_taken,
         }
     }
 
@@ -394,9 +394,6 @@ impl Executor for LocalExecutor {
     }
 
     fn failures(&self) -> Option<mpsc::Receiver<WorkerFailure>> {
-        self.exits_taken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.exits_taken.take()
     }
 }

@@ -1,32 +1,10 @@
 //! The Ignition document checked by an independent validator: Python's `jsonschema`
 //! against a strict schema of Ignition 3.4.0 (tests/data), as `.ci/run` installs it.
 
-use std::process::Command;
+mod support;
 
 use buildman_executor::ignition::WorkerMachine;
-
-fn validate(document: &str) -> Result<(), String> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("config.ign");
-    std::fs::write(&path, document).expect("write");
-    let schema = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/ignition-3.4-subset.schema.json"
-    );
-    let script = "import json, sys, jsonschema\n\
-                  schema = json.load(open(sys.argv[1]))\n\
-                  jsonschema.validate(json.load(open(sys.argv[2])), schema)\n";
-    let out = Command::new("python3")
-        .args(["-c", script, schema])
-        .arg(&path)
-        .output()
-        .expect("python3 runs (install it and `pip install jsonschema`)");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
+use support::validate;
 
 fn machine(runtime: &str, login: bool, ca: bool) -> WorkerMachine {
     WorkerMachine {

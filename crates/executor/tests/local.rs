@@ -33,6 +33,7 @@ fn request() -> StartRequest {
         registry_hostname: "quay.local".to_owned(),
         insecure: false,
         max_lifetime_s: 3600,
+        manager_id: "m".into(),
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::ManagerError;
 use crate::feed::Feed;
 use crate::feed::follow::Follower;
+use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::scheduler::Wake;
 use crate::settings::Settings;
@@ -26,6 +27,7 @@ pub struct Builds {
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) wake: Wake,
     pub(crate) settings: Arc<Settings>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Builds {
@@ -49,6 +51,7 @@ impl Builds {
             .store
             .create_build(new, s.queue_rules.retries, s.max_queued_per_namespace)
             .await?;
+        self.metrics.queue_put();
         tracing::info!(build_id = %build.id, repository = %build.full_repository(), "build queued");
         self.wake.notify();
         Ok(build)

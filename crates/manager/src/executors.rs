@@ -50,6 +50,11 @@ impl Breaker {
         self.state().open_until.is_none_or(|until| now >= until)
     }
 
+    /// True while the breaker is open: the executor is skipped until the cool-down ends.
+    pub(crate) fn is_open(&self, now: Instant) -> bool {
+        !self.allows(now)
+    }
+
     /// A worker failed to start, or failed before registering.
     pub(crate) fn failed(&self, now: Instant) {
         let mut s = self.state();
@@ -145,6 +150,7 @@ mod tests {
         assert!(b.allows(t), "a success in between starts the count again");
         b.failed(t);
         assert!(!b.allows(t), "the third in a row opens it");
+        assert!(b.is_open(t));
         assert!(
             b.allows(t + Duration::from_secs(60)),
             "tried again after the cool-down"

@@ -11,7 +11,8 @@
 //!
 //! [`Builds`] is the user-facing side (submit, read, cancel, uploads). [`Manager`] wires the
 //! roles together and owns their background tasks (`tasks`), which a shutdown stops and
-//! waits for.
+//! waits for: besides the roles' loops, the [`metrics`] refresher and the retention passes.
+//! A stopping manager drains first ([`Manager::stop_claiming`], [`Manager::hand_back_jobs`]).
 
 mod builds;
 mod error;
@@ -19,9 +20,11 @@ mod executors;
 pub mod feed;
 mod leases;
 mod logwriter;
+pub mod metrics;
 mod phases;
 mod reaper;
 mod records;
+mod retention;
 mod scheduler;
 pub mod sessions;
 mod settings;
@@ -32,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use buildman_contexts::ContextStore;
+use buildman_core::JobEnd;
 use buildman_orchestrator::Orchestrator;
 use buildman_store::Store;
 
@@ -39,13 +43,16 @@ pub use builds::Builds;
 pub use error::ManagerError;
 pub use executors::ExecutorEntry;
 pub use feed::follow::{Followed, Follower};
+pub use metrics::Metrics;
 pub use sessions::WorkerSessions;
 pub use settings::{Settings, Timings};
 pub use tokens::{KeyPair, TokenService, TokenType};
 
 use crate::executors::Executors;
+use crate::metrics::refresh::Refresher;
 use crate::reaper::Reaper;
 use crate::records::JobRecords;
+use crate::retention::Retention;
 use crate::scheduler::{Scheduler, Wake};
 use crate::tasks::Tasks;
 
@@ -64,7 +71,10 @@ struct Inner {
     sessions: Arc<WorkerSessions>,
     builds: Builds,
     tasks: Tasks,
-    orphan_reap_interval: Duration,
+    records: JobRecords,
+    executors: Executors,
+    metrics: Arc<Metrics>,
+    settings: Arc<Settings>,
 }
 
 impl Manager {
@@ -85,8 +95,8 @@ impl Manager {
             inner: store,
             feed: feed.clone(),
         });
-        let orphan_reap_interval = settings.orphan_reap_interval;
         let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(tokens);
         let records = JobRecords::new(orchestrator.clone());
         let executors = Executors::new(executors);
@@ -101,7 +111,7 @@ impl Manager {
             wake: wake.clone(),
             tasks: tasks.clone(),
             manager_id: id.clone(),
-            orphans_stopped: Default::default(),
+            metrics: metrics.clone(),
         });
         let scheduler = Arc::new(Scheduler {
             store: store.clone(),
@@ -114,17 +124,19 @@ impl Manager {
             wake: wake.clone(),
             tasks: tasks.clone(),
             manager_id: id.clone(),
+            metrics: metrics.clone(),
         });
         let sessions = Arc::new(WorkerSessions {
             store: store.clone(),
             executors: executors.clone(),
-            records,
+            records: records.clone(),
             tokens,
             reaper: reaper.clone(),
             files: files.clone(),
             settings: settings.clone(),
             log_writer: logwriter::LogWriter::spawn(store.clone()),
             leases: Mutex::default(),
+            metrics: metrics.clone(),
         });
         let builds = Builds {
             store,
@@ -132,7 +144,8 @@ impl Manager {
             files,
             reaper: reaper.clone(),
             wake,
-            settings,
+            settings: settings.clone(),
+            metrics: metrics.clone(),
         };
         Manager {
             inner: Arc::new(Inner {
@@ -142,7 +155,10 @@ impl Manager {
                 sessions,
                 builds,
                 tasks,
-                orphan_reap_interval,
+                records,
+                executors,
+                metrics,
+                settings,
             }),
         }
     }
@@ -153,13 +169,116 @@ impl Manager {
         self.inner.reaper.recover().await
     }
 
-    /// Starts the scheduler and the reaper's watchers.
+    /// Starts the scheduler, the reaper's watchers, the metrics refresher and the
+    /// retention passes.
     pub fn start(&self) {
-        self.inner.reaper.start();
-        self.inner
-            .reaper
-            .start_orphan_reaper(self.inner.orphan_reap_interval);
-        self.inner.scheduler.start();
+        let (inner, s) = (&self.inner, &self.inner.settings);
+        inner.reaper.start();
+        inner.reaper.start_orphan_reaper(s.orphan_reap_interval);
+        inner.scheduler.start();
+        let refresher = Refresher {
+            metrics: inner.metrics.clone(),
+            store: inner.reaper.store.clone(),
+            records: inner.records.clone(),
+            executors: inner.executors.clone(),
+            data_dir: s.data_dir.clone(),
+        };
+        inner
+            .tasks
+            .spawn_loop(refresher.run(s.timings.metrics_refresh));
+        let retention = Retention {
+            store: inner.reaper.store.clone(),
+            files: inner.builds.files.clone(),
+            context_retention: s.context_retention,
+            build_retention: s.build_retention,
+        };
+        inner
+            .tasks
+            .spawn_loop(retention.run(s.timings.retention_every));
+    }
+
+    /// The first step of a drain: no more builds are claimed; workers, users and the
+    /// reaper are answered as before.
+    pub fn stop_claiming(&self) {
+        self.inner.tasks.stop_claiming();
+        tracing::info!("draining: no new builds are claimed");
+    }
+
+    /// True once claims stopped (a drain or a shutdown began).
+    pub fn draining(&self) -> bool {
+        self.inner.tasks.claiming_stopped()
+    }
+
+    /// Whether the orchestrator lives in this process (the embedded default): then no
+    /// other manager can take this one's jobs over.
+    pub fn is_process_local(&self) -> bool {
+        self.inner.reaper.orchestrator.is_process_local()
+    }
+
+    /// How many live jobs run a worker this manager started (or is starting).
+    pub async fn own_jobs(&self) -> Result<usize, ManagerError> {
+        let records = self.inner.records.all().await?;
+        Ok(records
+            .iter()
+            .filter(|r| self.inner.reaper.started(r))
+            .count())
+    }
+
+    /// The last step of a drain when no other manager can take the jobs over: every job
+    /// of this manager ends as [`JobEnd::ManagerStopped`] (its build goes back to the
+    /// queue with its retry, its worker is stopped in the background, which
+    /// [`Manager::shutdown`] waits for). Returns how many.
+    pub async fn hand_back_jobs(&self) -> Result<usize, ManagerError> {
+        let mut handed = 0;
+        for record in self.inner.records.all().await? {
+            if !self.inner.reaper.started(&record) {
+                continue;
+            }
+            if let Some(record) = self.inner.records.take(record.build_id).await? {
+                tracing::warn!(build_id = %record.build_id, execution_id = ?record.execution_id, "the manager stops: returning the build to the queue");
+                self.inner
+                    .reaper
+                    .end(record, JobEnd::ManagerStopped)
+                    .await?;
+                handed += 1;
+            }
+        }
+        Ok(handed)
+    }
+
+    /// Ready to take work: not draining, and the store and the orchestrator answer within
+    /// `timeout` each. `Err` says what is not.
+    pub async fn readiness(&self, timeout: Duration) -> Result<(), String> {
+        if self.draining() {
+            return Err("draining: the manager is stopping".into());
+        }
+        let reaper = &self.inner.reaper;
+        match tokio::time::timeout(timeout, reaper.store.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("store: {e}")),
+            Err(_) => return Err(format!("store: no answer within {timeout:?}")),
+        }
+        match tokio::time::timeout(timeout, reaper.orchestrator.slots_taken()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("orchestrator: {e}")),
+            Err(_) => Err(format!("orchestrator: no answer within {timeout:?}")),
+        }
+    }
+
+    /// The metrics in Prometheus' text format ([`metrics::CONTENT_TYPE`]), the breakers'
+    /// state read now.
+    pub fn metrics_text(&self) -> String {
+        let now = std::time::Instant::now();
+        for configured in self.inner.executors.iter() {
+            let name = &configured.entry.config.name;
+            (self.inner.metrics).set_breaker(name, configured.breaker.is_open(now));
+        }
+        self.inner.metrics.encode()
+    }
+
+    /// The metrics handle, for the servers' request timings.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Stops claiming and watching, lets work in flight (worker stops, job ends) finish for

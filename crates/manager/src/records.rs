@@ -74,6 +74,21 @@ impl JobRecords {
         }
     }
 
+    /// Every live job's record (a record that does not parse is left out, with a warning).
+    pub(crate) async fn all(&self) -> Result<Vec<JobRecord>, ManagerError> {
+        let listed = self.orchestrator.list("building/").await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(key, raw)| match parse(&raw) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "ignoring a job record that does not parse");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Takes a build's job record out of the orchestrator; the caller must end the job.
     pub(crate) async fn take(&self, build: BuildId) -> Result<Option<JobRecord>, ManagerError> {
         self.orchestrator

@@ -21,6 +21,10 @@ pub struct Timings {
     pub requeue_delay: Duration,
     /// How long a worker may take to stop before the executor gives up waiting.
     pub stop_timeout: Duration,
+    /// How often the gauges read from the store and the orchestrator are refreshed.
+    pub metrics_refresh: Duration,
+    /// How often the retention pass runs (contexts of ended builds, old builds).
+    pub retention_every: Duration,
 }
 
 impl Default for Timings {
@@ -33,6 +37,8 @@ impl Default for Timings {
             no_executor_retry: delays.after_no_executor,
             requeue_delay: delays.after_failure,
             stop_timeout: Duration::from_secs(30),
+            metrics_refresh: Duration::from_secs(15),
+            retention_every: Duration::from_secs(60),
         }
     }
 }
@@ -67,6 +73,14 @@ pub struct Settings {
     /// How often every executor's workers are compared with the live jobs
     /// (BUILDMAN_ORPHAN_REAP_INTERVAL).
     pub orphan_reap_interval: Duration,
+    /// The data dir, whose size the metrics report (none: not measured).
+    pub data_dir: Option<PathBuf>,
+    /// How long an uploaded context is kept after its build ended for good
+    /// (BUILDMAN_CONTEXT_RETENTION).
+    pub context_retention: Duration,
+    /// How long a build that ended for good is kept, with its log; `None`: forever
+    /// (BUILDMAN_BUILD_RETENTION).
+    pub build_retention: Option<Duration>,
     pub timings: Timings,
 }
 

@@ -19,6 +19,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Default)]
 pub(crate) struct Tasks {
     tracker: TaskTracker,
+    /// Cancelled by a drain: no new claims, everything else runs on.
+    claims: CancellationToken,
     stop: CancellationToken,
     abort: CancellationToken,
 }
@@ -48,6 +50,16 @@ impl Tasks {
     /// True once the shutdown began.
     pub(crate) fn stopping(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    /// The first step of a drain: no new claims from now on.
+    pub(crate) fn stop_claiming(&self) {
+        self.claims.cancel();
+    }
+
+    /// True once claims stopped: a drain or a shutdown began.
+    pub(crate) fn claiming_stopped(&self) -> bool {
+        self.claims.is_cancelled() || self.stopping()
     }
 
     /// Stops the loops, waits up to `deadline` for work in flight, then abandons the rest.

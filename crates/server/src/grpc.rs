@@ -292,6 +292,7 @@ pub struct TlsPem {
 /// Serves the worker protocol on `listener` until `shutdown` resolves.
 pub async fn serve(
     sessions: Arc<WorkerSessions>,
+    metrics: Arc<buildman_manager::Metrics>,
     listener: tokio::net::TcpListener,
     tls: Option<TlsPem>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -319,6 +320,7 @@ pub async fn serve(
     let (_server_alive, alive) = tokio::sync::watch::channel(());
     let incoming = incoming.map(move |conn| conn.map(|io| Severable::new(io, alive.clone())));
     builder
+        .layer(crate::ops::timing::GrpcTimingLayer::new(metrics))
         .add_service(
             BuildManagerServer::new(WorkerService { sessions })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -1,12 +1,14 @@
 //! Thin adapters over the [`buildman_manager::Manager`]: the gRPC service workers talk to
 //! ([`grpc`]), the REST API users talk to ([`rest`], with [`listing`] and the followed logs
-//! of [`events`]) and the web dashboard ([`web`]) on the same port. None holds state or
-//! rules of its own; they translate requests and errors.
+//! of [`events`]), the web dashboard ([`web`]) on the same port, and what operators' tools
+//! ask ([`ops`]: metrics, health). None holds state or rules of its own; they translate
+//! requests and errors.
 
 mod codec;
 pub mod events;
 pub mod grpc;
 pub mod listing;
+pub mod ops;
 pub mod rest;
 pub mod web;
 

@@ -100,6 +100,24 @@ pub struct LogPage {
     pub entries: Vec<LogEntry>,
 }
 
+/// The queue and the live builds as the metrics show them, counted over every manager.
+/// The three queue counts are Quay's (`WorkQueue.get_metrics`): queue names (one per
+/// repository), not items.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Queue names with an item claimed under a lease still running.
+    pub locked: u64,
+    /// Queue names with an item claimable now (due, retries left, unclaimed or its lease
+    /// run out).
+    pub available: u64,
+    /// Of those, the names with no claimed item: what could start at once.
+    pub available_unlocked: u64,
+    /// When the oldest build still waiting in the queue (unclaimed) was submitted.
+    pub oldest_waiting: Option<DateTime<Utc>>,
+    /// How many builds are in each phase that is not final (phases with none are left out).
+    pub live_phases: Vec<(Phase, u64)>,
+}
+
 /// Builds, the queue and logs, behind one interface so backends can be swapped.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -208,4 +226,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Entries from index `start` (at most `limit`), with the log's total length.
     async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage>;
+
+    /// Answers when the database does (the readiness check).
+    async fn ping(&self) -> Result<()>;
+
+    /// The queue's and the live builds' counts at `now` (see [`QueueStats`]).
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats>;
+
+    /// Up to `limit` builds that ended for good (complete, error, cancelled, or
+    /// internalerror with no retry left: no queue item) at or before `ended_before`, whose
+    /// uploaded context was not yet deleted (see [`Store::mark_contexts_pruned`]), oldest
+    /// first.
+    async fn ended_with_context(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Build>>;
+
+    /// Records that the uploaded contexts of these builds are deleted (or that they had none).
+    async fn mark_contexts_pruned(&self, builds: &[BuildId]) -> Result<()>;
+
+    /// Deletes up to `limit` builds that ended for good at or before `ended_before` and whose
+    /// context is pruned, with their logs; returns how many.
+    async fn delete_ended_builds(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64>;
 }

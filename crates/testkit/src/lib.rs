@@ -3,12 +3,15 @@
 //! buildah and no network. Tests need `buildah`, `docker-registry` and `busybox-static`
 //! installed (`.ci/run` installs them). Plus the servers of the scale-out backends:
 //! [`postgres`] (a PostgreSQL server per test binary, a fresh database per test) and
-//! [`redis`] (a `redis-server` per test); and [`s3`], moto's S3 server for the contexts in
-//! object storage.
+//! [`redis`] (a `redis-server` per test); [`moto`], moto's AWS emulator, and [`s3`], a bucket
+//! on it for the contexts in object storage; and [`kube`], a fake Kubernetes API server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod certs;
+pub mod kube;
+pub mod moto;
 pub mod postgres;
 pub mod redis;
 pub mod s3;
@@ -26,6 +29,29 @@ pub fn free_port() -> u16 {
 /// cache, which persists across test runs: a step that must really run (and print) needs one.
 pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Spawns `command` with no input and its output discarded, killed when dropped; panics
+/// saying how to install the program (`install`) when it is missing.
+pub fn spawn_quiet(command: &mut tokio::process::Command, install: &str) -> tokio::process::Child {
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
+    let spawned = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("{program} is not installed: {install}")
+        }
+        Err(e) => panic!("cannot start {program}: {e}"),
+    }
 }
 
 /// The password the test registry accepts for user `$token`.

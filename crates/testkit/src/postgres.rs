@@ -36,10 +36,14 @@ static WATCHDOG_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// The watchdog's process id (-1 once waited for).
 static WATCHDOG_PID: AtomicI32 = AtomicI32::new(-1);
 
-/// The watchdog: `$0` is the directory to remove. It reads the server's pid, then a line
-/// saying `stopped` (written by the `atexit` handler) or the end of the pipe (the test
-/// process died): only in the second case is the server still running.
-const WATCHDOG: &str = "trap '' INT TERM HUP; read -r pid; read -r done; \
+/// The watchdog: `$0` is the directory to remove. It reads the server's pid (again after
+/// each restart), until a line saying `stopped` (written by the `atexit` handler) or the
+/// end of the pipe (the test process died): only in the second case is the server still
+/// running.
+const WATCHDOG: &str = "trap '' INT TERM HUP; pid=; done=; \
+     while read -r line; do \
+       if [ \"$line\" = stopped ]; then done=stopped; break; fi; pid=$line; \
+     done; \
      if [ \"$done\" != stopped ] && [ -n \"$pid\" ]; then \
        kill -QUIT \"$pid\" 2>/dev/null; \
        while kill -0 \"$pid\" 2>/dev/null; do sleep 0.1; done; \
@@ -49,9 +53,12 @@ const WATCHDOG: &str = "trap '' INT TERM HUP; read -r pid; read -r done; \
 /// How long the server may take to accept connections.
 const STARTUP: Duration = Duration::from_secs(60);
 
-/// A running server.
+/// A running server, and what it takes to start it again.
 struct Server {
     port: u16,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    files: ServerFiles,
 }
 
 /// Creates an empty database on this binary's server (starting it on first use) and
@@ -75,6 +82,33 @@ pub async fn fresh_database() -> String {
         .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
     admin_pool.close().await;
     format!("postgres://postgres@127.0.0.1:{port}/{name}")
+}
+
+/// Stops this binary's server (a fast shutdown: its connections are cut), to play a
+/// database outage; [`start_server`] starts it again with its data. For a test binary
+/// whose other tests do not use the server meanwhile.
+pub fn stop_server() {
+    let pid = SERVER_PID.swap(-1, Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: signals and reaps our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+}
+
+/// Starts this binary's server again after [`stop_server`], on the same port and data.
+pub fn start_server() {
+    let server = match SERVER.get() {
+        Some(Ok(server)) => server,
+        _ => panic!("no PostgreSQL server to restart: none was started"),
+    };
+    match launch(&server.bin, server.user, &server.files, server.port) {
+        Ok(Launch::Ready(_)) => {}
+        Ok(Launch::Exited(why)) | Err(why) => panic!("restarting PostgreSQL: {why}"),
+    }
 }
 
 /// The directory holding `initdb` and `postgres`, if PostgreSQL is installed.
@@ -207,8 +241,15 @@ fn start() -> Result<Server, String> {
     // A free port can be taken between our probe and the server's bind: try a few.
     let mut failure = String::new();
     for _ in 0..3 {
-        match launch(&bin, user, &files)? {
-            Launch::Ready(server) => return Ok(server),
+        match launch(&bin, user, &files, crate::free_port())? {
+            Launch::Ready(port) => {
+                return Ok(Server {
+                    port,
+                    bin,
+                    user,
+                    files,
+                });
+            }
             Launch::Exited(why) => failure = why,
         }
     }
@@ -284,16 +325,20 @@ fn initdb(bin: &Path, user: Option<(u32, u32)>, files: &ServerFiles) -> Result<(
 
 /// How one attempt to start the server ended, when it did not end them all.
 enum Launch {
-    /// It accepts connections.
-    Ready(Server),
+    /// It accepts connections on this port.
+    Ready(u16),
     /// It exited (most likely another process took the port first): why, with its log.
     Exited(String),
 }
 
-/// Starts the server on a free port and waits until it accepts connections, exits or
-/// overruns [`STARTUP`] (an error: it is killed then).
-fn launch(bin: &Path, user: Option<(u32, u32)>, files: &ServerFiles) -> Result<Launch, String> {
-    let port = crate::free_port();
+/// Starts the server on `port` and waits until it accepts connections, exits or overruns
+/// [`STARTUP`] (an error: it is killed then).
+fn launch(
+    bin: &Path,
+    user: Option<(u32, u32)>,
+    files: &ServerFiles,
+    port: u16,
+) -> Result<Launch, String> {
     let log = File::create(&files.log).map_err(|e| format!("creating the log: {e}"))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     let mut server = command(bin.join("postgres"), user, &files.dir)
@@ -324,7 +369,7 @@ fn launch(bin: &Path, user: Option<(u32, u32)>, files: &ServerFiles) -> Result<L
         if ready(&files.data, pid) {
             SERVER_PID.store(pid, Ordering::SeqCst);
             tell_watchdog(pid);
-            return Ok(Launch::Ready(Server { port }));
+            return Ok(Launch::Ready(port));
         }
         if Instant::now() > deadline {
             let _ = server.kill();

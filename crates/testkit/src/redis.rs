@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -61,23 +60,16 @@ impl RedisServer {
 
     /// Starts the server on `self.port`; false when it exits instead (port taken).
     async fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server is not installed: install the Debian package redis-server \
-                 (apt-get install -y redis-server)"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
+            .arg(self.dir.path());
+        let mut child = crate::spawn_quiet(
+            &mut command,
+            "install the Debian package redis-server (apt-get install -y redis-server)",
+        );
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

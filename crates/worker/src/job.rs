@@ -5,6 +5,7 @@
 //! ([`crate::session::MAX_LOG_REOPENS`]).
 
 mod steps;
+mod trust;
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +43,7 @@ impl WorkerEnv {
             .ok_or("TOKEN is not set: the worker needs its registration token")?;
         let server = non_empty("SERVER")
             .ok_or("SERVER is not set: the worker needs host:port of the build manager")?;
-        let ca_pem = match non_empty("TLS_CERT_PATH") {
-            Some(p) => Some(std::fs::read(&p).map_err(|e| format!("TLS_CERT_PATH {p}: {e}"))?),
-            None => None,
-        };
+        let ca_pem = trust::manager_ca(non_empty("CA_CERT"), non_empty("TLS_CERT_PATH"))?;
         Ok(WorkerEnv {
             token,
             target: Target {

@@ -5,11 +5,12 @@
 //!
 //! Environment: quay-builder's `TOKEN`, `SERVER`, `INSECURE`; plus
 //! `TEST_WORKER_SCENARIO` (`happy` by default, `never-register`, `stop-heartbeats`,
-//! `hold-building`, `hold-pushing`, `hold-registered`, `fail-building` (an error line, then
-//! phase `error`), `die-first-attempt` (the first attempt of each build exits silently in
-//! the building phase, later ones are happy), or `by-repository`: the scenario is the
-//! name of the build's repository, `ns/hold-building` holds), `TEST_WORKER_REPORT` (a file
-//! that gets one JSON line per event, for tests to read), `TEST_WORKER_HEARTBEAT_MS` and
+//! `hold-building`, `hold-pushing`, `hold-registered`, `fail-build` (reports `error` after
+//! building), `fail-building` (an error line, then phase `error`), `die-first-attempt` (the
+//! first attempt of each build exits silently in the building phase, later ones are happy),
+//! or `by-repository`: the scenario is the name of the build's repository,
+//! `ns/hold-building` holds), `TEST_WORKER_REPORT` (a file that gets one JSON line per
+//! event, for tests to read), `TEST_WORKER_HEARTBEAT_MS` and
 //! `TEST_WORKER_BUILD_MS` (when set, the building phase takes that long, between a
 //! `building` and a `built` report, so that the runs of several workers overlap).
 //!
@@ -180,6 +181,11 @@ async fn run() -> Result<(), Error> {
         "die" => {
             report(serde_json::json!({ "event": "dying" }));
             std::process::exit(3);
+        }
+        "fail-build" => {
+            job.set_phase(pb::Phase::Error, None).await?;
+            report(serde_json::json!({ "event": "failed-build" }));
+            return Ok(());
         }
         _ => {}
     }

@@ -1,14 +1,27 @@
 //! The executors the configuration names, built for this process.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use buildman_core::config::{ExecutorKind, ExecutorSpecific};
+use buildman_core::config::{ExecutorConfig, ExecutorKind, ExecutorSpecific};
 use buildman_executor::bench::BenchExecutor;
+use buildman_executor::ec2::{Ec2Executor, Ec2Settings};
+use buildman_executor::kubernetes::{KubernetesExecutor, KubernetesSettings};
 use buildman_executor::local::{LocalExecutor, LocalSettings};
 use buildman_manager::ExecutorEntry;
 
 use super::ServeOptions;
+
+/// The executor kinds this binary runs; `serve` skips the others with an error in the log
+/// (Quay's treatment of unknown kinds), `check-config` warns about them.
+pub const RUNNABLE: [ExecutorKind; 5] = [
+    ExecutorKind::Popen,
+    ExecutorKind::Kubernetes,
+    ExecutorKind::KubernetesPodman,
+    ExecutorKind::Ec2,
+    ExecutorKind::Bench,
+];
 
 /// Refuses a bench executor unless the command line allowed it: checked before anything is
 /// opened, so the refusal is the only thing that happens.
@@ -28,8 +41,13 @@ pub(super) fn refuse_bench_executor(options: &ServeOptions) -> anyhow::Result<()
 }
 
 /// The executors the configuration names, in order; kinds this version cannot run are
-/// skipped with an error in the log, as Quay does with unknown kinds.
-pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEntry>> {
+/// skipped with an error in the log, as Quay does with unknown kinds. An executor whose
+/// files (certificates, kubeconfig) cannot be read is an error. `worker_server` is the
+/// address workers dial: ec2 instances are tagged with it, as the deployment's name.
+pub(super) async fn executors(
+    options: &ServeOptions,
+    worker_server: &str,
+) -> anyhow::Result<Vec<ExecutorEntry>> {
     let mut entries = Vec::new();
     for config in &options.config.build_manager.executors {
         let executor: Arc<dyn buildman_executor::Executor> = match (&config.kind, &config.specific)
@@ -56,6 +74,9 @@ pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEn
                     ..LocalSettings::default()
                 }))
             }
+            (ExecutorKind::Kubernetes | ExecutorKind::KubernetesPodman, _) => {
+                Arc::new(kubernetes(options, config).await?)
+            }
             (ExecutorKind::Bench, ExecutorSpecific::Bench(b)) => {
                 // `start` refused it already unless allowed; checked again so no other
                 // caller can get here by accident.
@@ -66,8 +87,13 @@ pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEn
                         .with_context(|| format!("executor {:?}", config.name))?,
                 )
             }
+            (ExecutorKind::Ec2, ExecutorSpecific::Ec2(_)) => Arc::new(
+                Ec2Executor::connect(config, Ec2Settings::new(worker_server))
+                    .await
+                    .with_context(|| format!("executor {:?}", config.name))?,
+            ),
             _ => {
-                tracing::error!(executor = %config.name, "executor kind is not available in this version; skipped");
+                tracing::error!(executor = %config.name, kind = %config.kind, "executor kind is not available in this version; skipped");
                 continue;
             }
         };
@@ -77,7 +103,39 @@ pub(super) fn executors(options: &ServeOptions) -> anyhow::Result<Vec<ExecutorEn
         });
     }
     if entries.is_empty() {
-        bail!("no usable executor: configure a popen executor (the only kind this version runs)");
+        let kinds: Vec<&str> = RUNNABLE.iter().map(|k| k.as_str()).collect();
+        bail!(
+            "no usable executor: configure one of the kinds this version runs ({})",
+            kinds.join(", ")
+        );
     }
     Ok(entries)
+}
+
+/// A kubernetes or kubernetesPodman executor. Its workers trust CA_CERT, or else the
+/// manager's own gRPC certificate (Quay's default is its own `ssl.cert`).
+async fn kubernetes(
+    options: &ServeOptions,
+    config: &ExecutorConfig,
+) -> anyhow::Result<KubernetesExecutor> {
+    let context = || format!("executor {:?} ({})", config.name, config.kind);
+    let default_ca =
+        match &options.config.grpc_tls {
+            Some(tls) => Some(std::fs::read_to_string(&tls.cert).with_context(|| {
+                format!("reading BUILDMAN_GRPC_TLS.CERT {}", tls.cert.display())
+            })?),
+            None => quay_ssl_cert(&options.config_dir),
+        };
+    let settings = KubernetesSettings::new(config, &options.config_dir, default_ca)
+        .map_err(anyhow::Error::msg)
+        .with_context(context)?;
+    KubernetesExecutor::new(settings)
+        .await
+        .map_err(anyhow::Error::msg)
+        .with_context(context)
+}
+
+/// Quay's own certificate next to its config file, when there is one.
+fn quay_ssl_cert(config_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(config_dir.join("ssl.cert")).ok()
 }

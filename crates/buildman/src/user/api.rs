@@ -1,6 +1,7 @@
 //! A small typed client for the manager's REST API (the Quay-shaped builds API); the bodies
 //! and paths are `buildman-api`'s.
 
+use buildman_core::error_chain;
 use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
@@ -67,21 +68,6 @@ impl ApiError {
             ApiError::Decode(_) => false,
         }
     }
-}
-
-/// Flattens an error and its sources into one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// The innermost cause of an error (for connection failures: "Connection refused").

@@ -35,6 +35,7 @@ pub fn fast_timings() -> Timings {
         no_executor_retry: Duration::from_millis(300),
         requeue_delay: Duration::from_millis(300),
         stop_timeout: Duration::from_secs(10),
+        ..Timings::default()
     }
 }
 

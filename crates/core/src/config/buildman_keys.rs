@@ -1,5 +1,6 @@
 //! buildman's own top-level keys (`BUILDMAN_*` apart from Quay's BUILDMAN_HOSTNAME): listen
-//! addresses, TLS, database, token keys, API tokens, queue bound, registry and context storage.
+//! addresses, TLS, database, token keys, API tokens, queue bound, drain, retention, registry
+//! and context storage.
 //! Quay ignores them, so one `config.yaml` can serve both.
 
 use std::path::PathBuf;
@@ -86,6 +87,20 @@ pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
     if let Some(every) = s.u32_at_least("BUILDMAN_ORPHAN_REAP_INTERVAL", 1) {
         config.orphan_reap_interval = std::time::Duration::from_secs(every.into());
     }
+    config.metrics_listen = s.parsed(
+        "BUILDMAN_METRICS_LISTEN",
+        "an address like 0.0.0.0:8686",
+        |a| a.parse().ok(),
+    );
+    if let Some(seconds) = s.u32("BUILDMAN_DRAIN_SECONDS") {
+        config.drain_period = std::time::Duration::from_secs(seconds.into());
+    }
+    if let Some(seconds) = s.u32("BUILDMAN_CONTEXT_RETENTION") {
+        config.context_retention = std::time::Duration::from_secs(seconds.into());
+    }
+    config.build_retention = s
+        .u32_at_least("BUILDMAN_BUILD_RETENTION", 1)
+        .map(|seconds| std::time::Duration::from_secs(seconds.into()));
     config.registry = s.string("BUILDMAN_REGISTRY").filter(|h| !h.is_empty());
     config.registry_push_token = s
         .string("BUILDMAN_REGISTRY_PUSH_TOKEN")

@@ -50,8 +50,8 @@ pub use orchestrator::{OrchestratorConfig, RedisConfig};
 use diagnostics::{Report, Section, describe};
 use redact::debug_redacting;
 
-/// Quay's metrics/controller port when BUILDMAN_CONTROLLER_PORT is unset.
-const DEFAULT_CONTROLLER_PORT: u16 = 8686;
+/// BUILDMAN_DRAIN_SECONDS when unset.
+pub const DEFAULT_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// The TLS port in front of the gRPC server that workers dial when manager and registry share a host.
 const WORKER_TLS_PORT: u16 = 55443;
 
@@ -102,15 +102,31 @@ pub struct Config {
     pub registry_pull_token: Option<String>,
     /// BUILDMAN_CONTEXT_STORAGE: where uploaded build contexts are kept (default: the data dir).
     pub context_storage: ContextStorageConfig,
-    /// BUILDMAN_CONTROLLER_PORT (environment only): Quay's metrics/controller port, default 8686.
-    pub controller_port: u16,
+    /// BUILDMAN_CONTROLLER_PORT (environment only): Quay's metrics/controller port (Quay
+    /// reads it with a default of 8686 and today listens on nothing there). When set, the
+    /// metrics and health endpoints are also served on it, at the REST API's address; unset,
+    /// no such listener is opened (see [`Config::metrics_listen_address`]).
+    pub controller_port: Option<u16>,
+    /// BUILDMAN_METRICS_LISTEN: an address of its own for the metrics and health endpoints
+    /// (they are on the REST API's address anyway); wins over BUILDMAN_CONTROLLER_PORT.
+    pub metrics_listen: Option<SocketAddr>,
+    /// BUILDMAN_DRAIN_SECONDS: how long a stopping manager keeps answering workers of the
+    /// builds it runs, without claiming new ones (default 30 s).
+    pub drain_period: std::time::Duration,
+    /// BUILDMAN_CONTEXT_RETENTION: how long an uploaded context is kept after its build
+    /// ended for good (seconds, default 0: deleted by the next retention pass).
+    pub context_retention: std::time::Duration,
+    /// BUILDMAN_BUILD_RETENTION: how long a build that ended for good is kept, with its log
+    /// (seconds; default `None`: forever).
+    pub build_retention: Option<std::time::Duration>,
 }
 
 debug_redacting!(Config {
     feature_build_support, server_hostname, buildman_hostname, build_manager, data_dir,
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
     max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, registry,
-    context_storage, controller_port,
+    context_storage, controller_port, metrics_listen, drain_period, context_retention,
+    build_retention,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 
 /// A parsed configuration and the warnings found on the way.
@@ -155,7 +171,11 @@ impl Config {
             orphan_reap_interval: std::time::Duration::from_secs(60),
             registry: None,
             context_storage: ContextStorageConfig::Local,
-            controller_port: DEFAULT_CONTROLLER_PORT,
+            controller_port: None,
+            metrics_listen: None,
+            drain_period: DEFAULT_DRAIN,
+            context_retention: std::time::Duration::ZERO,
+            build_retention: None,
         }
     }
 
@@ -212,7 +232,7 @@ impl Config {
         }
         if let Some(port) = lookup("BUILDMAN_CONTROLLER_PORT") {
             match port.trim().parse::<u16>() {
-                Ok(port) => self.controller_port = port,
+                Ok(port) => self.controller_port = Some(port),
                 Err(_) => errors.push(Diagnostic {
                     path: "BUILDMAN_CONTROLLER_PORT".to_owned(),
                     message: format!("expected a port number, got {port:?}"),
@@ -235,6 +255,16 @@ impl Config {
         } else {
             Some(manager.to_owned())
         }
+    }
+
+    /// Where the metrics and health endpoints get a listener of their own, besides the REST
+    /// API's: BUILDMAN_METRICS_LISTEN, else BUILDMAN_CONTROLLER_PORT on the REST API's IP
+    /// address (`http_listen`), else none.
+    pub fn metrics_listen_address(&self, http_listen: SocketAddr) -> Option<SocketAddr> {
+        self.metrics_listen.or_else(|| {
+            self.controller_port
+                .map(|port| SocketAddr::new(http_listen.ip(), port))
+        })
     }
 
     /// The token audience: buildman_hostname else server_hostname.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
-use buildman_store::{BuildFilter, LogPage, QueueState, Result, Store, WorkerLine};
+use buildman_store::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, WorkerLine};
 use chrono::{DateTime, Utc};
 
 use super::{Fed, Feed};
@@ -185,5 +185,34 @@ impl Store for FeedStore {
 
     async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage> {
         self.inner.read_logs(id, start, limit).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats> {
+        self.inner.queue_stats(now).await
+    }
+
+    async fn ended_with_context(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Build>> {
+        self.inner.ended_with_context(ended_before, limit).await
+    }
+
+    async fn mark_contexts_pruned(&self, builds: &[BuildId]) -> Result<()> {
+        self.inner.mark_contexts_pruned(builds).await
+    }
+
+    async fn delete_ended_builds(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let deleted = self.inner.delete_ended_builds(ended_before, limit).await?;
+        if deleted > 0 {
+            // Lists showing the deleted builds change.
+            self.feed.touch();
+        }
+        Ok(deleted)
     }
 }

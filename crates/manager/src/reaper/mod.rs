@@ -16,7 +16,6 @@
 mod orphans;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use buildman_core::job::cancel_key;
 use buildman_core::{
@@ -26,6 +25,7 @@ use buildman_orchestrator::{KeyChange, KeyEvent, Orchestrator};
 use buildman_store::Store;
 
 use crate::executors::Executors;
+use crate::metrics::Metrics;
 use crate::records::{self, JobRecords};
 use crate::scheduler::Wake;
 use crate::settings::Timings;
@@ -44,8 +44,7 @@ pub(crate) struct Reaper {
     pub(crate) tasks: Tasks,
     /// This manager's id (see [`JobRecord::manager_id`]).
     pub(crate) manager_id: Arc<str>,
-    /// Orphaned workers this manager stopped.
-    pub(crate) orphans_stopped: AtomicU64,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Reaper {
@@ -59,6 +58,8 @@ impl Reaper {
         let item = &record.queue_item;
         tracing::info!(build_id = %build, end = end.as_str(), "job ended");
         let action = end.queue_action(item, self.retry);
+        self.metrics
+            .job_ended(&record, end, action == QueueAction::GiveUp);
         if end.is_failure() || action == QueueAction::GiveUp {
             self.mark_failed(build, end).await?;
         }
@@ -191,6 +192,7 @@ impl Reaper {
     /// A job record's deadline passed: the job ends for the reason its state gives.
     async fn deadline_passed(self: &Arc<Self>, record: JobRecord) -> Result<(), ManagerError> {
         let end = record.deadline_end(chrono::Utc::now().timestamp());
+        self.metrics.expired(end);
         tracing::warn!(build_id = %record.build_id, reason = end.reason(), "job deadline passed");
         self.end(record, end).await
     }
@@ -279,7 +281,7 @@ impl Reaper {
 
     /// Whether this manager started the job's worker (a record without a manager id counts
     /// as this manager's, as before managers had ids).
-    fn started(&self, record: &JobRecord) -> bool {
+    pub(crate) fn started(&self, record: &JobRecord) -> bool {
         record
             .manager_id
             .as_deref()

@@ -4,7 +4,6 @@
 //! across managers, through a claim key in the orchestrator.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use buildman_executor::OwnedWorker;
@@ -66,8 +65,7 @@ impl Reaper {
                 }
             }
         }
-        self.orphans_stopped
-            .fetch_add(stopped as u64, Ordering::Relaxed);
+        self.metrics.orphans_stopped(stopped as u64);
         stopped
     }
 

@@ -11,7 +11,7 @@
 mod workers;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use buildman_core::{Build, ClaimedItem, JobEnd, JobRecord, Requeue};
 use buildman_orchestrator::Orchestrator;
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::ManagerError;
 use crate::executors::Executors;
+use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::records::JobRecords;
 use crate::settings::Settings;
@@ -53,6 +54,7 @@ pub(crate) struct Scheduler {
     pub(crate) wake: Wake,
     pub(crate) tasks: Tasks,
     pub(crate) manager_id: Arc<str>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -112,7 +114,7 @@ impl Scheduler {
 
     /// Takes a slot and claims one item; `false` when there is no capacity or no work.
     async fn schedule_next(self: &Arc<Self>) -> Result<bool, ManagerError> {
-        if self.tasks.stopping() {
+        if self.tasks.claiming_stopped() {
             return Ok(false);
         }
         let slot = uuid::Uuid::new_v4().to_string();
@@ -124,6 +126,9 @@ impl Scheduler {
             .store
             .claim(chrono::Utc::now(), self.claim_lease())
             .await;
+        if let Ok(found) = &claimed {
+            self.metrics.queue_get(found.is_some());
+        }
         let item = match claimed {
             Ok(Some(item)) => item,
             other => {
@@ -151,13 +156,20 @@ impl Scheduler {
     /// Creates the job record, starts a worker on the first executor that takes it, and
     /// marks the build scheduled.
     async fn start_job(&self, item: ClaimedItem, slot: String) -> Result<(), ManagerError> {
+        let claimed = Instant::now();
         let Some(build) = self.runnable_build(&item, &slot).await? else {
             return Ok(());
         };
+        if item.attempt == 1 {
+            let waited = chrono::Utc::now() - build.created_at;
+            self.metrics.queue_wait(waited.to_std().unwrap_or_default());
+        }
         if !self.create_record(&build, &item, &slot).await? {
             return Ok(());
         }
-        match self.start_worker(&build, &item, &[]).await? {
+        let started = self.start_worker(&build, &item, &[]).await?;
+        self.metrics.scheduled(started.is_some(), claimed.elapsed());
+        match started {
             Some((executor, execution_id)) => {
                 self.record_worker(&build, &item, executor, execution_id)
                     .await
@@ -214,6 +226,7 @@ impl Scheduler {
             execution_id: None,
             manager_id: Some(self.manager_id.to_string()),
             tried_executors: Vec::new(),
+            worker_started_ms: None,
         };
         if self
             .records

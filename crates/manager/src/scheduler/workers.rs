@@ -26,20 +26,30 @@ impl Scheduler {
         let mut failures = Vec::new();
         for configured in self.executors.iter() {
             let c = &configured.entry.config;
-            if skip.contains(&c.name)
-                || !c.allows_namespace(&build.namespace)
-                || c.minimum_retry_threshold > item.retries_remaining
-            {
-                tracing::debug!(build_id = %build.id, executor = %c.name, "executor not for this build (policy or failed already)");
+            if skip.contains(&c.name) || !c.allows_namespace(&build.namespace) {
+                tracing::debug!(build_id = %build.id, executor = %c.name, "executor not for this build (namespace, or failed already)");
                 continue;
             }
-            if !configured.breaker.allows(Instant::now()) {
+            if c.minimum_retry_threshold > item.retries_remaining {
+                // Quay counts this one as a fallback.
+                self.metrics.fallback(&c.name);
+                tracing::debug!(build_id = %build.id, executor = %c.name, "executor not for this build (retry threshold)");
+                continue;
+            }
+            if configured.breaker.is_open(Instant::now()) {
+                self.metrics.fallback(&c.name);
                 failures.push(format!("{}: skipped, its circuit breaker is open", c.name));
                 continue;
             }
+            let starting = Instant::now();
             match self.try_executor(configured, build, item).await {
-                Ok(execution_id) => return Ok(Some((c.name.clone(), execution_id))),
+                Ok(execution_id) => {
+                    let kind = configured.entry.executor.kind();
+                    self.metrics.worker_start(kind, starting.elapsed());
+                    return Ok(Some((c.name.clone(), execution_id)));
+                }
                 Err(e) => {
+                    self.metrics.fallback(&c.name);
                     configured.breaker.failed(Instant::now());
                     tracing::warn!(build_id = %build.id, executor = %c.name, error = %e, "executor could not start a worker; trying the next");
                     failures.push(format!("{}: {e}", c.name));
@@ -78,6 +88,7 @@ impl Scheduler {
             registry_hostname: s.registry.clone(),
             insecure: s.worker_insecure,
             max_lifetime_s: c.max_lifetime_s,
+            manager_id: self.manager_id.to_string(),
         };
         Ok(configured.entry.executor.start(&request).await?)
     }
@@ -112,6 +123,7 @@ impl Scheduler {
         if let Some(configured) = self.executors.get(executor) {
             configured.breaker.failed(Instant::now());
         }
+        self.metrics.fallback(executor);
         let why = format!(
             "the worker on executor {executor} failed before registering: {}",
             failure.reason
@@ -159,6 +171,7 @@ impl Scheduler {
             .get(&executor)
             .map_or(s.job_registration_timeout, |e| e.entry.config.setup_time);
         let heartbeat_ttl = s.timings.heartbeat_ttl;
+        let started_ms = chrono::Utc::now().timestamp_millis();
         let scheduled = self
             .records
             .modify(&job_key(build.id), |current| {
@@ -166,6 +179,7 @@ impl Scheduler {
                 let mut record = current.clone();
                 record.executor_name = Some(executor.clone());
                 record.execution_id = Some(execution_id.clone());
+                record.worker_started_ms = Some(started_ms);
                 let ttl = if record.registered() {
                     heartbeat_ttl
                 } else {

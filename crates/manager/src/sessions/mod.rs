@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::executors::Executors;
 use crate::leases::LeaseMarks;
 use crate::logwriter::LogWriter;
+use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::records::JobRecords;
 use crate::settings::Settings;
@@ -81,6 +82,7 @@ pub struct WorkerSessions {
     pub(crate) log_writer: LogWriter,
     /// The queue leases this manager last wrote (see [`WorkerSessions::extend_lease`]).
     pub(crate) leases: Mutex<LeaseMarks>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl WorkerSessions {
@@ -89,6 +91,7 @@ impl WorkerSessions {
     pub async fn register(&self, token: &str) -> Result<Assignment, ManagerError> {
         let ctx = self.tokens.verify(token, TokenType::Registration)?;
         let record = self.claim_job(&ctx).await?;
+        self.metrics.registered(&record);
         // A worker that registers proves its control plane works.
         if let Some(c) = (record.executor_name.as_deref()).and_then(|n| self.executors.get(n)) {
             c.breaker.succeeded();

@@ -105,10 +105,33 @@ impl LogStream {
         }
         // Written with whatever other streams' lines are waiting (group commit).
         let mut written = self.sessions.log_writer.append_all(lines).await.into_iter();
+        let (mut stored, mut duplicate, mut refused) = (0, 0, 0);
         let mut answers: Vec<Result<bool, ManagerError>> = answers
             .into_iter()
-            .map(|a| a.unwrap_or_else(|| written.next().map_or(Ok(false), |w| w.map(|_| true))))
+            .map(|answer| match answer {
+                Some(refusal) => {
+                    refused += 1;
+                    refusal
+                }
+                None => match written.next() {
+                    Some(Ok(true)) => {
+                        stored += 1;
+                        Ok(true)
+                    }
+                    Some(Ok(false)) => {
+                        // Re-sent after a reconnect: acknowledged, stored once already.
+                        duplicate += 1;
+                        Ok(true)
+                    }
+                    Some(Err(e)) => {
+                        refused += 1;
+                        Err(e)
+                    }
+                    None => Ok(false),
+                },
+            })
             .collect();
+        (self.sessions.metrics).log_lines(stored, duplicate, refused);
         if let Some(ctx) = live
             && self
                 .last_heartbeat

@@ -203,6 +203,9 @@ fn settings(workers: u32) -> Settings {
         max_queued_per_namespace: None,
         max_silent_retries: 2,
         orphan_reap_interval: Duration::from_millis(200),
+        data_dir: None,
+        context_retention: Duration::ZERO,
+        build_retention: None,
         queue_rules: Default::default(),
         timings: Timings {
             no_executor_retry: Duration::from_millis(50),

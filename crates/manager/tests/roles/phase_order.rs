@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_store::sqlite::SqliteStore;
-use buildman_store::{BuildFilter, LogPage, QueueState, Store, WorkerLine};
+use buildman_store::{BuildFilter, LogPage, QueueState, QueueStats, Store, WorkerLine};
 use chrono::{DateTime, Utc};
 
 use crate::harness::*;
@@ -129,6 +129,29 @@ impl Store for SlowToReturn {
         limit: u32,
     ) -> buildman_store::Result<LogPage> {
         self.inner.read_logs(id, start, limit).await
+    }
+    async fn ping(&self) -> buildman_store::Result<()> {
+        self.inner.ping().await
+    }
+    async fn queue_stats(&self, now: DateTime<Utc>) -> buildman_store::Result<QueueStats> {
+        self.inner.queue_stats(now).await
+    }
+    async fn ended_with_context(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> buildman_store::Result<Vec<Build>> {
+        self.inner.ended_with_context(ended_before, limit).await
+    }
+    async fn mark_contexts_pruned(&self, builds: &[BuildId]) -> buildman_store::Result<()> {
+        self.inner.mark_contexts_pruned(builds).await
+    }
+    async fn delete_ended_builds(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> buildman_store::Result<u64> {
+        self.inner.delete_ended_builds(ended_before, limit).await
     }
 }
 

@@ -17,6 +17,7 @@ use sqlx::{Database, Pool, Transaction};
 use crate::Result;
 
 pub(crate) mod logs;
+mod maintenance;
 pub(crate) mod rows;
 mod store;
 

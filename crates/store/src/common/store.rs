@@ -12,12 +12,13 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type}
 use uuid::Uuid;
 
 use super::logs::{LogBatch, encode};
+use super::maintenance::Maintenance;
 use super::rows::{
     BUILD_COLUMNS, BuildRow, LOG_PAGE, LOG_TOTAL, LogPageRow, QueueRow, after, duration_millis,
     log_total, millis, now_stored, phase, time,
 };
 use super::{Backend, RowsAffected};
-use crate::{BuildFilter, LogPage, QueueState, Result, Store, StoreError, WorkerLine};
+use crate::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, StoreError, WorkerLine};
 
 // The bounds say that `B::Db` runs queries on its connections and pool, and binds and reads
 // the types used here: both sqlx drivers do.
@@ -457,5 +458,29 @@ where
             total: log_total(total, id)?,
             entries,
         })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.ping_database().await
+    }
+
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats> {
+        self.count_queue(now).await
+    }
+
+    async fn ended_with_context(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Build>> {
+        self.select_ended(ended_before, limit).await
+    }
+
+    async fn mark_contexts_pruned(&self, builds: &[BuildId]) -> Result<()> {
+        self.set_pruned(builds).await
+    }
+
+    async fn delete_ended_builds(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        self.delete_ended(ended_before, limit).await
     }
 }

@@ -3,6 +3,7 @@
 //! fresh databases of a PostgreSQL server the tests start with `buildman_testkit::postgres`),
 //! plus each backend's own tests.
 
+mod maintenance;
 mod postgres;
 mod sqlite;
 mod suite;

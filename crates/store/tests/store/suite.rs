@@ -60,6 +60,8 @@ macro_rules! store_suite {
             data_survives_reopening,
             concurrent_opens_migrate_once,
             undecodable_rows_are_reported_as_corrupt,
+            queue_stats_are_quays_counts_for_every_manager,
+            retention_takes_only_builds_over_for_good,
         );
     };
     (@tests $backend:ty: $($test:ident),* $(,)?) => {
@@ -72,6 +74,10 @@ macro_rules! store_suite {
     };
 }
 pub(crate) use store_suite;
+
+pub use crate::maintenance::{
+    queue_stats_are_quays_counts_for_every_manager, retention_takes_only_builds_over_for_good,
+};
 
 /// The lease of most claims in the tests.
 pub const LEASE: Duration = Duration::from_secs(530);

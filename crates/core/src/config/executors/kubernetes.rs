@@ -21,8 +21,13 @@ pub enum KubernetesDistribution {
 /// The kubernetes and kubernetesPodman executors' keys.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {
-    /// K8S_API_SERVER: `host:port` of the API (default `localhost:8080`).
-    pub k8s_api_server: String,
+    /// K8S_API_SERVER: `host:port` of the API (a URL with a scheme is taken as given). Unset:
+    /// the in-cluster configuration when the manager runs in a pod and no other connection
+    /// key is set, else Quay's default `localhost:8080`.
+    pub k8s_api_server: Option<String>,
+    /// K8S_KUBECONFIG: a kubeconfig file (its current context) instead of the K8S_API_* keys
+    /// (buildman's key).
+    pub k8s_kubeconfig: Option<PathBuf>,
     /// BUILDER_NAMESPACE (default `builder`).
     pub builder_namespace: String,
     /// SERVICE_ACCOUNT_TOKEN: bearer token, implies https (redacted in Debug).
@@ -69,12 +74,13 @@ pub struct KubernetesConfig {
     pub maximum_job_time: Duration,
     /// RETENTION_AFTER_FINISHED: the Job's ttlSecondsAfterFinished (default 120 s).
     pub retention_after_finished: Duration,
-    /// EXTRA_CA_CERTS: PEM texts the worker trusts in addition.
+    /// EXTRA_CA_CERTS: files (relative ones from the config file's directory, as Quay reads
+    /// them from its config directory) whose certificates the worker trusts in addition.
     pub extra_ca_certs: Vec<String>,
 }
 
 debug_redacting!(KubernetesConfig {
-    k8s_api_server, builder_namespace, k8s_api_tls_cert, k8s_api_tls_key, k8s_api_tls_ca,
+    k8s_api_server, k8s_kubeconfig, builder_namespace, k8s_api_tls_cert, k8s_api_tls_key, k8s_api_tls_ca,
     verify_tls, k8s_api_timeout, builder_vm_container_image, builder_container_image,
     kubernetes_distribution, container_memory_request, container_memory_limits,
     container_cpu_limits, container_cpu_request, node_selector_label_key,
@@ -85,7 +91,8 @@ debug_redacting!(KubernetesConfig {
 impl Default for KubernetesConfig {
     fn default() -> Self {
         KubernetesConfig {
-            k8s_api_server: "localhost:8080".to_owned(),
+            k8s_api_server: None,
+            k8s_kubeconfig: None,
             builder_namespace: "builder".to_owned(),
             service_account_token: None,
             k8s_api_tls_cert: None,
@@ -116,7 +123,8 @@ impl Default for KubernetesConfig {
 
 pub(super) fn parse_kubernetes(s: &mut Section, d: KubernetesConfig) -> KubernetesConfig {
     let config = KubernetesConfig {
-        k8s_api_server: s.string("K8S_API_SERVER").unwrap_or(d.k8s_api_server),
+        k8s_api_server: s.string("K8S_API_SERVER").or(d.k8s_api_server),
+        k8s_kubeconfig: s.path("K8S_KUBECONFIG"),
         builder_namespace: s.string("BUILDER_NAMESPACE").unwrap_or(d.builder_namespace),
         service_account_token: s.string("SERVICE_ACCOUNT_TOKEN"),
         k8s_api_tls_cert: s.path("K8S_API_TLS_CERT"),
@@ -170,5 +178,28 @@ pub(super) fn parse_kubernetes(s: &mut Section, d: KubernetesConfig) -> Kubernet
     );
     require_together(s, "K8S_API_TLS_CERT", cert, "K8S_API_TLS_KEY", key);
     require_together(s, "K8S_API_TLS_KEY", key, "K8S_API_TLS_CERT", cert);
+    if config.k8s_kubeconfig.is_some() {
+        let connection = [
+            ("K8S_API_SERVER", config.k8s_api_server.is_some()),
+            (
+                "SERVICE_ACCOUNT_TOKEN",
+                config.service_account_token.is_some(),
+            ),
+            ("K8S_API_TLS_CERT", cert),
+            ("K8S_API_TLS_KEY", key),
+            ("K8S_API_TLS_CA", config.k8s_api_tls_ca.is_some()),
+        ];
+        for (other, set) in connection {
+            if set {
+                s.r.error(
+                    &s.path,
+                    format!(
+                        "K8S_KUBECONFIG cannot be combined with {other}: the kubeconfig names the \
+                         API server and the credentials; remove one of them"
+                    ),
+                );
+            }
+        }
+    }
     config
 }

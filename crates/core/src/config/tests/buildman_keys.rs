@@ -1,6 +1,7 @@
 //! buildman's own BUILDMAN_* keys.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{assert_cases, errors, load, warnings};
 use crate::config::{SigningKeyConfig, TlsConfig, TrustedKeyConfig};
@@ -19,6 +20,18 @@ fn every_error_message_is_exact() {
         (
             "BUILDMAN_GRPC_LISTEN: 'localhost:50051'".into(),
             vec![r#"BUILDMAN_GRPC_LISTEN: expected an address like 127.0.0.1:50051, got "localhost:50051""#],
+        ),
+        (
+            "BUILDMAN_METRICS_LISTEN: 8686".into(),
+            vec!["BUILDMAN_METRICS_LISTEN: expected an address like 0.0.0.0:8686, got 8686"],
+        ),
+        (
+            "BUILDMAN_BUILD_RETENTION: 0".into(),
+            vec!["BUILDMAN_BUILD_RETENTION: must be at least 1, got 0"],
+        ),
+        (
+            "BUILDMAN_DRAIN_SECONDS: -1".into(),
+            vec!["BUILDMAN_DRAIN_SECONDS: must not be negative, got -1"],
         ),
         (
             "BUILDMAN_PUBLIC_URL: ftp://files.example.com".into(),
@@ -110,6 +123,10 @@ BUILDMAN_JWT_TRUSTED_KEYS:
 BUILDMAN_API_TOKENS: [0123456789abcdef]
 BUILDMAN_MAX_QUEUED_BUILDS_PER_NAMESPACE: 20
 BUILDMAN_MAX_SILENT_RETRIES: 5
+BUILDMAN_METRICS_LISTEN: 0.0.0.0:8686
+BUILDMAN_DRAIN_SECONDS: 120
+BUILDMAN_CONTEXT_RETENTION: 3600
+BUILDMAN_BUILD_RETENTION: 2592000
 BUILDMAN_REGISTRY: registry.example.com:5000
 BUILDMAN_HOSTNAME: buildman.example.com:443
 ";
@@ -149,6 +166,14 @@ BUILDMAN_HOSTNAME: buildman.example.com:443
     assert_eq!(config.api_tokens, ["0123456789abcdef"]);
     assert_eq!(config.max_queued_builds_per_namespace, Some(20));
     assert_eq!(config.max_silent_retries, 5);
+    assert_eq!(config.metrics_listen, "0.0.0.0:8686".parse().ok());
+    assert_eq!(config.drain_period, Duration::from_secs(120));
+    assert_eq!(config.context_retention, Duration::from_secs(3600));
+    assert_eq!(config.build_retention, Some(Duration::from_secs(2_592_000)));
+    let defaults = load("{}").config;
+    assert_eq!(defaults.drain_period, Duration::from_secs(30));
+    assert_eq!(defaults.context_retention, Duration::ZERO);
+    assert_eq!(defaults.build_retention, None, "builds are kept forever");
     assert_eq!(
         config.registry.as_deref(),
         Some("registry.example.com:5000")

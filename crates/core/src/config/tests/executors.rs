@@ -14,7 +14,7 @@ fn every_error_message_is_exact() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
             manager(
-                "EXECUTORS: [{EXECUTOR: kubernetes, NAME: k8s}, {EXECUTOR: ec2, EC2_REGION: r}, \
+                "EXECUTORS: [{EXECUTOR: kubernetes, NAME: k8s}, {EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1}, \
                  {EXECUTOR: kubernetesPodman, NAME: k8s}]",
             ),
             vec![
@@ -159,21 +159,52 @@ fn every_error_message_is_exact() {
             vec!["BUILD_MANAGER[1].EXECUTORS[0].K8S_API_TIMEOUT: must not be negative, got -1"],
         ),
         (
-            executor("EXECUTOR: ec2"),
+            executor("EXECUTOR: ec2, COREOS_AMI: ami-1"),
             vec!["BUILD_MANAGER[1].EXECUTORS[0]: missing required key EC2_REGION"],
         ),
         (
-            executor("EXECUTOR: ec2, EC2_REGION: r, BLOCK_DEVICE_SIZE: 0"),
+            executor("EXECUTOR: ec2, EC2_REGION: r"),
+            vec![
+                "BUILD_MANAGER[1].EXECUTORS[0]: missing required key COREOS_AMI (the Fedora CoreOS AMI of EC2_REGION); or set COREOS_STREAM_URL to look it up from the Fedora CoreOS stream",
+            ],
+        ),
+        (
+            executor("EXECUTOR: ec2, EC2_REGION: r, COREOS_STREAM_URL: builds.example.com"),
+            vec![
+                r#"BUILD_MANAGER[1].EXECUTORS[0].COREOS_STREAM_URL: expected a URL starting with http:// or https://, got "builds.example.com""#,
+                "BUILD_MANAGER[1].EXECUTORS[0]: missing required key COREOS_AMI (the Fedora CoreOS AMI of EC2_REGION); or set COREOS_STREAM_URL to look it up from the Fedora CoreOS stream",
+            ],
+        ),
+        (
+            executor("EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, EC2_ENDPOINT_URL: 127.0.0.1:5000"),
+            vec![
+                r#"BUILD_MANAGER[1].EXECUTORS[0].EC2_ENDPOINT_URL: expected a URL starting with http:// or https://, got "127.0.0.1:5000""#,
+            ],
+        ),
+        (
+            executor("EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, AWS_ACCESS_KEY: AKIA"),
+            vec![
+                "BUILD_MANAGER[1].EXECUTORS[0]: missing required key AWS_SECRET_KEY (needed with AWS_ACCESS_KEY)",
+            ],
+        ),
+        (
+            executor("EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, AWS_SECRET_KEY: s"),
+            vec![
+                "BUILD_MANAGER[1].EXECUTORS[0]: missing required key AWS_ACCESS_KEY (needed with AWS_SECRET_KEY)",
+            ],
+        ),
+        (
+            executor("EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, BLOCK_DEVICE_SIZE: 0"),
             vec!["BUILD_MANAGER[1].EXECUTORS[0].BLOCK_DEVICE_SIZE: must be at least 1, got 0"],
         ),
         (
-            executor("EXECUTOR: ec2, EC2_REGION: r, EC2_VPC_SUBNET_ID: subnet-1"),
+            executor("EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, EC2_VPC_SUBNET_ID: subnet-1"),
             vec![
                 "BUILD_MANAGER[1].EXECUTORS[0]: missing required key EC2_SECURITY_GROUP_IDS (needed with EC2_VPC_SUBNET_ID)",
             ],
         ),
         (
-            "BUILD_MANAGER: [ephemeral, {EXECUTOR: ec2, EXECUTOR_CONFIG: {EC2_REGION: [x]}}]"
+            "BUILD_MANAGER: [ephemeral, {EXECUTOR: ec2, EXECUTOR_CONFIG: {EC2_REGION: [x], COREOS_AMI: a}}]"
                 .into(),
             vec!["BUILD_MANAGER[1].EXECUTOR_CONFIG.EC2_REGION: expected a string, got a list"],
         ),
@@ -236,18 +267,40 @@ fn old_executor_form() {
 
     // EXECUTOR alone: every key at its default.
     let bm = load(&manager(
-        "EXECUTOR: ec2, EXECUTOR_CONFIG: {EC2_REGION: eu-west-1}",
+        "EXECUTOR: ec2, EXECUTOR_CONFIG: {EC2_REGION: eu-west-1, COREOS_AMI: ami-1}",
     ))
     .config
     .build_manager;
     let mut expected = ExecutorConfig::with_defaults(ExecutorKind::Ec2);
     expected.specific = ExecutorSpecific::Ec2(Ec2Config {
         ec2_region: "eu-west-1".into(),
+        coreos_ami: Some("ami-1".into()),
         ..Ec2Config::default()
     });
     assert_eq!(bm.executors, vec![expected]);
     let bm = load(&manager("EXECUTOR: popen")).config.build_manager;
     assert_eq!(bm.executors, vec![ExecutorConfig::default()]);
+}
+
+#[test]
+fn ec2_keys() {
+    let bm = load(&executor(
+        "EXECUTOR: ec2, EC2_REGION: eu-west-1, EC2_ENDPOINT_URL: 'http://127.0.0.1:5000', \
+         COREOS_STREAM_URL: 'https://builds.coreos.fedoraproject.org/streams', \
+         COREOS_CHANNEL: next",
+    ))
+    .config
+    .build_manager;
+    let ExecutorSpecific::Ec2(e) = &bm.executors[0].specific else {
+        panic!("ec2 keys expected");
+    };
+    assert_eq!(e.ec2_endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(
+        e.coreos_stream_url.as_deref(),
+        Some("https://builds.coreos.fedoraproject.org/streams")
+    );
+    assert_eq!(e.coreos_channel, "next");
+    assert_eq!(e.coreos_ami, None);
 }
 
 #[test]

@@ -17,7 +17,7 @@ fn quay_sample_config_parses() {
     assert!(config.feature_build_support);
     assert_eq!(config.server_hostname, "quay.example.com");
     assert_eq!(config.buildman_hostname, None);
-    assert_eq!(config.controller_port, 8686);
+    assert_eq!(config.controller_port, None);
     let bm = &config.build_manager;
     assert_eq!(bm.lifecycle, Lifecycle::Ephemeral);
     assert_eq!(bm.allowed_worker_count, 1);
@@ -69,7 +69,11 @@ fn quay_sample_config_parses() {
     let ExecutorSpecific::Kubernetes(kc) = &k8s.specific else {
         panic!("expected kubernetes keys: {:?}", k8s.specific);
     };
-    assert_eq!(kc.k8s_api_server, "api.openshift.somehost.org:6443");
+    assert_eq!(
+        kc.k8s_api_server.as_deref(),
+        Some("api.openshift.somehost.org:6443")
+    );
+    assert_eq!(kc.k8s_kubeconfig, None);
     assert_eq!(kc.builder_namespace, "builder");
     assert_eq!(
         kc.k8s_api_tls_ca.as_deref(),

@@ -114,7 +114,10 @@ fn defaults_without_build_manager_and_embedded() {
     let embedded = Config::embedded();
     assert!(embedded.feature_build_support);
     assert_eq!(embedded.server_hostname, "localhost:8080");
-    assert_eq!(embedded.controller_port, 8686);
+    assert_eq!(
+        embedded.controller_port, None,
+        "no metrics listener of its own"
+    );
     assert_eq!(embedded.build_manager, BuildManagerConfig::default());
     assert_eq!(
         Config {
@@ -146,7 +149,8 @@ fn debug_never_shows_secrets() {
         manager(
             "ORCHESTRATOR: {REDIS_HOST: h, REDIS_PASSWORD: xyzzy-redis}, EXECUTORS: [\
              {EXECUTOR: kubernetes, QUAY_PASSWORD: xyzzy-quay, SERVICE_ACCOUNT_TOKEN: xyzzy-sa}, \
-             {EXECUTOR: ec2, EC2_REGION: r, AWS_SECRET_KEY: xyzzy-aws}]"
+             {EXECUTOR: ec2, EC2_REGION: r, COREOS_AMI: ami-1, AWS_ACCESS_KEY: k, \
+             AWS_SECRET_KEY: xyzzy-aws}]"
         )
     );
     let config = load(&yaml).config;
@@ -217,7 +221,20 @@ fn environment_overrides() {
         ("BUILDMAN_CONTROLLER_PORT", "9090"),
     ]));
     assert_eq!(config.buildman_hostname.as_deref(), Some("bm.example.com"));
-    assert_eq!(config.controller_port, 9090);
+    assert_eq!(config.controller_port, Some(9090));
+    let api: std::net::SocketAddr = "10.0.0.5:8080".parse().unwrap();
+    assert_eq!(
+        config.metrics_listen_address(api),
+        Some("10.0.0.5:9090".parse().unwrap()),
+        "the controller port, on the REST API's address"
+    );
+    config.metrics_listen = Some("0.0.0.0:9100".parse().unwrap());
+    assert_eq!(
+        config.metrics_listen_address(api),
+        Some("0.0.0.0:9100".parse().unwrap()),
+        "BUILDMAN_METRICS_LISTEN wins"
+    );
+    config.metrics_listen = None;
 
     let errors = config
         .try_apply_env(env(&[("BUILDMAN_CONTROLLER_PORT", "http")]))
@@ -229,7 +246,8 @@ fn environment_overrides() {
         [r#"BUILDMAN_CONTROLLER_PORT: expected a port number, got "http""#]
     );
     assert_eq!(
-        config.controller_port, 9090,
+        config.controller_port,
+        Some(9090),
         "an invalid value is not applied"
     );
     config.apply_env(env(&[("BUILDMAN_HOSTNAME", "")]));
