@@ -20,11 +20,13 @@ mod events;
 pub mod paths;
 mod request;
 mod response;
+mod spans;
 mod view;
 
 pub use events::{EndEvent, EntryEvent, LaggedEvent, LogEvent, PhaseEvent, RetryEvent};
 pub use request::{BuildsQuery, CreateBuild, ListQuery, LogsQuery, NewFileDrop};
 pub use response::{ErrorBody, FileDrop, LogPage};
+pub use spans::{Stretch, span_text};
 pub use view::{BuildList, BuildView, RepositoryRef, TriggerMetadata, ViewPhase};
 
 /// The body of a successful cancel (`DELETE .../build/<id>`, 201), as Quay answers it.

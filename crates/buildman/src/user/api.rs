@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use buildman_api::{
-    BuildList, BuildView, CreateBuild, ErrorBody, FileDrop, ListQuery, LogEvent, LogPage,
+    BuildList, BuildView, BuildsQuery, CreateBuild, ErrorBody, FileDrop, LogEvent, LogPage,
     LogsQuery, NewFileDrop, RepositoryRef, paths,
 };
 use buildman_core::BuildId;
@@ -245,20 +245,11 @@ impl ApiClient {
         .await
     }
 
-    /// Lists the newest `limit` builds of `ns/repo`.
-    pub async fn list_builds(
-        &self,
-        ns: &str,
-        repo: &str,
-        limit: u32,
-    ) -> Result<BuildList, ApiError> {
-        let query = ListQuery {
-            limit: Some(limit),
-            since: None,
-        };
+    /// The newest builds of every repository that `query` matches.
+    pub async fn find_builds(&self, query: &BuildsQuery) -> Result<BuildList, ApiError> {
         self.send_json(
-            self.request(Method::GET, &paths::builds(ns, repo))
-                .query(&query)
+            self.request(Method::GET, paths::ALL_BUILDS)
+                .query(query)
                 .timeout(POLL_TIMEOUT),
         )
         .await

@@ -41,7 +41,7 @@ pub enum Followed {
     },
     /// The build is over for good, and every entry of its log was followed: `expired` is
     /// an internal error with no retry left. Nothing follows.
-    End { build: Build, expired: bool },
+    End { build: Box<Build>, expired: bool },
     /// The follower fell too far behind and was dropped; follow again from `next`.
     /// Nothing follows.
     Lagged { next: u64 },
@@ -195,7 +195,7 @@ impl Follower {
             .ok_or(ManagerError::NotFound(self.id))?;
         if build.phase.is_over() {
             return Ok(Some(Followed::End {
-                build,
+                build: Box::new(build),
                 expired: false,
             }));
         }
@@ -203,7 +203,7 @@ impl Follower {
             Phase::InternalError => match self.store.queue_state(self.id).await? {
                 None => {
                     return Ok(Some(Followed::End {
-                        build,
+                        build: Box::new(build),
                         expired: true,
                     }));
                 }

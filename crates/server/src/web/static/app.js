@@ -233,7 +233,9 @@
       }
     }
 
-    // One SSE event; true when the build is over and the stream ends for good.
+    // One SSE event; true when the build is over and the stream ends for good. The summary
+    // is fetched again once per chunk read, however many phases the chunk held (`stale`).
+    let stale = false;
     function handle(batch, event, data) {
       if (!data) return false;
       const body = JSON.parse(data);
@@ -241,16 +243,16 @@
         addEntry(batch, body);
         next = body.index + 1;
       } else if (event === 'phase') {
-        refresh();
+        stale = true;
       } else if (event === 'retry') {
         const at = body.at ? ' at ' + new Date(body.at).toLocaleTimeString() : '';
         addLine(batch, null, 'note', 'Attempt ' + body.attempt + ' runs' + at);
-        refresh();
+        stale = true;
       } else if (event === 'lagged') {
         next = body.next;
       } else if (event === 'end') {
         status.textContent = 'The build is over: ' + body.build.phase;
-        refresh();
+        stale = true;
         return true;
       }
       return false;
@@ -297,6 +299,10 @@
               ended = handle(batch, event, data) || ended;
             }
             show(batch);
+            if (stale) {
+              stale = false;
+              refresh();
+            }
             if (ended) return;
           }
         } catch (error) {
