@@ -1,7 +1,8 @@
 //! The wire contract of buildman's REST API: the request and response bodies, the query
 //! parameters and the route paths, in the shapes of Quay's builds API (see "The builds API"
 //! in `shared/docs/reference-behaviour.md`), plus buildman's `/api/v1/build/<id>` and the
-//! file drop for uploaded contexts.
+//! file drop for uploaded contexts; the list of builds of every repository; and the events
+//! of a followed build log ([`LogEvent`]).
 //!
 //! The server (`buildman-server`) serialises these types, the CLI (`buildman submit`,
 //! `builds`, `logs`, `cancel`), the load generator and the tests read them, so the shape of a
@@ -15,13 +16,17 @@
 
 #![warn(missing_docs)]
 
+mod events;
 pub mod paths;
 mod request;
 mod response;
+mod spans;
 mod view;
 
-pub use request::{CreateBuild, ListQuery, LogsQuery, NewFileDrop};
+pub use events::{EndEvent, EntryEvent, LaggedEvent, LogEvent, PhaseEvent, RetryEvent};
+pub use request::{BuildsQuery, CreateBuild, ListQuery, LogsQuery, NewFileDrop};
 pub use response::{ErrorBody, FileDrop, LogPage};
+pub use spans::{Stretch, span_text};
 pub use view::{BuildList, BuildView, RepositoryRef, TriggerMetadata, ViewPhase};
 
 /// The body of a successful cancel (`DELETE .../build/<id>`, 201), as Quay answers it.

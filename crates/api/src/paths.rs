@@ -51,6 +51,10 @@ pub fn build_logs(namespace: impl Display, repository: impl Display, id: impl Di
     format!("{}/logs", build(namespace, repository, id))
 }
 
+/// The builds of every repository (buildman's addition): `GET` lists them
+/// ([`crate::BuildsQuery`], answers [`crate::BuildList`]).
+pub const ALL_BUILDS: &str = "/api/v1/builds";
+
 /// A build by its id alone (buildman's addition to Quay's API): its [`crate::BuildView`].
 pub fn build_by_id(id: impl Display) -> String {
     format!("/api/v1/build/{id}")

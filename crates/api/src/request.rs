@@ -185,12 +185,89 @@ impl ListQuery {
     }
 }
 
-/// The query of a build's log: `?start=N`, the index of the first entry wanted (default 0).
+/// The query of a build's log: `?start=N`, the index of the first entry wanted (default 0);
+/// with `follow=1` the answer is a stream of [`crate::LogEvent`]s instead of one page.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsQuery {
     /// Index of the first entry to answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<u64>,
+    /// Follow the log as a Server-Sent Events stream (`1` or `true`).
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        serialize_with = "flag::serialize",
+        deserialize_with = "flag::deserialize"
+    )]
+    pub follow: bool,
+}
+
+/// A query flag: `1` on the wire; `1`, `true`, `0`, `false` or empty read.
+mod flag {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    /// Writes `1`.
+    pub fn serialize<S: Serializer>(set: &bool, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if *set { "1" } else { "0" })
+    }
+
+    /// Reads `1`/`true` as set, `0`/`false`/empty as not.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "1" | "true" => Ok(true),
+            "0" | "false" | "" => Ok(false),
+            other => Err(D::Error::custom(format!(
+                "expected 1 or 0 (true or false), got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The query of the list of builds of every repository (`GET /api/v1/builds`): each
+/// parameter narrows it; `phase` is a view phase (`building`, `expired`, ...).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildsQuery {
+    /// Only builds of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only builds of repositories of this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Only builds in this phase, as views show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Most builds to answer, newest first; see [`BuildsQuery::limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl BuildsQuery {
+    /// Builds answered when the query names no limit.
+    pub const DEFAULT_LIMIT: u32 = 50;
+
+    /// The number of builds to answer: the asked limit within 1..=[`ListQuery::MAX_LIMIT`],
+    /// or [`Self::DEFAULT_LIMIT`].
+    pub fn limit(&self) -> u32 {
+        self.limit
+            .unwrap_or(Self::DEFAULT_LIMIT)
+            .clamp(1, ListQuery::MAX_LIMIT)
+    }
+
+    /// `phase` read; an empty value means none. The error names the phases there are.
+    pub fn phase(&self) -> Result<Option<crate::ViewPhase>, String> {
+        let Some(name) = self.phase.as_deref().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        name.parse().map(Some).map_err(|_| {
+            let names: Vec<&str> = buildman_core::Phase::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .chain(["expired"])
+                .collect();
+            format!("unknown phase {name:?}: use one of {}", names.join(", "))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +342,27 @@ mod tests {
             drop,
             serde_json::json!({"mimeType": "application/octet-stream"})
         );
+    }
+
+    #[test]
+    fn follow_is_a_flag_and_phases_are_named() {
+        let q: LogsQuery = serde_json::from_value(serde_json::json!({"follow": "1"})).unwrap();
+        assert!(q.follow);
+        let q: LogsQuery = serde_json::from_value(serde_json::json!({"start": 3})).unwrap();
+        assert!(!q.follow);
+        assert!(serde_json::from_value::<LogsQuery>(serde_json::json!({"follow": "x"})).is_err());
+        let query = |phase: &str| BuildsQuery {
+            phase: Some(phase.into()),
+            ..BuildsQuery::default()
+        };
+        assert_eq!(
+            query("expired").phase(),
+            Ok(Some(crate::ViewPhase::Expired))
+        );
+        assert_eq!(query("").phase(), Ok(None));
+        let err = query("runing").phase().unwrap_err();
+        assert!(err.contains("use one of waiting, build-scheduled"), "{err}");
+        assert_eq!(BuildsQuery::default().limit(), 50);
     }
 
     #[test]

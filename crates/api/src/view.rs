@@ -86,7 +86,8 @@ pub struct TriggerMetadata {
     pub commit: String,
 }
 
-/// Quay's build view, as every build resource answers it, plus `result_location`.
+/// Quay's build view, as every build resource answers it, plus buildman's
+/// `result_location`, `attempt`, `executor`, `scheduled_at` and `finished_at`.
 ///
 /// Absent values are `null` on the wire. Fields Quay has and buildman does not use keep
 /// Quay's constant values: `status` is `{}`, `is_writer` is `true`, `trigger` is `null`.
@@ -148,6 +149,18 @@ pub struct BuildView {
     /// are `tags`), or `oci:<path>` of the OCI layout written when no registry is set.
     #[serde(default)]
     pub result_location: Option<String>,
+    /// The number of the current (or last) attempt to run the build; 0 before the first.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The executor that started the current (or last) attempt's worker.
+    #[serde(default)]
+    pub executor: Option<String>,
+    /// When a worker was first started (the queue wait ends): RFC 3339.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When the build reached its final phase: RFC 3339.
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl BuildView {
@@ -194,6 +207,10 @@ impl BuildView {
             error: build.error.clone(),
             archive_url,
             result_location: build.result_location.clone(),
+            attempt: build.attempts,
+            executor: build.executor.clone(),
+            scheduled_at: build.scheduled_at,
+            finished_at: build.finished_at,
         }
     }
 }
@@ -253,8 +270,8 @@ mod tests {
         .into_build(BuildId::new(), created)
     }
 
-    /// Every field Quay's view has, with Quay's value types; nothing more but
-    /// `result_location`.
+    /// Every field Quay's view has, with Quay's value types; nothing more but buildman's
+    /// own.
     #[test]
     fn a_view_has_quays_fields_and_types() {
         let b = build(BuildSource::Uploaded {
@@ -283,6 +300,10 @@ mod tests {
                 "error": null,
                 "archive_url": null,
                 "result_location": null,
+                "attempt": 0,
+                "executor": null,
+                "scheduled_at": null,
+                "finished_at": null,
             })
         );
     }

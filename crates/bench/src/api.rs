@@ -99,6 +99,7 @@ impl Api {
         loop {
             let query = LogsQuery {
                 start: Some(entries.len() as u64),
+                follow: false,
             };
             let answer = self
                 .http

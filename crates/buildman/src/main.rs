@@ -57,7 +57,7 @@ enum Command {
     /// unreachable); 10: the build ended in error; 11: internalerror or expired;
     /// 12: cancelled.
     Submit(user::SubmitArgs),
-    /// List a repository's builds.
+    /// List builds of every repository (filter with -r and --phase).
     Builds(user::BuildsArgs),
     /// Print (or follow, with -f) a build's log; following exits like `submit`.
     Logs(user::LogsArgs),

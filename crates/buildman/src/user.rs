@@ -8,6 +8,7 @@ pub mod api;
 pub mod context;
 pub mod dockerignore;
 pub mod follow;
+pub mod list;
 pub mod pack;
 
 use std::io::IsTerminal as _;
@@ -18,8 +19,11 @@ use anyhow::Context as _;
 use buildman_api::{BuildView, CreateBuild};
 use buildman_core::BuildId;
 
+pub use list::BuildsArgs;
+
 use api::ApiClient;
 use follow::{EXIT_COMPLETE, EXIT_FAILED, EXIT_INTERRUPTED, Output, write_stdout};
+use list::format_started;
 
 /// Where and how to reach the manager's REST API (shared by all user commands).
 #[derive(clap::Args, Clone)]
@@ -85,23 +89,6 @@ pub struct SubmitArgs {
     pub api: ApiArgs,
 }
 
-/// List a repository's builds, newest first.
-#[derive(clap::Args, Debug, Clone)]
-pub struct BuildsArgs {
-    /// Repository whose builds to list, as namespace/repo.
-    #[arg(short = 'r', long)]
-    pub repository: String,
-    /// How many builds to show at most.
-    #[arg(long, default_value_t = 20)]
-    pub limit: u32,
-    /// Print one JSON build view per line instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// How to reach the manager.
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
 /// Print a build's log.
 ///
 /// Exit codes with --follow: as for `submit` (0 complete, 1 command failed, 10 error,
@@ -152,9 +139,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     Ok(report(run_submit(args).await))
 }
 
-/// `buildman builds`: lists a repository's builds as a table or JSON lines.
+/// `buildman builds`: lists builds of every repository as a table or JSON lines.
 pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
-    Ok(report(run_builds(args).await))
+    Ok(report(list::run_builds(args).await))
 }
 
 /// `buildman logs`: prints a build's log, following it with -f.
@@ -363,68 +350,6 @@ fn human_size(bytes: usize) -> String {
     }
 }
 
-/// The body of `builds`.
-async fn run_builds(args: BuildsArgs) -> anyhow::Result<u8> {
-    let (ns, repo) = parse_repository(&args.repository)?;
-    let client = ApiClient::from_args(&args.api)?;
-    let list = client.list_builds(&ns, &repo, args.limit).await?;
-    if args.json {
-        let mut out = String::new();
-        for build in &list.builds {
-            out.push_str(&serde_json::to_string(build)?);
-            out.push('\n');
-        }
-        write_stdout(&out)?;
-        return Ok(EXIT_COMPLETE);
-    }
-    write_stdout(&builds_table(&list.builds))?;
-    Ok(EXIT_COMPLETE)
-}
-
-/// Renders build views as an aligned table: id, phase, tags, started, display name.
-pub fn builds_table(views: &[BuildView]) -> String {
-    let header = ["ID", "PHASE", "TAGS", "STARTED", "NAME"].map(String::from);
-    let rows: Vec<[String; 5]> = std::iter::once(header)
-        .chain(views.iter().map(|v| {
-            [
-                v.id.to_string(),
-                v.phase.to_string(),
-                v.tags.join(","),
-                v.started.map(format_started).unwrap_or_default(),
-                v.display_name.clone(),
-            ]
-        }))
-        .collect();
-    let mut widths = [0usize; 5];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// A build's start as local `YYYY-MM-DD HH:MM:SS`.
-fn format_started(started: chrono::DateTime<chrono::Utc>) -> String {
-    started
-        .with_timezone(&chrono::Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
-}
-
 /// The build id a user gave on the command line.
 fn parse_build_id(id: &str) -> anyhow::Result<BuildId> {
     id.trim().parse().map_err(|_| {
@@ -573,26 +498,6 @@ mod tests {
     }
 
     #[test]
-    fn table_has_a_header_and_aligned_rows() {
-        let id = "0b5c2f5e-8d0e-4c8f-9a57-3f1f2b7d9e10";
-        let view: BuildView = serde_json::from_value(serde_json::json!({
-            "id": id, "phase": "complete", "tags": ["latest", "v1"],
-            "display_name": "abc123",
-            "repository": {"namespace": "acme", "name": "web"}, "extra": 1
-        }))
-        .expect("view");
-        let table = builds_table(&[view]);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 2);
-        let header = format!("{:36}  PHASE     TAGS       STARTED  NAME", "ID");
-        assert_eq!(lines[0], header);
-        assert_eq!(
-            lines[1],
-            format!("{id}  complete  latest,v1  {:7}  abc123", "")
-        );
-    }
-
-    #[test]
     fn build_ids_are_checked_before_asking() {
         let err = parse_build_id("a/b").expect_err("not a uuid");
         assert!(err.to_string().contains("not a build id"), "{err}");
@@ -637,8 +542,7 @@ mod tests {
         assert!(!format!("{args:?}").contains("tok\""));
         let cli = TestCli::try_parse_from(["buildman", "logs", "-f", "id1"]).expect("parse");
         assert!(matches!(cli, TestCli::Logs(LogsArgs { follow: true, .. })));
-        let cli =
-            TestCli::try_parse_from(["buildman", "builds", "-r", "a/b", "--json"]).expect("parse");
+        let cli = TestCli::try_parse_from(["buildman", "builds", "--json"]).expect("parse");
         assert!(matches!(
             cli,
             TestCli::Builds(BuildsArgs {

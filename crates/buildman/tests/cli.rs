@@ -282,6 +282,17 @@ fn serve_and_submit_run_a_build_to_complete() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["id"], id.as_str());
     assert_eq!(first["phase"], "complete");
+    // Across repositories, filtered by phase: the table says how long it waited and ran.
+    let out = server.cli(&data, &["builds", "--phase", "complete"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(out.status.success() && lines.len() == 2, "{table}");
+    assert!(lines[0].contains("REPOSITORY") && lines[0].ends_with("WAIT  DURATION"));
+    assert!(lines[1].starts_with(&id) && lines[1].contains("complete  demo/hello"));
+    let out = server.cli(&data, &["builds", "-r", "demo", "--phase", "error"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let out = server.cli(&data, &["builds", "--phase", "done"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--phase: unknown phase \"done\""));
     let out = server.cli(&data, &["logs", &id]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Step 2/2 : COPY hello /"));
     let out = server.cli(&data, &["cancel", &id]);

@@ -90,7 +90,10 @@ async fn a_build_runs_from_submit_to_complete() {
             reqwest::Method::GET,
             &paths::build_logs("demo", "hello", &id),
         )
-        .query(&LogsQuery { start: Some(3) })
+        .query(&LogsQuery {
+            start: Some(3),
+            follow: false,
+        })
         .send()
         .await
         .unwrap()

@@ -190,6 +190,10 @@ impl NewBuild {
             updated_at: now,
             error: None,
             result_location: None,
+            attempts: 0,
+            executor: None,
+            scheduled_at: None,
+            finished_at: None,
         }
     }
 }
@@ -215,6 +219,19 @@ pub struct Build {
     pub error: Option<String>,
     /// Where the result went when it was not pushed to a registry (an OCI layout path).
     pub result_location: Option<String>,
+    /// How many times a manager claimed the build to run it: the number of its current (or
+    /// last) attempt, 0 while it never ran.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The executor that started the current (or last) attempt's worker.
+    #[serde(default)]
+    pub executor: Option<String>,
+    /// When a worker was first started for the build (the end of its queue wait).
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When the build reached its final phase (cleared when an internal error is retried).
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl Build {

@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use buildman_contexts::{ContextStore, Download, new_id};
 use buildman_core::{Build, BuildId, BuildSource, InvalidBuild, NewBuild, Phase};
-use buildman_store::{LogPage, QueueState, Store};
+use buildman_store::{BuildFilter, LogPage, QueueState, Store};
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
+use tokio::sync::watch;
 
 use crate::ManagerError;
+use crate::feed::Feed;
+use crate::feed::follow::Follower;
 use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::scheduler::Wake;
@@ -19,6 +22,7 @@ use crate::settings::Settings;
 #[derive(Clone)]
 pub struct Builds {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) feed: Arc<Feed>,
     pub(crate) files: Arc<dyn ContextStore>,
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) wake: Wake,
@@ -85,6 +89,32 @@ impl Builds {
             .store
             .list_builds(namespace, repository, limit, since)
             .await?)
+    }
+
+    /// Builds of every repository matching `filter`, newest first, at most `limit`.
+    pub async fn find(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<Build>, ManagerError> {
+        Ok(self.store.find_builds(filter, limit).await?)
+    }
+
+    /// A receiver whose value changes when a build is created or changes on this manager
+    /// (other managers' changes are not seen: a list that must show them reads again).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.feed.changes()
+    }
+
+    /// Follows a build's log from entry `from` on (see [`Follower`]). Refuses an index past
+    /// the end of the log.
+    pub async fn follow(&self, build: &Build, from: u64) -> Result<Follower, ManagerError> {
+        let follower = Follower::new(self.store.clone(), &self.feed, build, from);
+        let total = self.store.read_logs(build.id, from, 0).await?.total;
+        if from > total {
+            return Err(InvalidBuild(format!(
+                "cannot follow build {} from entry {from}: its log has {total} entries",
+                build.id
+            ))
+            .into());
+        }
+        Ok(follower)
     }
 
     /// Log entries from index `start` (at most `limit`), with the log's total length.

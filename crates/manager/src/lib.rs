@@ -17,6 +17,7 @@
 mod builds;
 mod error;
 mod executors;
+pub mod feed;
 mod leases;
 mod logwriter;
 pub mod metrics;
@@ -42,6 +43,7 @@ use buildman_store::Store;
 pub use builds::Builds;
 pub use error::ManagerError;
 pub use executors::ExecutorEntry;
+pub use feed::follow::{Followed, Follower};
 pub use metrics::Metrics;
 pub use sealing::SealingKey;
 pub use sessions::WorkerSessions;
@@ -89,6 +91,12 @@ impl Manager {
         settings: Settings,
     ) -> Self {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        // Every role writes through the feed, so followers hear of every entry stored here.
+        let feed = Arc::new(feed::Feed::default());
+        let store: Arc<dyn Store> = Arc::new(feed::FeedStore {
+            inner: store,
+            feed: feed.clone(),
+        });
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(tokens);
@@ -134,6 +142,7 @@ impl Manager {
         });
         let builds = Builds {
             store,
+            feed,
             files,
             reaper: reaper.clone(),
             wake,

@@ -119,7 +119,7 @@ async fn write_batch(store: &dyn Store, batch: &mut Vec<(WorkerLine, Ack)>) {
     match store.append_worker_lines(&lines).await {
         Ok(stored) => {
             for (ack, stored) in acks.into_iter().zip(stored) {
-                let _ = ack.send(Ok(stored));
+                let _ = ack.send(Ok(stored.is_some()));
             }
         }
         Err(e) if lines.len() == 1 => {
@@ -135,7 +135,7 @@ async fn write_batch(store: &dyn Store, batch: &mut Vec<(WorkerLine, Ack)>) {
                 let result = store
                     .append_worker_lines(std::slice::from_ref(&line))
                     .await
-                    .map(|stored| stored.first().copied().unwrap_or(false))
+                    .map(|stored| stored.first().is_some_and(Option::is_some))
                     .map_err(ManagerError::from);
                 let _ = ack.send(result);
             }

@@ -1,12 +1,16 @@
 //! Thin adapters over the [`buildman_manager::Manager`]: the gRPC service workers talk to
-//! ([`grpc`]), the REST API users talk to ([`rest`]), and what operators' tools ask
-//! ([`ops`]: metrics, health). None holds state or rules of its own; they translate
+//! ([`grpc`]), the REST API users talk to ([`rest`], with [`listing`] and the followed logs
+//! of [`events`]), the web dashboard ([`web`]) on the same port, and what operators' tools
+//! ask ([`ops`]: metrics, health). None holds state or rules of its own; they translate
 //! requests and errors.
 
 mod codec;
+pub mod events;
 pub mod grpc;
+pub mod listing;
 pub mod ops;
 pub mod rest;
+pub mod web;
 
 /// The worker service's server side, generated with the compact codec (see build.rs).
 mod generated {

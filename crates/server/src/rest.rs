@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 /// An error answer: a status and a message that says what to do.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -167,12 +167,15 @@ pub fn router(builds: Builds, options: RestOptions) -> Router {
         .route(&paths::build_status(ns, repo, id), get(get_build))
         .route(&paths::build_logs(ns, repo, id), get(build_logs))
         .route(&paths::build_by_id(id), get(get_build_by_id))
+        .merge(crate::listing::routes(api.builds.clone()))
+        .merge(crate::web::fragments(api.builds.clone()))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         // Workers fetch uploaded contexts by their unguessable id, without an API token.
         .route(&paths::file("{file_id}"), get(download_file))
         .route(paths::HEALTH, get(|| async { "ok" }))
+        .merge(crate::web::pages())
         .merge(authenticated)
         .with_state(api)
 }
@@ -326,8 +329,12 @@ async fn build_logs(
     State(api): State<Api>,
     ApiPath((namespace, repository, id)): ApiPath<(String, String, String)>,
     ApiQuery(q): ApiQuery<LogsQuery>,
-) -> ApiResult<Json<LogPage>> {
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
     let build = repo_build(&api, &namespace, &repository, &id).await?;
+    if q.follow {
+        return crate::events::follow(&api.builds, &build, q.start, &headers).await;
+    }
     let page = api
         .builds
         .logs(build.id, q.start.unwrap_or(0), LogPage::MAX_ENTRIES)
@@ -336,7 +343,8 @@ async fn build_logs(
         start: page.start,
         total: page.total,
         logs: page.entries,
-    }))
+    })
+    .into_response())
 }
 
 /// Quay's build view of `b`, with the manager's word on whether it expired.

@@ -80,6 +80,21 @@ pub struct WorkerLine {
     pub entry: LogEntry,
 }
 
+/// Which builds [`Store::find_builds`] answers; every field left `None` matches all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildFilter {
+    /// Only builds of this namespace.
+    pub namespace: Option<String>,
+    /// Only builds of repositories of this name (in any namespace, unless `namespace` is
+    /// set too).
+    pub repository: Option<String>,
+    /// Only builds in this phase.
+    pub phase: Option<Phase>,
+    /// Only builds that still have (`true`) or no longer have (`false`) a queue item: with
+    /// phase `internalerror`, those that will be retried or those that expired.
+    pub queued: Option<bool>,
+}
+
 /// A page of a build's log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogPage {
@@ -133,13 +148,18 @@ pub trait Store: Send + Sync + 'static {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<Build>>;
 
+    /// Builds of every repository matching `filter`, newest first, at most `limit`.
+    async fn find_builds(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<Build>>;
+
     /// Sets the phase when the current phase is one of `from` (all phases when `from` is
     /// empty); returns the phase the build had before, or `None` when nothing changed
     /// because the current phase was not allowed. `error` replaces the stored error; a
     /// build that reaches `complete` keeps none (of an earlier attempt).
     /// This compare-and-set is what settles races between a cancel and a worker. When the
     /// phase changed (it was not `to` already), `entry` is appended to the build's log in
-    /// the same transaction, so phase entries are logged in the order of the changes.
+    /// the same transaction, so phase entries are logged in the order of the changes; and
+    /// the build's `scheduled_at` (first `build-scheduled`) and `finished_at` (a final
+    /// phase; cleared by any other) follow.
     async fn set_phase(
         &self,
         id: BuildId,
@@ -148,6 +168,9 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&str>,
         entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>>;
+
+    /// Records which executor started the current attempt's worker.
+    async fn set_executor(&self, id: BuildId, executor: &str) -> Result<()>;
 
     /// Records where an unpushed result was written.
     async fn set_result_location(&self, id: BuildId, location: &str) -> Result<()>;
@@ -200,10 +223,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends lines workers sent, in one transaction (group commit over many builds),
     /// skipping each line whose sequence number is not above the last one stored for its
     /// build in this attempt: a line re-sent after a reconnect is stored once. Returns,
-    /// per line, whether it was stored. A line of an attempt that is over (its build is in
+    /// per line, the index in its build's log it was stored at, or `None` when it was
+    /// stored already. A line of an attempt that is over (its build is in
     /// a final phase, or its `attempt` is not the build's current one) fails the batch with
     /// [`StoreError::AttemptOver`].
-    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<bool>>;
+    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<Option<u64>>>;
 
     /// Entries from index `start` (at most `limit`), with the log's total length.
     async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage>;

@@ -5,11 +5,19 @@
 //!
 //! Environment: quay-builder's `TOKEN`, `SERVER`, `INSECURE`; plus
 //! `TEST_WORKER_SCENARIO` (`happy` by default, `never-register`, `stop-heartbeats`,
-//! `hold-building`, `hold-pushing`, `hold-registered`, `fail-build`: reports `error` after
-//! building), `TEST_WORKER_REPORT` (a file that
-//! gets one JSON line per event, for tests to read), `TEST_WORKER_HEARTBEAT_MS` and
+//! `hold-building`, `hold-pushing`, `hold-registered`, `fail-build` (reports `error` after
+//! building), `fail-building` (an error line, then phase `error`), `die-first-attempt` (the
+//! first attempt of each build exits silently in the building phase, later ones are happy),
+//! or `by-repository`: the scenario is the name of the build's repository,
+//! `ns/hold-building` holds), `TEST_WORKER_REPORT` (a file that gets one JSON line per
+//! event, for tests to read), `TEST_WORKER_HEARTBEAT_MS` and
 //! `TEST_WORKER_BUILD_MS` (when set, the building phase takes that long, between a
 //! `building` and a `built` report, so that the runs of several workers overlap).
+//!
+//! More output while building: `TEST_WORKER_LINES` lines (`line <n> sent-at <unix ms>`,
+//! padded with dots to `TEST_WORKER_LINE_BYTES`), `TEST_WORKER_LINE_MS` apart, started only
+//! once the file `<TEST_WORKER_LINES_AFTER>/<build uuid>` exists when that is set; reported
+//! as `lines-sent` with the time they took.
 
 use std::time::Duration;
 
@@ -85,6 +93,22 @@ struct Settings {
     heartbeat_every: Duration,
     /// `TEST_WORKER_BUILD_MS`: how long the building phase lasts, if set.
     build_time: Option<Duration>,
+    /// The extra output lines (`TEST_WORKER_LINES` and friends).
+    lines: Lines,
+}
+
+/// Extra output lines the building phase sends.
+#[derive(Clone, Default)]
+struct Lines {
+    /// `TEST_WORKER_LINES`: how many.
+    count: u64,
+    /// `TEST_WORKER_LINE_BYTES`: each padded to this length.
+    bytes: usize,
+    /// `TEST_WORKER_LINE_MS`: the pause between two.
+    every: Duration,
+    /// `TEST_WORKER_LINES_AFTER`: a directory where a file named after the build must
+    /// appear before the lines start.
+    after: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -99,6 +123,12 @@ impl Settings {
                 millis("TEST_WORKER_HEARTBEAT_MS").unwrap_or(2000),
             ),
             build_time: millis("TEST_WORKER_BUILD_MS").map(Duration::from_millis),
+            lines: Lines {
+                count: millis("TEST_WORKER_LINES").unwrap_or(0),
+                bytes: millis("TEST_WORKER_LINE_BYTES").unwrap_or(0) as usize,
+                every: Duration::from_millis(millis("TEST_WORKER_LINE_MS").unwrap_or(0)),
+                after: std::env::var_os("TEST_WORKER_LINES_AFTER").map(Into::into),
+            },
         })
     }
 }
@@ -116,6 +146,13 @@ async fn run() -> Result<(), Error> {
         std::future::pending::<()>().await;
     }
     let mut job = Job::register(&settings).await?;
+    let scenario = match scenario {
+        "by-repository" => job.repository.rsplit('/').next().unwrap_or_default(),
+        "die-first-attempt" if earlier_starts() == 0 => "die",
+        other => other,
+    }
+    .to_string();
+    let scenario = scenario.as_str();
     let cancelled = spawn_heartbeats(
         job.client.clone(),
         job.jwt.clone(),
@@ -128,13 +165,29 @@ async fn run() -> Result<(), Error> {
     }
     job.pull().await?;
     job.build(settings.build_time).await?;
-    if scenario == "hold-building" {
-        return wait_for_cancel(cancelled).await;
-    }
-    if scenario == "fail-build" {
-        job.set_phase(pb::Phase::Error, None).await?;
-        report(serde_json::json!({ "event": "failed-build" }));
-        return Ok(());
+    job.send_lines(&settings.lines).await?;
+    match scenario {
+        "hold-building" => return wait_for_cancel(cancelled).await,
+        "fail-building" => {
+            job.log_json(&serde_json::json!({
+                "error": "The command '/bin/sh -c make' returned a non-zero code: 2",
+                "errorDetail": {"code": 2},
+            }))
+            .await?;
+            job.set_phase(pb::Phase::Error, None).await?;
+            report(serde_json::json!({ "event": "failed-build" }));
+            return Ok(());
+        }
+        "die" => {
+            report(serde_json::json!({ "event": "dying" }));
+            std::process::exit(3);
+        }
+        "fail-build" => {
+            job.set_phase(pb::Phase::Error, None).await?;
+            report(serde_json::json!({ "event": "failed-build" }));
+            return Ok(());
+        }
+        _ => {}
     }
     job.set_phase(pb::Phase::Pushing, None).await?;
     if scenario == "hold-pushing" {
@@ -150,6 +203,8 @@ async fn run() -> Result<(), Error> {
 struct Job {
     client: Client,
     jwt: String,
+    /// `namespace/name` of the build's repository.
+    repository: String,
     phase_seq: i32,
     log_tx: mpsc::Sender<pb::LogMessageRequest>,
     log_replies: tonic::Streaming<pb::LogMessageResponse>,
@@ -190,6 +245,7 @@ impl Job {
         Ok(Self {
             client,
             jwt,
+            repository: pack.repository.clone(),
             phase_seq: 0,
             log_tx,
             log_replies,
@@ -219,8 +275,13 @@ impl Job {
 
     /// Sends one log line and waits for the manager to acknowledge it.
     async fn log(&mut self, line: &str) -> Result<(), Error> {
+        self.log_json(&serde_json::json!({ "stream": line })).await
+    }
+
+    /// Sends one line of Docker's build-stream JSON and waits for the acknowledgement.
+    async fn log_json(&mut self, line: &serde_json::Value) -> Result<(), Error> {
         self.log_seq += 1;
-        let message = serde_json::json!({ "stream": line }).to_string();
+        let message = line.to_string();
         self.log_tx
             .send(pb::LogMessageRequest {
                 job_jwt: self.jwt.clone(),
@@ -279,6 +340,65 @@ impl Job {
         }
         Ok(())
     }
+}
+
+impl Job {
+    /// The extra lines of `TEST_WORKER_LINES`, reported with the time they took.
+    async fn send_lines(&mut self, lines: &Lines) -> Result<(), Error> {
+        if lines.count == 0 {
+            return Ok(());
+        }
+        if let Some(dir) = &lines.after {
+            let go = dir.join(std::env::var("BUILD_UUID").unwrap_or_default());
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !go.exists() {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("{} never appeared", go.display()).into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let started = std::time::Instant::now();
+        for n in 1..=lines.count {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let mut text = format!("line {n} sent-at {at} ");
+            if text.len() < lines.bytes {
+                text.push_str(&".".repeat(lines.bytes - text.len()));
+            }
+            text.push('\n');
+            self.log(&text).await?;
+            if !lines.every.is_zero() {
+                tokio::time::sleep(lines.every).await;
+            }
+        }
+        report(serde_json::json!({
+            "event": "lines-sent", "count": lines.count,
+            "ms": started.elapsed().as_millis() as u64,
+        }));
+        Ok(())
+    }
+}
+
+/// How many workers of this build started before this one (from the report file): 0 on
+/// its first attempt.
+fn earlier_starts() -> usize {
+    let (Ok(path), Ok(build)) = (
+        std::env::var("TEST_WORKER_REPORT"),
+        std::env::var("BUILD_UUID"),
+    ) else {
+        return 0;
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let starts = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "started" && e["build_uuid"] == build.as_str())
+        .count();
+    // This worker's own start is in the file already.
+    starts.saturating_sub(1)
 }
 
 /// Heartbeats every `every`, awaiting each reply; like quay-builder, a `false` reply is

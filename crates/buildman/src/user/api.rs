@@ -3,13 +3,16 @@
 
 use buildman_core::error_chain;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
 use buildman_api::{
-    BuildList, BuildView, CreateBuild, ErrorBody, FileDrop, ListQuery, LogPage, LogsQuery,
-    NewFileDrop, RepositoryRef, paths,
+    BuildList, BuildView, BuildsQuery, CreateBuild, ErrorBody, FileDrop, LogEvent, LogPage,
+    LogsQuery, NewFileDrop, RepositoryRef, paths,
 };
 use buildman_core::BuildId;
+use eventsource_stream::Eventsource as _;
+use futures::{Stream, StreamExt as _};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
@@ -75,6 +78,9 @@ fn innermost(err: &dyn std::error::Error) -> String {
     }
     current.to_string()
 }
+
+/// The events of a followed log, as they arrive.
+pub type LogEvents = Pin<Box<dyn Stream<Item = Result<LogEvent, ApiError>> + Send>>;
 
 /// Client for the manager's REST API: base URL, bearer token and an HTTP client.
 pub struct ApiClient {
@@ -239,20 +245,11 @@ impl ApiClient {
         .await
     }
 
-    /// Lists the newest `limit` builds of `ns/repo`.
-    pub async fn list_builds(
-        &self,
-        ns: &str,
-        repo: &str,
-        limit: u32,
-    ) -> Result<BuildList, ApiError> {
-        let query = ListQuery {
-            limit: Some(limit),
-            since: None,
-        };
+    /// The newest builds of every repository that `query` matches.
+    pub async fn find_builds(&self, query: &BuildsQuery) -> Result<BuildList, ApiError> {
         self.send_json(
-            self.request(Method::GET, &paths::builds(ns, repo))
-                .query(&query)
+            self.request(Method::GET, paths::ALL_BUILDS)
+                .query(query)
                 .timeout(POLL_TIMEOUT),
         )
         .await
@@ -270,10 +267,61 @@ impl ApiClient {
                 Method::GET,
                 &paths::build_logs(&repo.namespace, &repo.name, id),
             )
-            .query(&LogsQuery { start: Some(start) })
+            .query(&LogsQuery {
+                start: Some(start),
+                follow: false,
+            })
             .timeout(POLL_TIMEOUT),
         )
         .await
+    }
+
+    /// Follows a build's log from entry `start` on (`?follow=1`): the events as they come.
+    /// `None` when the server answered something else than an event stream (a server
+    /// without the streaming API answers a log page): poll it instead.
+    pub async fn follow_logs(
+        &self,
+        repo: &RepositoryRef,
+        id: BuildId,
+        start: u64,
+    ) -> Result<Option<LogEvents>, ApiError> {
+        let query = LogsQuery {
+            start: Some(start),
+            follow: true,
+        };
+        let request = self
+            .request(
+                Method::GET,
+                &paths::build_logs(&repo.namespace, &repo.name, id),
+            )
+            .query(&query)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let response = self.send(request).await?;
+        let streams = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !streams {
+            return Ok(None);
+        }
+        let server = self.server.clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .filter_map(move |event| {
+                let item = match event {
+                    Ok(e) => LogEvent::parse(&e.event, &e.data)
+                        .map_err(|err| ApiError::Decode(format!("{} event: {err}", e.event)))
+                        .transpose(),
+                    Err(e) => Some(Err(ApiError::Transport {
+                        server: server.clone(),
+                        detail: e.to_string(),
+                    })),
+                };
+                std::future::ready(item)
+            });
+        Ok(Some(Box::pin(events)))
     }
 
     /// Cancels a build.

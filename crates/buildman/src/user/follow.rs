@@ -1,4 +1,5 @@
-//! Printing a build's log and following a build until it reaches a final phase.
+//! Printing a build's log and following a build until it is over for good: through the
+//! followed-log stream, or by polling a server that has none.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
@@ -7,7 +8,10 @@ use buildman_api::{BuildView, RepositoryRef, ViewPhase};
 use buildman_core::{BuildId, LogEntry, LogType, Phase};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::api::{ApiClient, ApiError};
+use buildman_api::LogEvent;
+use futures::StreamExt as _;
+
+use super::api::{ApiClient, ApiError, LogEvents};
 
 /// Exit code: the build completed.
 pub const EXIT_COMPLETE: u8 = 0;
@@ -24,6 +28,9 @@ pub const EXIT_CANCELLED: u8 = 12;
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the manager may stay unreachable (or answer 5xx) before following gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+/// A followed log that says nothing this long (the server sends a keep-alive every 15 s)
+/// is taken as broken and followed again.
+const STREAM_IDLE: Duration = Duration::from_secs(45);
 
 /// Exit code: `submit` was interrupted (Ctrl-C); the build goes on (128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -186,6 +193,14 @@ impl Spinner {
         }
     }
 
+    /// Says something on stderr with the spinner out of the way.
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
     /// Prints to stdout with the spinner out of the way.
     fn print(&self, text: &str) -> anyhow::Result<()> {
         match &self.bar {
@@ -219,8 +234,9 @@ pub async fn print_log(client: &ApiClient, view: &BuildView, output: Output) -> 
     .await
 }
 
-/// Polls a build and its log every 500 ms, printing new entries, until the build reaches a
-/// final phase; returns the exit code for that phase.
+/// Follows a build to its end, printing each log entry once, and returns the exit code
+/// for its final phase. Streams the log (`?follow=1`), resuming from the next entry after
+/// any break; polls a server that does not stream.
 pub async fn follow(client: &ApiClient, initial: BuildView) -> anyhow::Result<u8> {
     follow_as(client, initial, Output::Text).await
 }
@@ -232,9 +248,93 @@ pub async fn follow_as(
     output: Output,
 ) -> anyhow::Result<u8> {
     let spinner = Spinner::new(&initial);
+    let (id, repo) = (initial.id, initial.repository.clone());
+    let mut cursor = 0;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let outcome = match client.follow_logs(&repo, id, cursor).await {
+            Ok(Some(events)) => stream(events, &mut cursor, &spinner, output).await,
+            Ok(None) => return poll_to_end(client, initial, cursor, spinner, output).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(Some(view)) => return end(spinner, &view, output),
+            // Dropped for lagging, or the stream broke: resume from the next entry.
+            Ok(None) => failing_since = None,
+            Err(err) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if !err.is_transient() || since.elapsed() >= GIVE_UP_AFTER {
+                    return Err(err.into());
+                }
+                spinner.set_message(format!("build {id}: {err}; reconnecting"));
+            }
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Prints a followed log's entries from `*cursor` on until the stream ends: the view of
+/// the ended build after `end`, `None` when the stream stopped before (resume then).
+async fn stream(
+    mut events: LogEvents,
+    cursor: &mut u64,
+    spinner: &Spinner,
+    output: Output,
+) -> Result<Option<BuildView>, ApiError> {
+    loop {
+        let next = tokio::time::timeout(STREAM_IDLE, events.next()).await;
+        let Ok(Some(event)) = next else {
+            return Ok(None);
+        };
+        match event? {
+            LogEvent::Entry(e) if e.index >= *cursor => {
+                spinner
+                    .print(
+                        &output
+                            .render(&e.entry)
+                            .map_err(|err| ApiError::Decode(err.to_string()))?,
+                    )
+                    .map_err(|err| ApiError::Decode(err.to_string()))?;
+                *cursor = e.index + 1;
+            }
+            LogEvent::Entry(_) => {}
+            LogEvent::Phase(p) => spinner.set_phase(p.phase),
+            LogEvent::Retry(r) => {
+                let at = r.at.map_or(String::new(), |t| {
+                    format!(" at {}", t.with_timezone(&chrono::Local).format("%H:%M:%S"))
+                });
+                spinner.note(&format!(
+                    "the build is retried: attempt {} runs{at}",
+                    r.attempt
+                ));
+            }
+            LogEvent::End(end) => return Ok(Some(end.build)),
+            LogEvent::Lagged(l) => {
+                *cursor = (*cursor).max(l.next);
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Clears the spinner, prints how the build ended, and gives its exit code.
+fn end(spinner: Spinner, view: &BuildView, output: Output) -> anyhow::Result<u8> {
+    drop(spinner);
+    finish(view, output)?;
+    Ok(final_exit_code(view.phase).unwrap_or(EXIT_FAILED))
+}
+
+/// Polls a build and its log every 500 ms, printing new entries from `cursor` on, until the
+/// build is over for good (an `internalerror` is retried; `expired` is over).
+async fn poll_to_end(
+    client: &ApiClient,
+    initial: BuildView,
+    mut cursor: u64,
+    spinner: Spinner,
+    output: Output,
+) -> anyhow::Result<u8> {
     let id = initial.id;
     let mut view = initial;
-    let mut cursor = 0;
     let mut failing_since: Option<Instant> = None;
     loop {
         match poll(client, id, &mut view, &mut cursor, &spinner, output).await {
@@ -250,10 +350,10 @@ pub async fn follow_as(
                 spinner.set_message(format!("build {id}: {err:#}; retrying"));
             }
         }
-        if let Some(code) = final_exit_code(view.phase) {
-            drop(spinner);
-            finish(&view, output)?;
-            return Ok(code);
+        if view.phase != ViewPhase::Phase(Phase::InternalError)
+            && final_exit_code(view.phase).is_some()
+        {
+            return end(spinner, &view, output);
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }

@@ -354,6 +354,7 @@ pub async fn logs_at(
             .get(format!("{base}{}", paths::build_logs(namespace, name, id)))
             .query(&LogsQuery {
                 start: Some(start as u64),
+                follow: false,
             })
             .bearer_auth(token)
             .send()

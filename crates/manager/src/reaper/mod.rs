@@ -88,50 +88,49 @@ impl Reaper {
     }
 
     /// Carries out what a job's end decided for its queue item, and says in the build's
-    /// log which attempt ended, why, and what happens next.
+    /// log which attempt ended, why, and what happens next: before the item changes, so
+    /// that the log is complete once the build is seen to be over for good (followers end
+    /// on that).
     async fn settle(
         &self,
         item: &ClaimedItem,
         end: JobEnd,
         action: QueueAction,
     ) -> Result<(), ManagerError> {
-        let next = match action {
+        let ended = format!("attempt {} ended: {}", item.attempt, end.reason());
+        match action {
             QueueAction::Remove => {
                 self.store.complete_item(item).await?;
-                return Ok(());
             }
             QueueAction::Requeue(requeue) => {
-                self.store
-                    .return_item(item, chrono::Utc::now(), &requeue)
-                    .await?;
-                // The scheduler sleeps until the store's next due item, this one included.
-                self.wake.notify();
                 let left = item.retries_remaining + u32::from(requeue.restore_retry);
                 let given_back = if requeue.restore_retry {
                     "its retry given back"
                 } else {
                     "a retry spent"
                 };
-                Some(format!(
+                let next = format!(
                     "attempt {} runs in {} s ({given_back}; {left} left)",
                     item.attempt + 1,
                     requeue.after.as_secs_f64()
-                ))
+                );
+                let entry = LogEntry::output(format!("{ended}; {next}"));
+                phases::log(self.store.as_ref(), item.build_id, &[entry]).await;
+                self.store
+                    .return_item(item, chrono::Utc::now(), &requeue)
+                    .await?;
+                // The scheduler sleeps until the store's next due item, this one included.
+                self.wake.notify();
             }
             QueueAction::GiveUp => {
+                let entries = [
+                    LogEntry::output(ended),
+                    LogEntry::error("no retries left; the build will not run again"),
+                ];
+                phases::log(self.store.as_ref(), item.build_id, &entries).await;
                 self.store.complete_item(item).await?;
-                None
             }
-        };
-        let ended = format!("attempt {} ended: {}", item.attempt, end.reason());
-        let entries = match next {
-            Some(next) => vec![LogEntry::output(format!("{ended}; {next}"))],
-            None => vec![
-                LogEntry::output(ended),
-                LogEntry::error("no retries left; the build will not run again"),
-            ],
-        };
-        phases::log(self.store.as_ref(), item.build_id, &entries).await;
+        }
         Ok(())
     }
 

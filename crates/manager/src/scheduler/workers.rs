@@ -198,6 +198,10 @@ impl Scheduler {
         if !self.mark_scheduled(build).await? {
             return Ok(());
         }
+        // For build lists only: a failure must not fail the started attempt.
+        if let Err(e) = self.store.set_executor(build.id, &executor).await {
+            tracing::warn!(build_id = %build.id, error = %e, "could not record the executor");
+        }
         let lease = setup_time + Duration::from_secs(60);
         self.store
             .extend_item(item, chrono::Utc::now(), lease, Duration::ZERO)

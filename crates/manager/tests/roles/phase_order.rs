@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
 use buildman_orchestrator::memory::MemoryOrchestrator;
 use buildman_store::sqlite::SqliteStore;
-use buildman_store::{LogPage, QueueState, QueueStats, Store, WorkerLine};
+use buildman_store::{BuildFilter, LogPage, QueueState, QueueStats, Store, WorkerLine};
 use chrono::{DateTime, Utc};
 
 use crate::harness::*;
@@ -61,6 +61,16 @@ impl Store for SlowToReturn {
     async fn set_result_location(&self, id: BuildId, location: &str) -> buildman_store::Result<()> {
         self.inner.set_result_location(id, location).await
     }
+    async fn set_executor(&self, id: BuildId, executor: &str) -> buildman_store::Result<()> {
+        self.inner.set_executor(id, executor).await
+    }
+    async fn find_builds(
+        &self,
+        filter: &BuildFilter,
+        limit: u32,
+    ) -> buildman_store::Result<Vec<Build>> {
+        self.inner.find_builds(filter, limit).await
+    }
     async fn claim(
         &self,
         now: DateTime<Utc>,
@@ -106,7 +116,10 @@ impl Store for SlowToReturn {
     async fn append_logs(&self, id: BuildId, entries: &[LogEntry]) -> buildman_store::Result<u64> {
         self.inner.append_logs(id, entries).await
     }
-    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> buildman_store::Result<Vec<bool>> {
+    async fn append_worker_lines(
+        &self,
+        lines: &[WorkerLine],
+    ) -> buildman_store::Result<Vec<Option<u64>>> {
         self.inner.append_worker_lines(lines).await
     }
     async fn read_logs(

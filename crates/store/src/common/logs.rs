@@ -68,12 +68,12 @@ struct Head {
     moved: bool,
 }
 
-/// A batch of log lines being placed: per line whether it is stored, and the rows to insert.
+/// A batch of log lines being placed: per line where it is stored, and the rows to insert.
 #[derive(Debug)]
 pub(crate) struct LogBatch<'a> {
     heads: HashMap<String, Head>,
-    /// Per line pushed, whether it is stored.
-    pub stored: Vec<bool>,
+    /// Per line pushed, the index it is stored at (`None`: not stored).
+    pub stored: Vec<Option<u64>>,
     pub rows: LogRows<'a>,
 }
 
@@ -121,13 +121,17 @@ impl<'a> LogBatch<'a> {
             }
             Some(_) => false,
         };
+        let mut index = None;
         if stored {
             self.rows.builds.push(key);
             self.rows.indices.push(head.next);
             self.rows.entries.push(entry);
+            index = Some(u64::try_from(head.next).map_err(|_| {
+                StoreError::Corrupt(format!("build {build}: log index {}", head.next))
+            })?);
             head.next += 1;
         }
-        self.stored.push(stored);
+        self.stored.push(index);
         Ok(())
     }
 
@@ -207,7 +211,10 @@ mod tests {
         ] {
             batch.push(build, key, sequence, "{}").unwrap();
         }
-        assert_eq!(batch.stored, [false, true, true, false, true, true]);
+        assert_eq!(
+            batch.stored,
+            [None, Some(5), Some(0), None, Some(6), Some(1)]
+        );
         let rows: Vec<_> = batch.rows.iter().map(|(b, i, _)| (b, i)).collect();
         assert_eq!(rows, [("a", 5), ("b", 0), ("a", 6), ("b", 1)]);
         assert_eq!((batch.total("a"), batch.total("b")), (Some(7), Some(2)));
@@ -221,7 +228,7 @@ mod tests {
         let a = BuildId::new();
         let mut batch = LogBatch::new(vec![head("a", 0, Some(9))]);
         batch.push(a, "a", None, "{}").unwrap();
-        assert_eq!(batch.stored, [true]);
+        assert_eq!(batch.stored, [Some(0)]);
         assert_eq!(batch.last_sequences(), LastSequences::default());
     }
 

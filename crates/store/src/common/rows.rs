@@ -79,7 +79,8 @@ fn json<T: DeserializeOwned>(text: &str, column: &str, id: BuildId) -> Result<T>
 /// text on both databases (PostgreSQL stores them as JSONB).
 pub(crate) const BUILD_COLUMNS: &str = "id, namespace, repository, phase, \
      CAST(source AS TEXT) AS source, CAST(tags AS TEXT) AS tags, context, dockerfile_path, \
-     display_name, manual_user, pull_robot, created_at, updated_at, error, result_location";
+     display_name, manual_user, pull_robot, created_at, updated_at, error, result_location, \
+     attempts, executor, scheduled_at, finished_at";
 
 /// A row of `builds`, selected as [`BUILD_COLUMNS`].
 #[derive(sqlx::FromRow)]
@@ -99,6 +100,10 @@ pub(crate) struct BuildRow {
     updated_at: i64,
     error: Option<String>,
     result_location: Option<String>,
+    attempts: i64,
+    executor: Option<String>,
+    scheduled_at: Option<i64>,
+    finished_at: Option<i64>,
 }
 
 impl TryFrom<BuildRow> for Build {
@@ -122,6 +127,17 @@ impl TryFrom<BuildRow> for Build {
             updated_at: time(row.updated_at, "updated_at")?,
             error: row.error,
             result_location: row.result_location,
+            attempts: u32::try_from(row.attempts)
+                .map_err(|_| corrupt(format!("build {id}: attempts {}", row.attempts)))?,
+            executor: row.executor,
+            scheduled_at: row
+                .scheduled_at
+                .map(|ms| time(ms, "scheduled_at"))
+                .transpose()?,
+            finished_at: row
+                .finished_at
+                .map(|ms| time(ms, "finished_at"))
+                .transpose()?,
         })
     }
 }

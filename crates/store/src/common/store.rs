@@ -18,7 +18,7 @@ use super::rows::{
     log_total, millis, now_stored, phase, time,
 };
 use super::{Backend, RowsAffected};
-use crate::{LogPage, QueueState, QueueStats, Result, Store, StoreError, WorkerLine};
+use crate::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, StoreError, WorkerLine};
 
 // The bounds say that `B::Db` runs queries on its connections and pool, and binds and reads
 // the types used here: both sqlx drivers do.
@@ -35,6 +35,7 @@ where
     for<'q> String: Encode<'q, B::Db> + Decode<'q, B::Db> + Type<B::Db>,
     for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
     for<'q> Option<&'q str>: Encode<'q, B::Db>,
+    for<'q> Option<i64>: Encode<'q, B::Db>,
     for<'q> Json<&'q BuildSource>: Encode<'q, B::Db> + Type<B::Db>,
     for<'q> Json<&'q [String]>: Encode<'q, B::Db> + Type<B::Db>,
 {
@@ -130,6 +131,46 @@ where
         rows.into_iter().map(Build::try_from).collect()
     }
 
+    async fn find_builds(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<Build>> {
+        // Only the conditions asked for, so each query shape gets a plan for its index.
+        let mut conditions = Vec::new();
+        let mut texts = Vec::new();
+        for (column, value) in [
+            ("namespace", filter.namespace.as_deref()),
+            ("repository", filter.repository.as_deref()),
+            ("phase", filter.phase.map(Phase::as_str)),
+        ] {
+            if let Some(value) = value {
+                texts.push(value);
+                conditions.push(format!("{column} = ${}", texts.len()));
+            }
+        }
+        if let Some(queued) = filter.queued {
+            let exists = "EXISTS (SELECT 1 FROM queue_items q WHERE q.build_id = builds.id)";
+            conditions.push(if queued {
+                exists.to_string()
+            } else {
+                format!("NOT {exists}")
+            });
+        }
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds {filter_sql} ORDER BY {} LIMIT ${}",
+            B::NEWEST_FIRST,
+            texts.len() + 1
+        );
+        let mut query = sqlx::query_as::<_, BuildRow>(&sql);
+        for text in texts {
+            query = query.bind(text);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(self.pool()).await?;
+        rows.into_iter().map(Build::try_from).collect()
+    }
+
     async fn set_phase(
         &self,
         id: BuildId,
@@ -150,16 +191,27 @@ where
             tx.rollback().await?;
             return Ok(None);
         }
+        let now = millis(Utc::now());
+        let (scheduled, finished) = match to {
+            Phase::BuildScheduled => (Some(now), None),
+            to if to.is_final() => (None, Some(now)),
+            _ => (None, None),
+        };
         sqlx::query(
-            // A build that completes keeps no error of an earlier attempt.
+            // A build that completes keeps no error of an earlier attempt. A repeat of the
+            // current phase (SET reads the row as it was) keeps its times.
             "UPDATE builds SET phase = $1, updated_at = $2, \
-             error = CASE WHEN $1 = 'complete' THEN NULL ELSE COALESCE($3, error) END \
+             error = CASE WHEN $1 = 'complete' THEN NULL ELSE COALESCE($3, error) END, \
+             scheduled_at = COALESCE(scheduled_at, $5), \
+             finished_at = CASE WHEN phase = $1 THEN finished_at ELSE $6 END \
              WHERE id = $4",
         )
         .bind(to.as_str())
-        .bind(millis(Utc::now()))
+        .bind(now)
         .bind(error)
         .bind(key.as_str())
+        .bind(scheduled)
+        .bind(finished)
         .execute(&mut *tx)
         .await?;
         if let Some(entry) = entry.filter(|_| current != to) {
@@ -172,6 +224,18 @@ where
         }
         tx.commit().await?;
         Ok(Some(current))
+    }
+
+    async fn set_executor(&self, id: BuildId, executor: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE builds SET executor = $1 WHERE id = $2")
+            .bind(executor)
+            .bind(id.to_string())
+            .execute(self.pool())
+            .await?;
+        if done.count() == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(())
     }
 
     async fn set_result_location(&self, id: BuildId, location: &str) -> Result<()> {
@@ -212,7 +276,8 @@ where
             // A new attempt means a new worker, whose sequence numbers start afresh, and
             // whose lines alone are taken from now on.
             sqlx::query(
-                "UPDATE builds SET last_worker_sequence = NULL, attempt = $2 WHERE id = $1",
+                "UPDATE builds SET last_worker_sequence = NULL, attempt = $2, \
+                 attempts = attempts + 1 WHERE id = $1",
             )
             .bind(claimed.build_id.to_string())
             .bind(claimed.state_id.as_str())
@@ -353,7 +418,7 @@ where
         log_total(batch.total(&key).ok_or(StoreError::NotFound(id))?, id)
     }
 
-    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<bool>> {
+    async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<Option<u64>>> {
         if lines.is_empty() {
             return Ok(Vec::new());
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use buildman_core::queue::queue_name;
 use buildman_core::{Build, BuildId, BuildSource, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
-use buildman_store::{LogPage, Store, StoreError, WorkerLine};
+use buildman_store::{BuildFilter, LogPage, Store, StoreError, WorkerLine};
 use chrono::{DateTime, TimeDelta, Utc};
 
 /// A database for one test, and how to open handles on it.
@@ -41,6 +41,8 @@ macro_rules! store_suite {
             exhausted_retries_are_not_claimable,
             returned_items_wait_and_may_get_their_retry_back,
             attempts_and_silent_restores_are_counted,
+            builds_of_every_repository_are_found_by_filter,
+            a_builds_attempts_executor_and_times_are_kept,
             a_phase_change_and_its_log_entry_are_one,
             a_lost_claim_cannot_be_used,
             extensions_write_only_past_the_minimum,
@@ -373,6 +375,135 @@ pub async fn attempts_and_silent_restores_are_counted<B: Backend>() {
     assert_eq!(store.release_all_claims(now).await.unwrap(), 1);
     let third = store.claim(now, LEASE).await.unwrap().unwrap();
     assert_eq!((third.attempt, third.silent_restores), (3, 1));
+}
+
+pub async fn builds_of_every_repository_are_found_by_filter<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let a = create(&store, "acme", "web").await;
+    let b = create(&store, "acme", "api").await;
+    let c = create(&store, "other", "web").await;
+    let d = create(&store, "other", "db").await;
+    let ids = |builds: Vec<Build>| builds.into_iter().map(|b| b.id).collect::<Vec<_>>();
+    let find = |filter: BuildFilter, limit| {
+        let store = store.clone();
+        async move { ids(store.find_builds(&filter, limit).await.unwrap()) }
+    };
+    assert_eq!(
+        find(BuildFilter::default(), 10).await,
+        [d.id, c.id, b.id, a.id],
+        "every repository, newest first"
+    );
+    assert_eq!(find(BuildFilter::default(), 2).await, [d.id, c.id]);
+    let namespace = |n: &str| BuildFilter {
+        namespace: Some(n.into()),
+        ..BuildFilter::default()
+    };
+    assert_eq!(find(namespace("acme"), 10).await, [b.id, a.id]);
+    let web = BuildFilter {
+        repository: Some("web".into()),
+        ..BuildFilter::default()
+    };
+    assert_eq!(find(web.clone(), 10).await, [c.id, a.id]);
+    let acme_web = BuildFilter {
+        namespace: Some("acme".into()),
+        ..web
+    };
+    assert_eq!(find(acme_web, 10).await, [a.id]);
+
+    // b fails for good (no queue item left), c fails and will be retried.
+    for id in [b.id, c.id] {
+        store
+            .set_phase(id, Phase::InternalError, &[], Some("lost"), None)
+            .await
+            .unwrap();
+    }
+    store.delete_item(b.id).await.unwrap();
+    let internal = |queued| BuildFilter {
+        phase: Some(Phase::InternalError),
+        queued,
+        ..BuildFilter::default()
+    };
+    assert_eq!(find(internal(None), 10).await, [c.id, b.id]);
+    assert_eq!(find(internal(Some(false)), 10).await, [b.id], "expired");
+    assert_eq!(
+        find(internal(Some(true)), 10).await,
+        [c.id],
+        "to be retried"
+    );
+    let waiting = BuildFilter {
+        namespace: Some("other".into()),
+        phase: Some(Phase::Waiting),
+        ..BuildFilter::default()
+    };
+    assert_eq!(find(waiting, 10).await, [d.id]);
+    assert!(find(namespace("nobody"), 10).await.is_empty());
+}
+
+pub async fn a_builds_attempts_executor_and_times_are_kept<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let build = create(&store, "acme", "web").await;
+    assert_eq!(
+        (build.attempts, build.executor.as_deref()),
+        (0, None),
+        "never ran"
+    );
+    assert_eq!((build.scheduled_at, build.finished_at), (None, None));
+    let get = || async { store.get_build(build.id).await.unwrap().unwrap() };
+    let claim = store.claim(soon(), LEASE).await.unwrap().unwrap();
+    store.set_executor(build.id, "local").await.unwrap();
+    store
+        .set_phase(build.id, Phase::BuildScheduled, &[], None, None)
+        .await
+        .unwrap();
+    let scheduled = get().await;
+    assert_eq!(scheduled.attempts, 1);
+    assert_eq!(scheduled.executor.as_deref(), Some("local"));
+    let first_scheduled = scheduled.scheduled_at.expect("scheduled");
+    assert!(first_scheduled >= build.created_at);
+    assert_eq!(scheduled.finished_at, None);
+
+    store
+        .set_phase(build.id, Phase::InternalError, &[], Some("lost"), None)
+        .await
+        .unwrap();
+    let failed = get().await.finished_at.expect("finished");
+    // A repeat of the final phase keeps its time.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .set_phase(build.id, Phase::InternalError, &[], None, None)
+        .await
+        .unwrap();
+    assert_eq!(get().await.finished_at, Some(failed));
+
+    // The retry: a second claim on another executor; the queue wait stays the first one's.
+    assert!(
+        store
+            .return_item(&claim, soon(), &requeue(Duration::ZERO, false))
+            .await
+            .unwrap()
+    );
+    store.claim(soon(), LEASE).await.unwrap().unwrap();
+    store.set_executor(build.id, "remote").await.unwrap();
+    store
+        .set_phase(build.id, Phase::BuildScheduled, &[], None, None)
+        .await
+        .unwrap();
+    let retried = get().await;
+    assert_eq!(
+        (retried.attempts, retried.executor.as_deref()),
+        (2, Some("remote"))
+    );
+    assert_eq!(retried.scheduled_at, Some(first_scheduled));
+    assert_eq!(retried.finished_at, None, "running again");
+    store
+        .set_phase(build.id, Phase::Complete, &[], None, None)
+        .await
+        .unwrap();
+    assert!(get().await.finished_at.is_some());
+    assert!(matches!(
+        store.set_executor(BuildId::new(), "local").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn a_phase_change_and_its_log_entry_are_one<B: Backend>() {
@@ -941,13 +1072,13 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
         ])
         .await
         .unwrap();
-    assert_eq!(stored, [true, true, true, false]);
+    assert_eq!(stored, [Some(0), Some(0), Some(1), None], "where each went");
     // A re-send after a reconnect: 2 is already stored, 3 is new.
     let stored = store
         .append_worker_lines(&[line(a, 2, "a2"), line(a, 3, "a3")])
         .await
         .unwrap();
-    assert_eq!(stored, [false, true]);
+    assert_eq!(stored, [None, Some(2)]);
     assert_eq!(
         messages(store.read_logs(a, 0, 100).await.unwrap()),
         ["a1", "a2", "a3"]
@@ -966,7 +1097,7 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
             .append_worker_lines(&[line(b, 2, "b2")])
             .await
             .unwrap(),
-        [true]
+        [Some(2)]
     );
     assert_eq!(
         messages(store.read_logs(b, 0, 100).await.unwrap()),
@@ -980,7 +1111,7 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
             .append_worker_lines(&[line(a, 1, "retry 1")])
             .await
             .unwrap(),
-        [true]
+        [Some(3)]
     );
     assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
     // A line for a build that does not exist refuses the whole batch.
@@ -1009,7 +1140,7 @@ pub async fn lines_of_an_attempt_that_is_over_are_refused<B: Backend>() {
             .append_worker_lines(&[line(&first, 1, "first 1")])
             .await
             .unwrap(),
-        [true]
+        [Some(0)]
     );
     // The first attempt ends; a second one runs.
     let requeue = requeue(Duration::ZERO, true);
@@ -1029,7 +1160,7 @@ pub async fn lines_of_an_attempt_that_is_over_are_refused<B: Backend>() {
             .append_worker_lines(&[line(&second, 1, "second 1")])
             .await
             .unwrap(),
-        [true]
+        [Some(1)]
     );
     // The build completes: no attempt may add to its log any more.
     store
