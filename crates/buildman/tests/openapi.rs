@@ -31,6 +31,8 @@ async fn run(program: &str, args: &[&str], stdin: &[u8], install: &str) -> Strin
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
+        // schemathesis keeps its example database in the working directory.
+        .current_dir(std::env::temp_dir())
         .spawn()
         .unwrap_or_else(|e| panic!("{program}: {e} ({install})"));
     let mut input = child.stdin.take().expect("stdin");
