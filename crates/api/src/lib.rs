@@ -6,8 +6,9 @@
 //!
 //! The server (`buildman-server`) serialises these types, the CLI (`buildman submit`,
 //! `builds`, `logs`, `cancel`), the load generator and the tests read them, so the shape of a
-//! build view is written down once. The crate does no I/O: it knows serde, chrono and the
-//! domain (`buildman-core`), not HTTP.
+//! build view is written down once. The crate does no I/O: it knows serde, chrono, utoipa
+//! (the schemas of the OpenAPI document, derived from these types) and the domain
+//! (`buildman-core`), not HTTP.
 //!
 //! Answers are serialised exactly as Quay shapes them (absent values are `null`, not
 //! missing; `started` is an RFC 2822 date). Reading is lenient where a client needs it: a
@@ -20,6 +21,7 @@ mod events;
 pub mod paths;
 mod request;
 mod response;
+pub mod schema;
 mod spans;
 mod view;
 

@@ -21,6 +21,9 @@ pub const READYZ: &str = "/readyz";
 /// The Prometheus metrics, in Prometheus' text format; needs no token.
 pub const METRICS: &str = "/metrics";
 
+/// The REST API's OpenAPI 3.1 document (JSON); needs no token.
+pub const OPENAPI: &str = "/api/openapi.json";
+
 /// Where a file drop is created (`POST`, answers [`crate::FileDrop`]).
 pub const FILEDROP: &str = "/api/v1/filedrop/";
 

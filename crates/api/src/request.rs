@@ -3,12 +3,13 @@
 use buildman_core::{BuildSource, InvalidBuild, NewBuild};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 /// The body of `POST .../build/` with Quay's field names. Exactly one of `archive_url`,
 /// `file_id` and `git_url` names the context; everything else is optional and the manager
 /// fills in Quay's defaults. A field the server does not know is refused rather than
 /// silently ignored. `Debug` never shows `git_deploy_key`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBuild {
     /// An http(s) URL of an archive or a lone Dockerfile the worker downloads.
@@ -139,7 +140,7 @@ impl std::fmt::Debug for CreateBuild {
 
 /// The body of `POST /api/v1/filedrop/`, as Quay's clients send it. The server reads nothing
 /// from it: every upload is stored as an opaque archive or Dockerfile.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewFileDrop {
     /// The upload's media type, Quay's `mimeType`.
     #[serde(rename = "mimeType")]
@@ -155,9 +156,11 @@ impl Default for NewFileDrop {
 }
 
 /// The query of a repository's build list: `?limit=N&since=<unix seconds>`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Most builds to answer, newest first; see [`ListQuery::limit`].
+    /// Most builds to answer, newest first: 1 to 100 (a number outside is brought within),
+    /// 5 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// Only builds queued after this time, in seconds since the Unix epoch.
@@ -187,7 +190,8 @@ impl ListQuery {
 
 /// The query of a build's log: `?start=N`, the index of the first entry wanted (default 0);
 /// with `follow=1` the answer is a stream of [`crate::LogEvent`]s instead of one page.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Index of the first entry to answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,7 +229,8 @@ mod flag {
 
 /// The query of the list of builds of every repository (`GET /api/v1/builds`): each
 /// parameter narrows it; `phase` is a view phase (`building`, `expired`, ...).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BuildsQuery {
     /// Only builds of this namespace.

@@ -2,9 +2,10 @@
 
 use buildman_core::LogEntry;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// One page of a build's log. Entries keep Quay's shape `{message, type?, data?}`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogPage {
     /// Index of the first entry in `logs`.
     #[serde(default)]
@@ -14,6 +15,7 @@ pub struct LogPage {
     pub total: u64,
     /// The entries from `start` on, at most [`LogPage::MAX_ENTRIES`].
     #[serde(default)]
+    #[schema(value_type = Vec<crate::schema::LogEntryDoc>)]
     pub logs: Vec<LogEntry>,
 }
 
@@ -23,7 +25,7 @@ impl LogPage {
 }
 
 /// The answer of creating a file drop: where to `PUT` the context and the id to build it by.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileDrop {
     /// The id to pass as `file_id` when creating the build.
     pub file_id: String,
@@ -34,7 +36,7 @@ pub struct FileDrop {
 
 /// The body of every error answer: `{"error": "..."}`, a message that says what is wrong and
 /// what to do.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// The message.
     #[serde(default)]

@@ -7,6 +7,7 @@ use buildman_core::{Build, BuildId, BuildSource, Phase};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// A build's phase as its view shows it: the stored [`Phase`], or Quay's `expired` for an
 /// internal error with no retry left (the build is over, though its stored phase is not).
@@ -56,6 +57,20 @@ impl Serialize for ViewPhase {
     }
 }
 
+/// A string, one of the phases' names or `expired`.
+impl utoipa::PartialSchema for ViewPhase {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let names = (Phase::ALL.iter().map(|p| p.as_str())).chain([ViewPhase::Expired.as_str()]);
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(names))
+            .description(Some("Where the build stands."))
+            .into()
+    }
+}
+
+impl ToSchema for ViewPhase {}
+
 impl<'de> Deserialize<'de> for ViewPhase {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
@@ -64,7 +79,7 @@ impl<'de> Deserialize<'de> for ViewPhase {
 }
 
 /// The repository a build belongs to, Quay's `{namespace, name}`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RepositoryRef {
     /// The namespace (organisation or user).
     #[serde(default)]
@@ -76,7 +91,7 @@ pub struct RepositoryRef {
 
 /// What a git-sourced build was made from: the repository and the commit. The clone's
 /// private key is never part of it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TriggerMetadata {
     /// The git repository's URL.
     #[serde(default)]
@@ -91,20 +106,23 @@ pub struct TriggerMetadata {
 ///
 /// Absent values are `null` on the wire. Fields Quay has and buildman does not use keep
 /// Quay's constant values: `status` is `{}`, `is_writer` is `true`, `trigger` is `null`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BuildView {
     /// The build's id.
+    #[schema(value_type = String, format = Uuid)]
     pub id: BuildId,
     /// Where the build stands.
     pub phase: ViewPhase,
     /// When the build was queued: an RFC 2822 date on the wire, to the second.
     #[serde(default, with = "rfc2822")]
+    #[schema(value_type = Option<String>, example = "Mon, 30 Nov 2026 08:49:11 +0000")]
     pub started: Option<DateTime<Utc>>,
     /// A name for people.
     #[serde(default)]
     pub display_name: String,
     /// Quay's worker-reported status object; always empty here.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub status: Map<String, Value>,
     /// Quay's older name for `context`; the same value.
     #[serde(default)]
@@ -126,6 +144,7 @@ pub struct BuildView {
     pub is_writer: bool,
     /// Quay's build trigger; buildman has none.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub trigger: Option<Value>,
     /// The git repository and commit of a git-sourced build.
     #[serde(default)]
@@ -157,9 +176,11 @@ pub struct BuildView {
     pub executor: Option<String>,
     /// When a worker was first started (the queue wait ends): RFC 3339.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub scheduled_at: Option<DateTime<Utc>>,
     /// When the build reached its final phase: RFC 3339.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -241,7 +262,7 @@ mod rfc2822 {
 }
 
 /// The answer of a repository's build list: views, newest first.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BuildList {
     /// The builds.
     #[serde(default)]

@@ -1,7 +1,9 @@
 //! A worker outlives the manager that started it: two `buildman serve` processes on one
 //! PostgreSQL, one Redis and one signing key; the worker dials them through a TCP proxy (its
 //! SERVER). The first manager is killed with SIGKILL mid-build, the proxy is pointed at the
-//! second, and the real worker (`buildman worker`, buildah) finishes the build there.
+//! second, and the real worker (`buildman worker`, buildah) finishes the build there. The
+//! same with SIGTERM, as an operator (or Kubernetes) stops a manager: it drains for
+//! BUILDMAN_DRAIN_SECONDS, exits 0, and the build goes on through the other.
 //! Needs buildah, runc, busybox-static, PostgreSQL and Redis (`.ci/run` installs them).
 
 mod common;
@@ -35,8 +37,27 @@ const OUTPUT: &str = r#"BEGIN {
 }
 "#;
 
+/// How the first manager goes.
+enum Stop {
+    /// SIGKILL: it dies at once.
+    Kill,
+    /// SIGTERM: it drains for a second, then exits without ending the build.
+    Terminate,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_survives_its_killed_manager_and_completes_on_another() {
+    fail_over(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_stopped_with_sigterm_leaves_its_build_to_another() {
+    fail_over(Stop::Terminate).await;
+}
+
+/// Starts a build on one manager, stops that manager as `stop` says mid-build, and checks
+/// that the build completes through the other with every line once and one attempt.
+async fn fail_over(stop: Stop) {
     let cluster = Cluster::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let work = dir.path().join("work");
@@ -45,7 +66,7 @@ async fn a_worker_survives_its_killed_manager_and_completes_on_another() {
     let script = worker_script(dir.path(), &work, &exit_file);
     let proxy = Proxy::start().await;
     let config = format!(
-        "{}BUILDMAN_HOSTNAME: 127.0.0.1:{}\nBUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{}",
+        "BUILDMAN_DRAIN_SECONDS: 1\n{}BUILDMAN_HOSTNAME: 127.0.0.1:{}\nBUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{}",
         cluster.shared_keys(),
         proxy.port,
         config_yaml(
@@ -81,7 +102,19 @@ async fn a_worker_survives_its_killed_manager_and_completes_on_another() {
     }
     // Started now, so that it cannot have claimed the build before the first one did.
     let b = Serve::start(dir.path(), "b", &config).await;
-    a.kill();
+    match stop {
+        Stop::Kill => a.kill(),
+        Stop::Terminate => {
+            a.terminate();
+            let status = a.wait_exit(T).await;
+            assert!(status.success(), "{status}\n{}", a.log_text());
+            let log = a.log_text();
+            assert!(
+                log.contains("builds still running go on"),
+                "the drain says what becomes of the build:\n{log}"
+            );
+        }
+    }
     proxy.target.send_replace(Some(b.grpc));
 
     let view = b

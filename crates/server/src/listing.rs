@@ -2,11 +2,10 @@
 //! answers a [`BuildList`], newest first (buildman's addition to Quay's API, which lists one
 //! repository at a time). The dashboard's list shows the same query.
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use buildman_api::{BuildList, BuildView, BuildsQuery, ViewPhase, paths};
+use buildman_api::{BuildList, BuildView, BuildsQuery, ViewPhase};
 use buildman_core::Phase;
 use buildman_core::build::valid_name;
 use buildman_manager::Builds;
@@ -14,14 +13,8 @@ use buildman_store::BuildFilter;
 
 use crate::rest::ApiError;
 
-/// The route of the list, to merge under the API's authentication.
-pub fn routes<S: Clone + Send + Sync + 'static>(builds: Builds) -> Router<S> {
-    Router::new()
-        .route(paths::ALL_BUILDS, get(list))
-        .with_state(builds)
-}
-
-async fn list(
+/// The handler of [`buildman_api::paths::ALL_BUILDS`].
+pub(crate) async fn list(
     State(builds): State<Builds>,
     query: Result<Query<BuildsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BuildList>, ApiError> {

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use buildman_api::{ErrorBody, paths};
 use buildman_manager::Manager;
 use buildman_manager::metrics::CONTENT_TYPE;
@@ -20,12 +20,32 @@ use buildman_manager::metrics::CONTENT_TYPE;
 /// How long the store and the orchestrator each have to answer a readiness check.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+use crate::Route;
+
+/// The routes and their handlers; the router is made of this list.
+fn table() -> Vec<(Route, MethodRouter<Manager>)> {
+    vec![
+        (Route::public("GET", paths::METRICS), get(metrics)),
+        (
+            Route::public("GET", paths::HEALTHZ),
+            get(|| async { "ok\n" }),
+        ),
+        (Route::public("GET", paths::READYZ), get(readyz)),
+    ]
+}
+
+/// The routes [`router`] serves.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
+}
+
 /// The routes: `/metrics`, `/healthz`, `/readyz`.
 pub fn router(manager: Manager) -> Router {
-    Router::new()
-        .route(paths::METRICS, get(metrics))
-        .route(paths::HEALTHZ, get(|| async { "ok\n" }))
-        .route(paths::READYZ, get(readyz))
+    let routes = table().into_iter();
+    routes
+        .fold(Router::new(), |router, (route, handler)| {
+            router.route(&route.path, handler)
+        })
         .with_state(manager)
 }
 

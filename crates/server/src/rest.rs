@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use buildman_api::{
     BuildList, BuildView, CANCELLED, CreateBuild, ErrorBody, FileDrop, ListQuery, LogPage,
@@ -24,6 +24,8 @@ use buildman_store::StoreError;
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+
+use crate::{Route, openapi};
 
 /// An error answer: a status and a message that says what to do.
 #[derive(Debug)]
@@ -118,6 +120,12 @@ struct Api {
     max_upload: u64,
 }
 
+impl axum::extract::FromRef<Api> for Builds {
+    fn from_ref(api: &Api) -> Builds {
+        api.builds.clone()
+    }
+}
+
 /// What the REST API needs besides the manager.
 pub struct RestOptions {
     /// Base URL of this API as workers and clients reach it (upload URLs start with it).
@@ -137,7 +145,52 @@ pub fn filedrop_url(public_url: &str, file_id: &str) -> String {
     )
 }
 
-/// The API's routes.
+/// Every route of the REST API with its handler: the router is made of this list, and
+/// [`routes`] answers it.
+fn table() -> Vec<(Route, MethodRouter<Api>)> {
+    // The path functions with axum's placeholders give the route templates.
+    let (ns, repo, id) = ("{namespace}", "{repository}", "{id}");
+    let file = paths::file("{file_id}");
+    let (builds, build) = (paths::builds(ns, repo), paths::build(ns, repo, id));
+    vec![
+        (
+            Route::with_token("POST", paths::FILEDROP),
+            post(create_filedrop),
+        ),
+        (Route::with_token("PUT", &file), put(upload_file)),
+        // Workers fetch uploaded contexts by their unguessable id, without an API token.
+        (Route::public("GET", file), get(download_file)),
+        (Route::with_token("POST", &builds), post(create_build)),
+        (Route::with_token("GET", builds), get(list_builds)),
+        (Route::with_token("GET", &build), get(get_build)),
+        (Route::with_token("DELETE", build), delete(cancel_build)),
+        (
+            Route::with_token("GET", paths::build_status(ns, repo, id)),
+            get(get_build),
+        ),
+        (
+            Route::with_token("GET", paths::build_logs(ns, repo, id)),
+            get(build_logs),
+        ),
+        (
+            Route::with_token("GET", paths::build_by_id(id)),
+            get(get_build_by_id),
+        ),
+        (
+            Route::with_token("GET", paths::ALL_BUILDS),
+            get(crate::listing::list),
+        ),
+        (Route::public("GET", paths::HEALTH), get(|| async { "ok" })),
+        (Route::public("GET", paths::OPENAPI), get(openapi::serve)),
+    ]
+}
+
+/// The routes [`router`] serves.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
+}
+
+/// The API's routes; a path none matches answers a JSON 404 that points at the document.
 pub fn router(builds: Builds, options: RestOptions) -> Router {
     let api = Api {
         builds,
@@ -151,33 +204,37 @@ pub fn router(builds: Builds, options: RestOptions) -> Router {
         ),
         max_upload: options.max_upload,
     };
-    // The path functions with axum's placeholders give the route templates.
-    let (ns, repo, id) = ("{namespace}", "{repository}", "{id}");
-    let authenticated = Router::new()
-        .route(paths::FILEDROP, post(create_filedrop))
-        .route(&paths::file("{file_id}"), put(upload_file))
-        .route(
-            &paths::builds(ns, repo),
-            post(create_build).get(list_builds),
-        )
-        .route(
-            &paths::build(ns, repo, id),
-            get(get_build).delete(cancel_build),
-        )
-        .route(&paths::build_status(ns, repo, id), get(get_build))
-        .route(&paths::build_logs(ns, repo, id), get(build_logs))
-        .route(&paths::build_by_id(id), get(get_build_by_id))
-        .merge(crate::listing::routes(api.builds.clone()))
+    let (mut public, mut authenticated) = (Router::new(), Router::new());
+    for (route, handler) in table() {
+        if route.token {
+            authenticated = authenticated.route(&route.path, handler);
+        } else {
+            public = public.route(&route.path, handler);
+        }
+    }
+    // The dashboard's HTML: pages without data for anyone, fragments behind the token; not
+    // part of the API (nor of its document).
+    let authenticated = authenticated
         .merge(crate::web::fragments(api.builds.clone()))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::disable());
-    Router::new()
-        // Workers fetch uploaded contexts by their unguessable id, without an API token.
-        .route(&paths::file("{file_id}"), get(download_file))
-        .route(paths::HEALTH, get(|| async { "ok" }))
+    public
         .merge(crate::web::pages())
         .merge(authenticated)
+        .fallback(no_route)
         .with_state(api)
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {} {}: the API is described at {}",
+            request.method(),
+            request.uri().path(),
+            paths::OPENAPI
+        ),
+    )
 }
 
 async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> Response {

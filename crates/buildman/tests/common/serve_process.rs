@@ -28,6 +28,16 @@ pub struct Serve {
 impl Serve {
     /// Starts `buildman serve` with `config` in `dir/name*`; waits until it listens.
     pub async fn start(dir: &Path, name: &str, config: &str) -> Serve {
+        Self::start_with_env(dir, name, config, &[]).await
+    }
+
+    /// Like [`Serve::start`], with more environment (such as BUILDMAN_LOG_FORMAT).
+    pub async fn start_with_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Serve {
         let config_file = dir.join(format!("{name}.yaml"));
         std::fs::write(&config_file, config).expect("config");
         let out = dir.join(format!("{name}.out"));
@@ -44,6 +54,7 @@ impl Serve {
                 "--grpc-listen",
                 "127.0.0.1:0",
             ])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -123,6 +134,28 @@ impl Serve {
     /// What it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as an operator (or Kubernetes) stops it; [`Serve::wait_exit`] waits.
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Waits until it exited; panics after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kills it with SIGKILL and reaps it.

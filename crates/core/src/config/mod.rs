@@ -221,6 +221,9 @@ impl Config {
     /// Applies Quay's environment overrides: BUILDMAN_HOSTNAME (sets buildman_hostname). Takes a lookup fn so tests need not touch the real environment.
     ///
     /// Also BUILDMAN_CONTROLLER_PORT; an invalid value is ignored (see [`Config::try_apply_env`]).
+    /// And BUILDMAN_API_TOKENS (comma-separated), added to the file's: tokens are secrets,
+    /// which a deployment keeps out of config.yaml (a Kubernetes Secret, a systemd
+    /// EnvironmentFile).
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
         // Invalid values leave the field untouched; callers wanting to know use try_apply_env.
         let _ignored = self.try_apply_env(lookup);
@@ -234,6 +237,10 @@ impl Config {
         let mut errors = Vec::new();
         if let Some(host) = lookup("BUILDMAN_HOSTNAME").filter(|h| !h.trim().is_empty()) {
             self.buildman_hostname = Some(host.trim().to_owned());
+        }
+        if let Some(tokens) = lookup("BUILDMAN_API_TOKENS") {
+            let tokens = tokens.split(',').map(str::trim).filter(|t| !t.is_empty());
+            self.api_tokens.extend(tokens.map(str::to_owned));
         }
         if let Some(port) = lookup("BUILDMAN_CONTROLLER_PORT") {
             match port.trim().parse::<u16>() {

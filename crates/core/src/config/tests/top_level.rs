@@ -222,6 +222,9 @@ fn environment_overrides() {
     ]));
     assert_eq!(config.buildman_hostname.as_deref(), Some("bm.example.com"));
     assert_eq!(config.controller_port, Some(9090));
+    config.api_tokens = vec!["from-file".into()];
+    config.apply_env(env(&[("BUILDMAN_API_TOKENS", "one, two,,")]));
+    assert_eq!(config.api_tokens, ["from-file", "one", "two"]);
     let api: std::net::SocketAddr = "10.0.0.5:8080".parse().unwrap();
     assert_eq!(
         config.metrics_listen_address(api),
