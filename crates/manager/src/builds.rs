@@ -77,9 +77,16 @@ impl Builds {
             .await?)
     }
 
-    /// Log entries from index `start` (at most `limit`), with the log's total length.
-    pub async fn logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage, ManagerError> {
-        Ok(self.store.read_logs(id, start, limit).await?)
+    /// Log entries from index `start` (at most `limit`, and at most `max_bytes` of them
+    /// but at least one), with the log's total length.
+    pub async fn logs(
+        &self,
+        id: BuildId,
+        start: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<LogPage, ManagerError> {
+        Ok(self.store.read_logs(id, start, limit, max_bytes).await?)
     }
 
     /// The build's place in the queue, `None` once it left it.

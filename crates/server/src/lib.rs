@@ -5,6 +5,7 @@
 
 mod codec;
 pub mod grpc;
+pub mod listen;
 pub mod ops;
 pub mod rest;
 

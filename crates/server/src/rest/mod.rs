@@ -1,6 +1,9 @@
 //! The REST API, in the shapes of Quay's builds API (see the reference's "The builds API"),
 //! plus the file drop for uploaded contexts. The bodies, queries and paths are
-//! `buildman-api`'s; this module only routes, authenticates and maps errors to statuses.
+//! `buildman-api`'s; this module only routes, authenticates and maps errors to statuses,
+//! and [`limits`] bounds what one client can send.
+
+mod limits;
 
 use std::collections::HashSet;
 
@@ -18,6 +21,7 @@ use buildman_api::{
 };
 use buildman_contexts::ContextError;
 use buildman_core::build::valid_name;
+use buildman_core::config::Limits;
 use buildman_core::{Build, BuildId};
 use buildman_manager::{Builds, ManagerError};
 use buildman_store::StoreError;
@@ -114,8 +118,10 @@ struct Api {
     public_url: String,
     /// SHA-256 of each accepted bearer token, so the tokens themselves are not kept around.
     token_hashes: std::sync::Arc<HashSet<[u8; 32]>>,
-    /// Largest accepted upload, in bytes.
-    max_upload: u64,
+    /// Bounds on bodies and log pages.
+    limits: std::sync::Arc<Limits>,
+    /// Requests per token.
+    rate: std::sync::Arc<limits::RateLimit>,
 }
 
 /// What the REST API needs besides the manager.
@@ -124,8 +130,8 @@ pub struct RestOptions {
     pub public_url: String,
     /// Bearer tokens that may use the API.
     pub tokens: Vec<String>,
-    /// Largest accepted context upload, in bytes.
-    pub max_upload: u64,
+    /// Bounds on bodies, log pages and requests per token.
+    pub limits: Limits,
 }
 
 /// The URL a worker downloads an uploaded context from.
@@ -149,13 +155,23 @@ pub fn router(builds: Builds, options: RestOptions) -> Router {
                 .map(|t| Sha256::digest(t.as_bytes()).into())
                 .collect(),
         ),
-        max_upload: options.max_upload,
+        rate: std::sync::Arc::new(limits::RateLimit::new(
+            options.limits.rate_per_second,
+            options.limits.rate_burst,
+        )),
+        limits: std::sync::Arc::new(options.limits),
     };
     // The path functions with axum's placeholders give the route templates.
     let (ns, repo, id) = ("{namespace}", "{repository}", "{id}");
+    let json_bodies = api.limits.json_body_bytes;
+    let upload = Router::new()
+        .route(&paths::file("{file_id}"), put(upload_file))
+        .layer(middleware::from_fn_with_state(
+            api.limits.upload_bytes,
+            limits::refuse_large,
+        ));
     let authenticated = Router::new()
         .route(paths::FILEDROP, post(create_filedrop))
-        .route(&paths::file("{file_id}"), put(upload_file))
         .route(
             &paths::builds(ns, repo),
             post(create_build).get(list_builds),
@@ -167,6 +183,11 @@ pub fn router(builds: Builds, options: RestOptions) -> Router {
         .route(&paths::build_status(ns, repo, id), get(get_build))
         .route(&paths::build_logs(ns, repo, id), get(build_logs))
         .route(&paths::build_by_id(id), get(get_build_by_id))
+        .layer(middleware::from_fn_with_state(
+            json_bodies,
+            limits::refuse_large,
+        ))
+        .merge(upload)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
@@ -183,14 +204,12 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token)
-            if api
-                .token_hashes
-                .contains(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes()))) =>
-        {
-            next.run(request).await
-        }
+    let hash = presented.map(|token| <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())));
+    match hash {
+        Some(hash) if api.token_hashes.contains(&hash) => match api.rate.check(&hash) {
+            Some(too_many) => too_many,
+            None => next.run(request).await,
+        },
         Some(_) => ApiError(StatusCode::UNAUTHORIZED, "invalid API token".into()).into_response(),
         None => ApiError(
             StatusCode::UNAUTHORIZED,
@@ -213,7 +232,9 @@ async fn upload_file(
 ) -> ApiResult<StatusCode> {
     let body = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(body);
-    api.builds.upload(&file_id, reader, api.max_upload).await?;
+    api.builds
+        .upload(&file_id, reader, api.limits.upload_bytes)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -235,8 +256,9 @@ async fn download_file(
 async fn create_build(
     State(api): State<Api>,
     ApiPath((namespace, repository)): ApiPath<(String, String)>,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    let body = limits::read_body(body, api.limits.json_body_bytes).await?;
     let req: CreateBuild = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid build request: {e}")))?;
     let new = req
@@ -330,7 +352,12 @@ async fn build_logs(
     let build = repo_build(&api, &namespace, &repository, &id).await?;
     let page = api
         .builds
-        .logs(build.id, q.start.unwrap_or(0), LogPage::MAX_ENTRIES)
+        .logs(
+            build.id,
+            q.start.unwrap_or(0),
+            LogPage::MAX_ENTRIES,
+            api.limits.log_page_bytes,
+        )
         .await?;
     Ok(Json(LogPage {
         start: page.start,
