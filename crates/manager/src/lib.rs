@@ -18,6 +18,7 @@ mod builds;
 mod error;
 mod executors;
 mod leases;
+mod liveness;
 mod logwriter;
 pub mod metrics;
 mod phases;
@@ -167,6 +168,13 @@ impl Manager {
         inner.reaper.start();
         inner.reaper.start_orphan_reaper(s.orphan_reap_interval);
         inner.scheduler.start();
+        if !inner.reaper.orchestrator.is_process_local() {
+            inner.tasks.spawn_loop(liveness::keep_alive(
+                inner.reaper.orchestrator.clone(),
+                inner.reaper.manager_id.clone(),
+                liveness::ttl(s.timings.heartbeat_ttl),
+            ));
+        }
         let refresher = Refresher {
             metrics: inner.metrics.clone(),
             store: inner.reaper.store.clone(),
