@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,24 +23,6 @@ fn set_file_size_limit(pid: u32, limit: &str) {
         .status()
         .expect("prlimit (util-linux)");
     assert!(status.success(), "prlimit --fsize={limit} failed");
-}
-
-/// The test worker with `scenario`, through a script (popen workers get a clean
-/// environment).
-fn worker(dir: &Path, scenario: &str, build_ms: u64) -> String {
-    let script = dir.join("worker.sh");
-    let text = format!(
-        "#!/bin/sh\nexport TEST_WORKER_SCENARIO={scenario} TEST_WORKER_BUILD_MS={build_ms} \
-         TEST_WORKER_HEARTBEAT_MS=200 TEST_WORKER_REPORT={}\nexec {TEST_WORKER}\n",
-        dir.join("report.jsonl").display()
-    );
-    std::fs::write(&script, text).expect("worker script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    format!(
-        "  - EXECUTOR: popen\n    NAME: local\n    BUILDER_BINARY_LOCATION: {}\n",
-        script.display()
-    )
 }
 
 /// Polls `/readyz` until its status is `status`.
@@ -66,7 +47,10 @@ async fn a_disk_that_fills_and_frees_does_not_wedge_the_sqlite_store() {
         "BUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{}",
         config_yaml(
             "ALLOWED_WORKER_COUNT: 2",
-            &worker(dir.path(), "happy", 3000)
+            &test_worker_script(
+                dir.path(),
+                "TEST_WORKER_SCENARIO=happy TEST_WORKER_BUILD_MS=3000 TEST_WORKER_HEARTBEAT_MS=200"
+            )
         )
     );
     let ignore_xfsz = ["sh", "-c", "trap '' XFSZ; exec \"$0\" \"$@\""];

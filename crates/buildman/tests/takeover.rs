@@ -12,24 +12,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(300);
 
-/// The test worker, whose building phase lasts `build_ms`, through a script (popen workers
-/// get a clean environment).
-fn worker(dir: &Path, build_ms: u64) -> String {
-    let script = dir.join("worker.sh");
-    let text = format!(
-        "#!/bin/sh\nexport TEST_WORKER_SCENARIO=happy TEST_WORKER_BUILD_MS={build_ms} \
-         TEST_WORKER_REPORT={}\nexec {TEST_WORKER}\n",
-        dir.join("report.jsonl").display()
-    );
-    std::fs::write(&script, text).expect("worker script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    format!(
-        "  - EXECUTOR: popen\n    NAME: local\n    BUILDER_BINARY_LOCATION: {}\n",
-        script.display()
-    )
-}
-
 /// The test workers' reports so far.
 fn reports(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("report.jsonl")).unwrap_or_default();
@@ -45,7 +27,10 @@ async fn a_killed_managers_build_runs_again_on_another_at_once() {
     let config = format!(
         "{}BUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{}",
         cluster.shared_keys(),
-        config_yaml(&cluster.manager_keys(1), &worker(dir.path(), 15_000))
+        config_yaml(
+            &cluster.manager_keys(1),
+            &test_worker_script(dir.path(), "TEST_WORKER_BUILD_MS=15000")
+        )
     );
     let mut a = Serve::start(dir.path(), "a", &config).await;
     let context = tar_gz(&[("Dockerfile", b"FROM scratch\n")], &[]);
