@@ -100,6 +100,9 @@ pub enum JobEnd {
     /// The manager stopped while the build ran and no other manager can take the job over
     /// (a process-local orchestrator): its worker is stopped and the build runs again.
     ManagerStopped,
+    /// The worker went silent and the manager that ran the job died with it (its liveness
+    /// key is gone): another manager takes the build over.
+    ManagerLost,
 }
 
 /// What happens to a job's queue item when the job ends.
@@ -166,6 +169,14 @@ impl JobEnd {
                 silent_restores += 1;
                 (policy.after_failure, true)
             }
+            // Not the build's fault: it runs again at once, its retry given back within the
+            // same bound as a silent worker's (a build that kills its manager every time,
+            // out of memory say, still ends).
+            JobEnd::ManagerLost if silent_restores < policy.max_silent_retries => {
+                silent_restores += 1;
+                (Duration::ZERO, true)
+            }
+            JobEnd::ManagerLost => (Duration::ZERO, false),
             JobEnd::WorkerSilent
             | JobEnd::NeverStarted
             | JobEnd::NeverRegistered
@@ -196,6 +207,7 @@ impl JobEnd {
                 | JobEnd::WorkerSilent
                 | JobEnd::Overran
                 | JobEnd::ManagerStopped
+                | JobEnd::ManagerLost
         )
     }
 
@@ -215,6 +227,9 @@ impl JobEnd {
             JobEnd::ManagerStopped => {
                 "the manager stopped while the build ran; its worker was stopped"
             }
+            JobEnd::ManagerLost => {
+                "the manager running the build died and its worker went silent; another manager took the build over"
+            }
         }
     }
 
@@ -230,6 +245,7 @@ impl JobEnd {
             JobEnd::WorkerSilent => "worker_silent",
             JobEnd::Overran => "overran",
             JobEnd::ManagerStopped => "manager_stopped",
+            JobEnd::ManagerLost => "manager_lost",
         }
     }
 }
@@ -307,6 +323,25 @@ mod tests {
             requeue(Duration::ZERO, true, 2)
         );
         assert!(JobEnd::ManagerStopped.is_failure());
+    }
+
+    #[test]
+    fn a_build_whose_manager_died_runs_again_at_once_within_the_silent_budget() {
+        assert_eq!(
+            JobEnd::ManagerLost.queue_action(&item(1, 0), P),
+            requeue(Duration::ZERO, true, 1)
+        );
+        // Past the budget it spends its retry (still at once), so a build that kills its
+        // manager every time ends.
+        assert_eq!(
+            JobEnd::ManagerLost.queue_action(&item(1, 2), P),
+            requeue(Duration::ZERO, false, 2)
+        );
+        assert_eq!(
+            JobEnd::ManagerLost.queue_action(&item(0, 2), P),
+            QueueAction::GiveUp
+        );
+        assert!(JobEnd::ManagerLost.is_failure());
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Builds {
     /// the end of the log.
     pub async fn follow(&self, build: &Build, from: u64) -> Result<Follower, ManagerError> {
         let follower = Follower::new(self.store.clone(), &self.feed, build, from);
-        let total = self.store.read_logs(build.id, from, 0).await?.total;
+        let total = self.store.read_logs(build.id, from, 0, 0).await?.total;
         if from > total {
             return Err(InvalidBuild(format!(
                 "cannot follow build {} from entry {from}: its log has {total} entries",
@@ -117,9 +117,16 @@ impl Builds {
         Ok(follower)
     }
 
-    /// Log entries from index `start` (at most `limit`), with the log's total length.
-    pub async fn logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage, ManagerError> {
-        Ok(self.store.read_logs(id, start, limit).await?)
+    /// Log entries from index `start` (at most `limit`, and at most `max_bytes` of them
+    /// but at least one), with the log's total length.
+    pub async fn logs(
+        &self,
+        id: BuildId,
+        start: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<LogPage, ManagerError> {
+        Ok(self.store.read_logs(id, start, limit, max_bytes).await?)
     }
 
     /// The build's place in the queue, `None` once it left it.

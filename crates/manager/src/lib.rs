@@ -19,6 +19,7 @@ mod error;
 mod executors;
 pub mod feed;
 mod leases;
+mod liveness;
 mod logwriter;
 pub mod metrics;
 mod phases;
@@ -178,6 +179,13 @@ impl Manager {
         inner.reaper.start();
         inner.reaper.start_orphan_reaper(s.orphan_reap_interval);
         inner.scheduler.start();
+        if !inner.reaper.orchestrator.is_process_local() {
+            inner.tasks.spawn_loop(liveness::keep_alive(
+                inner.reaper.orchestrator.clone(),
+                inner.reaper.manager_id.clone(),
+                liveness::ttl(s.timings.heartbeat_ttl),
+            ));
+        }
         let refresher = Refresher {
             metrics: inner.metrics.clone(),
             store: inner.reaper.store.clone(),

@@ -208,7 +208,7 @@ mod tests {
             !again.unwrap(),
             "a re-sent line is acknowledged but not stored"
         );
-        let page = store.read_logs(build, 0, 10).await.unwrap();
+        let page = store.read_logs(build, 0, 10, u64::MAX).await.unwrap();
         let messages: Vec<&str> = page.entries.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(messages, ["line 1", "line 2"]);
     }
@@ -241,7 +241,11 @@ mod tests {
             "lines handed over before the stop are written"
         );
         assert_eq!(
-            store.read_logs(build, 0, 500).await.unwrap().total,
+            store
+                .read_logs(build, 0, 500, u64::MAX)
+                .await
+                .unwrap()
+                .total,
             acknowledged,
             "every acknowledged line is stored, and only those"
         );

@@ -51,9 +51,11 @@ const MAX_ERROR_CHARS: usize = 2048;
 /// the generic reason.
 pub(crate) async fn worker_error(store: &dyn Store, build: BuildId) -> String {
     let last_error = async {
-        let total = store.read_logs(build, 0, 0).await?.total;
+        let total = store.read_logs(build, 0, 0, 0).await?.total;
         let start = total.saturating_sub(u64::from(ERROR_SEARCH_ENTRIES));
-        let page = store.read_logs(build, start, ERROR_SEARCH_ENTRIES).await?;
+        let page = store
+            .read_logs(build, start, ERROR_SEARCH_ENTRIES, u64::MAX)
+            .await?;
         Ok::<_, buildman_store::StoreError>(
             (page.entries.into_iter().rev())
                 .find(|e| e.kind == Some(LogType::Error) && !e.message.trim().is_empty())

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::generated::build_manager_server::{BuildManager, BuildManagerServer};
+use crate::listen::{Bounded, BoundedListener};
 use buildman_core::Phase;
 use buildman_manager::sessions::{HeartbeatStream, LogStream, PackageSource, PhaseReport};
 use buildman_manager::tokens::TokenError;
@@ -15,7 +17,6 @@ use buildman_proto as pb;
 use buildman_store::StoreError;
 use futures::Stream;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Largest message a worker may send, in bytes (gRPC's customary 4 MiB). A larger one is
@@ -289,36 +290,39 @@ pub struct TlsPem {
     pub key: Vec<u8>,
 }
 
+/// How the worker service treats its connections besides the listener's bounds.
+pub struct GrpcOptions {
+    /// TLS, if the workers connect with it.
+    pub tls: Option<TlsPem>,
+    /// An HTTP/2 ping on a connection quiet for this long...
+    pub keepalive_interval: Duration,
+    /// ...closes it when unanswered for this long (a worker whose host vanished).
+    pub keepalive_timeout: Duration,
+}
+
 /// Serves the worker protocol on `listener` until `shutdown` resolves.
 pub async fn serve(
     sessions: Arc<WorkerSessions>,
     metrics: Arc<buildman_manager::Metrics>,
-    listener: tokio::net::TcpListener,
-    tls: Option<TlsPem>,
+    listener: BoundedListener,
+    options: GrpcOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout));
+    if let Some(tls) = options.tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert, tls.key);
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "gRPC worker service listening");
-    // Every exchange is a small request awaiting a small answer: with Nagle's algorithm
-    // on, an answer written in two pieces waits for the worker's delayed ACK (tens of ms).
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(conn) = &conn
-            && let Err(e) = conn.set_nodelay(true)
-        {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a worker connection");
-        }
-        conn
-    });
     // Connections end with this function's future (see `Severable`), not only when their
     // streams do.
     let (_server_alive, alive) = tokio::sync::watch::channel(());
-    let incoming = incoming.map(move |conn| conn.map(|io| Severable::new(io, alive.clone())));
+    let incoming =
+        (listener.incoming()).map(move |conn| conn.map(|io| Severable::new(io, alive.clone())));
     builder
         .layer(crate::ops::timing::GrpcTimingLayer::new(metrics))
         .add_service(
@@ -337,14 +341,14 @@ pub async fn serve(
 /// hold, would outlive it: the worker would go on heartbeating into a manager that was
 /// stopped, and its job would never expire for another manager to take over.
 struct Severable {
-    io: tokio::net::TcpStream,
+    io: Bounded,
     /// Resolves once the sender kept by `serve` is dropped.
     server_gone: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     severed: bool,
 }
 
 impl Severable {
-    fn new(io: tokio::net::TcpStream, mut alive: tokio::sync::watch::Receiver<()>) -> Self {
+    fn new(io: Bounded, mut alive: tokio::sync::watch::Receiver<()>) -> Self {
         Severable {
             io,
             server_gone: Box::pin(async move { while alive.changed().await.is_ok() {} }),
@@ -371,7 +375,7 @@ impl tonic::transport::server::Connected for Severable {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::Connected::connect_info(&self.io)
+        tonic::transport::server::Connected::connect_info(self.io.tcp())
     }
 }
 

@@ -7,6 +7,7 @@
 mod codec;
 pub mod events;
 pub mod grpc;
+pub mod listen;
 pub mod listing;
 pub mod openapi;
 pub mod ops;

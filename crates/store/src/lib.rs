@@ -229,8 +229,15 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::AttemptOver`].
     async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<Option<u64>>>;
 
-    /// Entries from index `start` (at most `limit`), with the log's total length.
-    async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage>;
+    /// Entries from index `start` (at most `limit`, and no more than `max_bytes` of them as
+    /// stored, though always the first one), with the log's total length.
+    async fn read_logs(
+        &self,
+        id: BuildId,
+        start: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<LogPage>;
 
     /// Answers when the database does (the readiness check).
     async fn ping(&self) -> Result<()>;

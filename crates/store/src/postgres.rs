@@ -154,6 +154,13 @@ impl Backend for PostgresStore {
         Ok(self.pool.begin().await?)
     }
 
+    async fn probe(&self) -> Result<()> {
+        let _: (i64,) = sqlx::query_as("SELECT CAST(1 AS BIGINT)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn lock_namespace(conn: &mut PgConnection, namespace: &str) -> Result<()> {
         // Held to the commit: the next limited submission to this namespace counts after
         // this one's item is visible.

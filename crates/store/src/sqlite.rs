@@ -115,6 +115,7 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
+                .after_release(|conn, _| Box::pin(discard_if_in_transaction(conn)))
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?
         };
@@ -132,6 +133,23 @@ impl SqliteStore {
         }
         Ok(SqliteStore { pool })
     }
+}
+
+/// Whether a connection given back to the pool may be used again: not when it is still
+/// inside a transaction. A COMMIT that fails on a full disk has SQLite roll the transaction
+/// back by itself; sqlx's ROLLBACK of the dropped transaction then fails ("no transaction is
+/// active") and sqlx still counts the connection as in a transaction, so every later
+/// `BEGIN IMMEDIATE` on it would fail with "begin_with at non-zero transaction depth" for
+/// as long as the process lives. Such a connection is closed; the pool opens a new one.
+async fn discard_if_in_transaction(conn: &mut SqliteConnection) -> sqlx::Result<bool> {
+    use sqlx::Connection;
+    // Runs after the dropped transaction's queued ROLLBACK, so its outcome counts.
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("closing a store connection left inside a failed transaction");
+    }
+    Ok(clean)
 }
 
 /// Creates `path` with mode 0600 if it does not exist, and takes group and other
@@ -164,6 +182,17 @@ impl Backend for SqliteStore {
 
     async fn begin_deciding(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A committed write: on a full disk (or a file size limit) SQLite still answers reads,
+    /// so only a write tells whether the store can take work. The header's `user_version`
+    /// (which nothing else uses) takes the time, so every probe changes a page.
+    async fn probe(&self) -> Result<()> {
+        let stamp = Utc::now().timestamp_millis() & i64::from(i32::MAX);
+        sqlx::query(&format!("PRAGMA user_version = {stamp}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn lock_claimable(

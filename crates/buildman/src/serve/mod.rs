@@ -21,9 +21,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use axum::serve::ListenerExt;
 use buildman_core::config::{Config, Lifecycle};
 use buildman_manager::{Manager, Settings, Timings};
+use buildman_server::grpc::GrpcOptions;
+use buildman_server::listen::BoundedListener;
 use buildman_server::rest::RestOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,8 +35,6 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:50051";
 /// How long requests in flight may take to finish when the manager stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-/// Largest context upload accepted by default (2 GiB).
-const DEFAULT_MAX_UPLOAD: u64 = 2 << 30;
 
 /// Everything `serve` needs: the configuration plus what the command line overrides.
 #[derive(Clone)]
@@ -117,6 +116,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         }
     }
 
+    raise_descriptor_limit(&config.limits);
     let store = backends::open_store(config, data_dir).await?;
     let orchestrator = backends::open_orchestrator(config).await?;
     let tokens = secrets::token_service(config, data_dir)?;
@@ -159,19 +159,30 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     manager.start();
 
     let (shutdown, _) = watch::channel(false);
-    let grpc_task = serve_grpc(&manager, config, grpc, stopped(&shutdown))?;
+    let grpc_task = serve_grpc(&manager, config, bounded(config, grpc), stopped(&shutdown))?;
     let rest = RestOptions {
         public_url,
         tokens: api_tokens,
-        max_upload: DEFAULT_MAX_UPLOAD,
+        limits: config.limits.clone(),
     };
     let api = buildman_server::rest::router(manager.builds().clone(), rest)
         .merge(buildman_server::ops::router(manager.clone()));
     let api = buildman_server::ops::timing::http(api, manager.metrics().clone());
-    let mut tasks = vec![grpc_task, serve_http(api, http, stopped(&shutdown))];
+    let header_timeout = config.limits.header_read_timeout;
+    let http = bounded(config, http);
+    let mut tasks = vec![
+        grpc_task,
+        serve_http(api, http, header_timeout, stopped(&shutdown)),
+    ];
     if let Some(listener) = metrics_listener {
         let ops = buildman_server::ops::router(manager.clone());
-        tasks.push(serve_http(ops, listener, stopped(&shutdown)));
+        let listener = bounded(config, listener);
+        tasks.push(serve_http(
+            ops,
+            listener,
+            header_timeout,
+            stopped(&shutdown),
+        ));
     }
     Ok(Running {
         http_addr,
@@ -185,6 +196,29 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         tasks,
         _data_dir: data_dir_lock,
     })
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does), so the
+/// connection bounds, not the descriptor limit, decide how many clients are served; warns
+/// when even the hard limit is below what the bounds allow on the three listeners.
+fn raise_descriptor_limit(limits: &buildman_core::config::Limits) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "could not raise the open files limit");
+    }
+    let wanted = 3 * u64::from(limits.max_connections) + 256;
+    if hard < wanted {
+        tracing::warn!(
+            open_files = hard,
+            wanted,
+            "the open files limit is below what BUILDMAN_LIMITS.MAX_CONNECTIONS allows on the three listeners; lower it or raise the limit (ulimit -n)"
+        );
+    }
 }
 
 /// Refuses a configuration under which this manager would have nothing to do.
@@ -272,11 +306,17 @@ fn stopped(shutdown: &watch::Sender<bool>) -> impl std::future::Future<Output = 
     }
 }
 
+/// `listener` with BUILDMAN_LIMITS' connection bounds.
+fn bounded(config: &Config, listener: TcpListener) -> BoundedListener {
+    let limits = &config.limits;
+    BoundedListener::new(listener, limits.max_connections, limits.idle_timeout)
+}
+
 /// Runs the worker protocol's gRPC server until `stop`.
 fn serve_grpc(
     manager: &Manager,
     config: &Config,
-    grpc: TcpListener,
+    grpc: BoundedListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let tls = match &config.grpc_tls {
@@ -287,10 +327,15 @@ fn serve_grpc(
         }),
         None => None,
     };
+    let options = GrpcOptions {
+        tls,
+        keepalive_interval: config.limits.keepalive_interval,
+        keepalive_timeout: config.limits.keepalive_timeout,
+    };
     let sessions = manager.sessions().clone();
     let metrics = manager.metrics().clone();
     Ok(tokio::spawn(async move {
-        if let Err(e) = buildman_server::grpc::serve(sessions, metrics, grpc, tls, stop).await {
+        if let Err(e) = buildman_server::grpc::serve(sessions, metrics, grpc, options, stop).await {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }))
@@ -299,23 +344,15 @@ fn serve_grpc(
 /// Serves `routes` (the REST API, or the metrics and health endpoints) until `stop`.
 fn serve_http(
     routes: axum::Router,
-    http: TcpListener,
+    http: BoundedListener,
+    header_read_timeout: std::time::Duration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if let Ok(address) = http.local_addr() {
             tracing::info!(%address, "HTTP listening");
         }
-        // Small requests and answers: Nagle's algorithm would hold answers back for the
-        // client's delayed ACK.
-        let http = http.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY on an API connection");
-            }
-        });
-        if let Err(e) = axum::serve(http, routes).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "REST API server failed");
-        }
+        buildman_server::listen::serve_http(routes, http, header_read_timeout, stop).await;
     })
 }
 

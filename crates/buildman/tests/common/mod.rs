@@ -70,6 +70,24 @@ pub fn popen(dir: &Path, name: &str, extra: &str) -> String {
     )
 }
 
+/// One popen executor `local` running the test worker with `env` (`NAME=value ...`) set,
+/// through a script (popen workers get a clean environment; `buildman serve` processes
+/// cannot pass theirs on), reporting to `dir/report.jsonl`.
+pub fn test_worker_script(dir: &Path, env: &str) -> String {
+    let script = dir.join("worker.sh");
+    let text = format!(
+        "#!/bin/sh\nexport {env} TEST_WORKER_REPORT={}\nexec {TEST_WORKER}\n",
+        dir.join("report.jsonl").display()
+    );
+    std::fs::write(&script, text).expect("worker script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    format!(
+        "  - EXECUTOR: popen\n    NAME: local\n    BUILDER_BINARY_LOCATION: {}\n",
+        script.display()
+    )
+}
+
 /// One popen executor running the real worker (`buildman worker`, through a wrapper script
 /// because BUILDER_BINARY_LOCATION names a program without arguments).
 pub fn real_worker(dir: &Path, extra: &str) -> String {

@@ -28,7 +28,7 @@ pub struct Serve {
 impl Serve {
     /// Starts `buildman serve` with `config` in `dir/name*`; waits until it listens.
     pub async fn start(dir: &Path, name: &str, config: &str) -> Serve {
-        Self::start_with_env(dir, name, config, &[]).await
+        Self::start_with(dir, name, config, &[], &[]).await
     }
 
     /// Like [`Serve::start`], with more environment (such as BUILDMAN_LOG_FORMAT).
@@ -38,11 +38,37 @@ impl Serve {
         config: &str,
         env: &[(&str, &str)],
     ) -> Serve {
+        Self::start_with(dir, name, config, env, &[]).await
+    }
+
+    /// Like [`Serve::start`], run by `wrapper` (a command line that ends by running its
+    /// arguments, such as `sh -c '...; exec "$0" "$@"'`).
+    pub async fn start_under(dir: &Path, name: &str, config: &str, wrapper: &[&str]) -> Serve {
+        Self::start_with(dir, name, config, &[], wrapper).await
+    }
+
+    /// [`Serve::start`] with more environment, run by `wrapper` (empty: none).
+    async fn start_with(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Serve {
         let config_file = dir.join(format!("{name}.yaml"));
         std::fs::write(&config_file, config).expect("config");
         let out = dir.join(format!("{name}.out"));
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_buildman"))
+        let buildman = env!("CARGO_BIN_EXE_buildman");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(buildman);
+                c
+            }
+            None => Command::new(buildman),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_file)

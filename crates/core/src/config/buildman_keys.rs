@@ -110,6 +110,7 @@ pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
         .string("BUILDMAN_REGISTRY_PULL_TOKEN")
         .filter(|t| !t.is_empty());
     config.context_storage = super::context_storage::parse_context_storage(s);
+    config.limits = super::limits::parse_limits(s);
     check_api_tokens(r, &config.api_tokens);
     check_key_ids(r, config.signing_key.as_ref(), &config.trusted_keys);
 }

@@ -31,6 +31,7 @@ mod buildman_keys;
 mod context_storage;
 mod diagnostics;
 mod executors;
+mod limits;
 mod manager;
 mod orchestrator;
 mod redact;
@@ -44,6 +45,7 @@ pub use executors::{
     BenchConfig, Ec2Config, ExecutorConfig, ExecutorKind, ExecutorSpecific, KubernetesConfig,
     KubernetesDistribution, PopenConfig,
 };
+pub use limits::Limits;
 pub use manager::{BuildManagerConfig, Lifecycle};
 pub use orchestrator::{OrchestratorConfig, RedisConfig};
 
@@ -123,6 +125,8 @@ pub struct Config {
     /// deploy keys) in the store; default `<data dir>/sealing-key`, generated on first start.
     /// Managers sharing a database need the same one.
     pub sealing_key_file: Option<PathBuf>,
+    /// BUILDMAN_LIMITS: bounds on bodies, log pages, connections and request rates.
+    pub limits: Limits,
 }
 
 debug_redacting!(Config {
@@ -130,7 +134,7 @@ debug_redacting!(Config {
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
     max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, registry,
     context_storage, controller_port, metrics_listen, drain_period, context_retention,
-    build_retention, sealing_key_file,
+    build_retention, sealing_key_file, limits,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 
 /// A parsed configuration and the warnings found on the way.
@@ -181,6 +185,7 @@ impl Config {
             drain_period: DEFAULT_DRAIN,
             context_retention: std::time::Duration::ZERO,
             build_retention: None,
+            limits: Limits::default(),
         }
     }
 

@@ -26,6 +26,8 @@ use crate::ManagerError;
 pub const BACKSTOP: Duration = Duration::from_secs(1);
 /// Entries read from the store at once.
 const PAGE: u32 = 1000;
+/// At most this much of a log is read from the store at once (though always one entry).
+const PAGE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What a follower sees, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,7 +148,10 @@ impl Follower {
 
     /// Reads one page of the store from `next`; the store stays stale while there is more.
     async fn read_page(&mut self, events: &mut Vec<Followed>) -> Result<(), ManagerError> {
-        let page = self.store.read_logs(self.id, self.next, PAGE).await?;
+        let page = self
+            .store
+            .read_logs(self.id, self.next, PAGE, PAGE_BYTES)
+            .await?;
         self.hand_out(events, page.start, &page.entries);
         self.stale = self.next < page.total && !page.entries.is_empty();
         Ok(())

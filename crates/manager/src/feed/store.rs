@@ -183,8 +183,14 @@ impl Store for FeedStore {
         Ok(stored)
     }
 
-    async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage> {
-        self.inner.read_logs(id, start, limit).await
+    async fn read_logs(
+        &self,
+        id: BuildId,
+        start: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<LogPage> {
+        self.inner.read_logs(id, start, limit, max_bytes).await
     }
 
     async fn ping(&self) -> Result<()> {

@@ -336,7 +336,7 @@ impl Metrics {
         let kind = match end {
             JobEnd::NeverStarted => "never_started",
             JobEnd::NeverRegistered => "never_registered",
-            JobEnd::WorkerSilent => "heartbeat_lost",
+            JobEnd::WorkerSilent | JobEnd::ManagerLost => "heartbeat_lost",
             JobEnd::Overran => "max_time",
             _ => return,
         };
@@ -442,7 +442,7 @@ fn quay_job_status(end: JobEnd) -> Option<&'static str> {
         JobEnd::NeverStarted | JobEnd::NeverRegistered | JobEnd::WorkerSilent | JobEnd::Overran => {
             "expired"
         }
-        JobEnd::ManagerStopped => "incomplete",
+        JobEnd::ManagerStopped | JobEnd::ManagerLost => "incomplete",
         JobEnd::NoExecutor => return None,
     })
 }

@@ -64,7 +64,14 @@ impl Reaper {
             self.mark_failed(build, end).await?;
         }
         self.settle(item, end, action).await?;
-        self.release_worker(record);
+        if end == JobEnd::ManagerLost {
+            // The manager that could stop the worker is dead: no stop is handed over (it
+            // would hold the slot until its key expired); the orphan reaper deals with
+            // workers an executor still runs.
+            self.release_slot(&record).await;
+        } else {
+            self.release_worker(record);
+        }
         Ok(())
     }
 
@@ -192,6 +199,13 @@ impl Reaper {
     /// A job record's deadline passed: the job ends for the reason its state gives.
     async fn deadline_passed(self: &Arc<Self>, record: JobRecord) -> Result<(), ManagerError> {
         let end = record.deadline_end(chrono::Utc::now().timestamp());
+        let end = crate::liveness::expired_end(
+            self.orchestrator.as_ref(),
+            &self.manager_id,
+            &record,
+            end,
+        )
+        .await;
         self.metrics.expired(end);
         tracing::warn!(build_id = %record.build_id, reason = end.reason(), "job deadline passed");
         self.end(record, end).await

@@ -266,7 +266,7 @@ pub async fn phase(manager: &Manager, id: BuildId) -> Phase {
 
 /// The messages of a build's log.
 pub async fn messages(manager: &Manager, id: BuildId) -> Vec<String> {
-    let log = manager.builds().logs(id, 0, 1000).await.unwrap();
+    let log = manager.builds().logs(id, 0, 1000, u64::MAX).await.unwrap();
     log.entries.into_iter().map(|e| e.message).collect()
 }
 

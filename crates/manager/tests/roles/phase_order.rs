@@ -127,8 +127,9 @@ impl Store for SlowToReturn {
         id: BuildId,
         start: u64,
         limit: u32,
+        max_bytes: u64,
     ) -> buildman_store::Result<LogPage> {
-        self.inner.read_logs(id, start, limit).await
+        self.inner.read_logs(id, start, limit, max_bytes).await
     }
     async fn ping(&self) -> buildman_store::Result<()> {
         self.inner.ping().await
@@ -182,7 +183,11 @@ async fn phase_entries_follow_the_phase_changes_when_registration_races_the_sche
     for to in [Phase::Unpacking, Phase::Pulling, Phase::Building] {
         assert!(sessions.set_phase(&ctx, report(to)).await.unwrap());
     }
-    let log = manager.builds().logs(build.id, 0, 100).await.unwrap();
+    let log = manager
+        .builds()
+        .logs(build.id, 0, 100, u64::MAX)
+        .await
+        .unwrap();
     let phases: Vec<&str> = log
         .entries
         .iter()

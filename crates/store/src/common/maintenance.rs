@@ -46,10 +46,7 @@ where
     for<'q> String: Encode<'q, B::Db> + Decode<'q, B::Db> + Type<B::Db>,
 {
     async fn ping_database(&self) -> Result<()> {
-        let _: (i64,) = sqlx::query_as("SELECT CAST(1 AS BIGINT)")
-            .fetch_one(self.pool())
-            .await?;
-        Ok(())
+        self.probe().await
     }
 
     async fn count_queue(&self, now: DateTime<Utc>) -> Result<QueueStats> {

@@ -66,6 +66,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Begins a transaction whose reads decide its writes.
     async fn begin_deciding(&self) -> Result<Transaction<'static, Self::Db>>;
 
+    /// Answers when the database does; where the database can refuse writes while still
+    /// answering reads (SQLite on a full disk), when it takes a write.
+    async fn probe(&self) -> Result<()>;
+
     /// Makes counting a namespace's queue items and adding one atomic, until the commit.
     async fn lock_namespace(conn: &mut Conn<Self>, namespace: &str) -> Result<()>;
 

@@ -239,10 +239,20 @@ pub(crate) const LOG_TOTAL: &str =
 
 /// A page of a build's log with the log's length, in one statement so both come from the
 /// same snapshot. The page is joined to the length, so an empty page still brings one row.
+///
+/// The page is cut by the entries' sizes first (at most `$4` bytes, though always the first
+/// entry; a running sum over the sizes alone), and only the entries kept are read: a page
+/// of huge lines never brings more than `$4` bytes (or one entry) into the manager.
 pub(crate) const LOG_PAGE: &str = "SELECT t.total, l.idx, CAST(l.entry AS TEXT) AS entry \
      FROM (SELECT COALESCE(MAX(idx) + 1, 0) AS total FROM build_logs WHERE build_id = $1) t \
-     LEFT JOIN (SELECT idx, entry FROM build_logs WHERE build_id = $1 AND idx >= $2 \
-                ORDER BY idx LIMIT $3) l ON TRUE \
+     LEFT JOIN (SELECT b.idx, b.entry FROM build_logs b JOIN \
+                (SELECT idx FROM \
+                  (SELECT idx, SUM(size) OVER (ORDER BY idx) AS upto, \
+                          ROW_NUMBER() OVER (ORDER BY idx) AS n FROM \
+                    (SELECT idx, OCTET_LENGTH(CAST(entry AS TEXT)) AS size FROM build_logs \
+                     WHERE build_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3) sized) summed \
+                 WHERE upto <= $4 OR n = 1) kept \
+                ON b.build_id = $1 AND b.idx = kept.idx) l ON TRUE \
      ORDER BY l.idx";
 
 /// One row of a log page: the log's length, and an entry unless the page is empty.

@@ -441,11 +441,18 @@ where
         Ok(batch.stored)
     }
 
-    async fn read_logs(&self, id: BuildId, start: u64, limit: u32) -> Result<LogPage> {
+    async fn read_logs(
+        &self,
+        id: BuildId,
+        start: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<LogPage> {
         let rows: Vec<LogPageRow> = sqlx::query_as(LOG_PAGE)
             .bind(id.to_string())
             .bind(i64::try_from(start).unwrap_or(i64::MAX))
             .bind(i64::from(limit))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
             .fetch_all(self.pool())
             .await?;
         let total = rows.first().map_or(0, |row| row.total);

@@ -53,6 +53,7 @@ macro_rules! store_suite {
             concurrent_submissions_respect_the_queue_limit,
             set_phase_is_a_compare_and_set,
             logs_append_in_batches_and_read_in_pages,
+            a_log_page_is_bounded_by_bytes,
             concurrent_appends_keep_indices_dense,
             worker_lines_are_stored_once_per_attempt_across_builds,
             lines_of_an_attempt_that_is_over_are_refused,
@@ -541,7 +542,7 @@ pub async fn a_phase_change_and_its_log_entry_are_one<B: Backend>() {
         .await
         .unwrap();
     assert_eq!(none, None);
-    let page = store.read_logs(build.id, 0, 10).await.unwrap();
+    let page = store.read_logs(build.id, 0, 10, u64::MAX).await.unwrap();
     assert_eq!(messages(page), ["build-scheduled"]);
     // Concurrent changes log in the order they were made: walking the log from the first
     // entry, each entry's change started from the phase the previous one left.
@@ -566,7 +567,7 @@ pub async fn a_phase_change_and_its_log_entry_are_one<B: Backend>() {
         changes.insert(message, (before, to));
     }
     let mut phase = Phase::BuildScheduled;
-    for message in messages(store.read_logs(build.id, 1, 100).await.unwrap()) {
+    for message in messages(store.read_logs(build.id, 1, 100, u64::MAX).await.unwrap()) {
         let (before, to) = changes[&message];
         assert_eq!(before, phase, "{message} logged out of order");
         phase = to;
@@ -974,7 +975,7 @@ pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
     let (_db, store) = store::<B>().await;
     let build = create(&store, "acme", "web").await;
     let other = create(&store, "acme", "web").await;
-    let page = store.read_logs(build.id, 0, 100).await.unwrap();
+    let page = store.read_logs(build.id, 0, 100, u64::MAX).await.unwrap();
     assert_eq!((page.start, page.total, page.entries.len()), (0, 0, 0));
     assert_eq!(store.append_logs(build.id, &[]).await.unwrap(), 0);
 
@@ -1000,16 +1001,25 @@ pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
     // Another build's log is its own.
     assert_eq!(store.append_logs(other.id, &first).await.unwrap(), 3);
 
-    let all = store.read_logs(build.id, 0, 10_000).await.unwrap();
+    let all = store
+        .read_logs(build.id, 0, 10_000, u64::MAX)
+        .await
+        .unwrap();
     assert_eq!(all.total, 1006);
     assert_eq!(all.entries, expected);
 
-    let page = store.read_logs(build.id, 250, 10).await.unwrap();
+    let page = store.read_logs(build.id, 250, 10, u64::MAX).await.unwrap();
     assert_eq!((page.start, page.total), (250, 1006));
     assert_eq!(page.entries, expected[250..260]);
-    let tail = store.read_logs(build.id, 1000, 100).await.unwrap();
+    let tail = store
+        .read_logs(build.id, 1000, 100, u64::MAX)
+        .await
+        .unwrap();
     assert_eq!(tail.entries, expected[1000..]);
-    let past = store.read_logs(build.id, 5000, 100).await.unwrap();
+    let past = store
+        .read_logs(build.id, 5000, 100, u64::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         (past.start, past.total, past.entries.len()),
         (5000, 1006, 0)
@@ -1021,6 +1031,34 @@ pub async fn logs_append_in_batches_and_read_in_pages<B: Backend>() {
         store.append_logs(missing, &first).await,
         Err(StoreError::NotFound(id)) if id == missing
     ));
+}
+
+pub async fn a_log_page_is_bounded_by_bytes<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let build = create(&store, "acme", "web").await;
+    let big = |i: usize| LogEntry::output(format!("{i}{}", "x".repeat(100_000)));
+    let entries: Vec<_> = (0..10).map(big).collect();
+    store.append_logs(build.id, &entries).await.unwrap();
+    // Each entry is a little over 100,000 bytes as stored: three fit under 350,000.
+    let mut start = 0;
+    let mut pages = Vec::new();
+    while start < 10 {
+        let page = store
+            .read_logs(build.id, start, 1000, 350_000)
+            .await
+            .unwrap();
+        assert_eq!((page.start, page.total), (start, 10));
+        assert!(!page.entries.is_empty(), "a page always moves on");
+        pages.push(page.entries.len());
+        for (i, entry) in page.entries.iter().enumerate() {
+            assert_eq!(entry, &entries[start as usize + i]);
+        }
+        start += page.entries.len() as u64;
+    }
+    assert_eq!(pages, [3, 3, 3, 1]);
+    // One entry larger than the bound still comes, alone.
+    let page = store.read_logs(build.id, 0, 1000, 10).await.unwrap();
+    assert_eq!(page.entries, entries[..1]);
 }
 
 pub async fn concurrent_appends_keep_indices_dense<B: Backend>() {
@@ -1040,7 +1078,7 @@ pub async fn concurrent_appends_keep_indices_dense<B: Backend>() {
     let (a, b) = tokio::join!(writer(first.clone(), "a"), writer(second, "b"));
     a.unwrap();
     b.unwrap();
-    let page = first.read_logs(build.id, 0, 1000).await.unwrap();
+    let page = first.read_logs(build.id, 0, 1000, u64::MAX).await.unwrap();
     assert_eq!(page.total, 280);
     assert_eq!(page.entries.len(), 280);
     // Each batch stayed in one piece and in order.
@@ -1080,10 +1118,13 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
         .unwrap();
     assert_eq!(stored, [None, Some(2)]);
     assert_eq!(
-        messages(store.read_logs(a, 0, 100).await.unwrap()),
+        messages(store.read_logs(a, 0, 100, u64::MAX).await.unwrap()),
         ["a1", "a2", "a3"]
     );
-    assert_eq!(messages(store.read_logs(b, 0, 100).await.unwrap()), ["b1"]);
+    assert_eq!(
+        messages(store.read_logs(b, 0, 100, u64::MAX).await.unwrap()),
+        ["b1"]
+    );
     // Worker lines and other entries share one log with dense indices.
     assert_eq!(
         store
@@ -1100,7 +1141,7 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
         [Some(2)]
     );
     assert_eq!(
-        messages(store.read_logs(b, 0, 100).await.unwrap()),
+        messages(store.read_logs(b, 0, 100, u64::MAX).await.unwrap()),
         ["b1", "b phase", "b2"]
     );
     // A new attempt (a new claim) starts the count afresh.
@@ -1113,7 +1154,7 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
             .unwrap(),
         [Some(3)]
     );
-    assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
+    assert_eq!(store.read_logs(a, 0, 100, u64::MAX).await.unwrap().total, 4);
     // A line for a build that does not exist refuses the whole batch.
     let missing = BuildId::new();
     assert!(matches!(
@@ -1122,7 +1163,7 @@ pub async fn worker_lines_are_stored_once_per_attempt_across_builds<B: Backend>(
             .await,
         Err(StoreError::NotFound(id)) if id == missing
     ));
-    assert_eq!(store.read_logs(a, 0, 100).await.unwrap().total, 4);
+    assert_eq!(store.read_logs(a, 0, 100, u64::MAX).await.unwrap().total, 4);
 }
 
 pub async fn lines_of_an_attempt_that_is_over_are_refused<B: Backend>() {
@@ -1172,7 +1213,7 @@ pub async fn lines_of_an_attempt_that_is_over_are_refused<B: Backend>() {
         Err(StoreError::AttemptOver(_))
     ));
     assert_eq!(
-        messages(store.read_logs(build, 0, 10).await.unwrap()),
+        messages(store.read_logs(build, 0, 10, u64::MAX).await.unwrap()),
         ["first 1", "second 1"]
     );
 }
@@ -1209,7 +1250,7 @@ pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
     a.unwrap();
     b.unwrap();
     for build in [x, y] {
-        let page = first.read_logs(build, 0, 1000).await.unwrap();
+        let page = first.read_logs(build, 0, 1000, u64::MAX).await.unwrap();
         let expected: Vec<_> = (1..=LINES).map(|s| format!("{build} {s}")).collect();
         assert_eq!(page.total, expected.len() as u64);
         assert_eq!(messages(page), expected);
@@ -1246,7 +1287,7 @@ pub async fn data_survives_reopening<B: Backend>() {
             .await
             .unwrap()
     );
-    let page = store.read_logs(build.id, 0, 10).await.unwrap();
+    let page = store.read_logs(build.id, 0, 10, u64::MAX).await.unwrap();
     assert_eq!(page.entries, [LogEntry::output("hello")]);
     assert_eq!(
         store
@@ -1324,7 +1365,7 @@ pub async fn undecodable_rows_are_reported_as_corrupt<B: Backend>() {
     ))
     .await;
     corrupt(
-        store.read_logs(build.id, 0, 10).await.map(drop),
+        store.read_logs(build.id, 0, 10, u64::MAX).await.map(drop),
         "log entry 0",
     );
     db.tamper("UPDATE queue_items SET retries_remaining = -1")

@@ -1,6 +1,9 @@
 //! The REST API, in the shapes of Quay's builds API (see the reference's "The builds API"),
 //! plus the file drop for uploaded contexts. The bodies, queries and paths are
-//! `buildman-api`'s; this module only routes, authenticates and maps errors to statuses.
+//! `buildman-api`'s; this module only routes, authenticates and maps errors to statuses,
+//! and [`limits`] bounds what one client can send.
+
+mod limits;
 
 use std::collections::HashSet;
 
@@ -18,6 +21,7 @@ use buildman_api::{
 };
 use buildman_contexts::ContextError;
 use buildman_core::build::valid_name;
+use buildman_core::config::Limits;
 use buildman_core::{Build, BuildId};
 use buildman_manager::{Builds, ManagerError};
 use buildman_store::StoreError;
@@ -116,8 +120,10 @@ struct Api {
     public_url: String,
     /// SHA-256 of each accepted bearer token, so the tokens themselves are not kept around.
     token_hashes: std::sync::Arc<HashSet<[u8; 32]>>,
-    /// Largest accepted upload, in bytes.
-    max_upload: u64,
+    /// Bounds on bodies and log pages.
+    limits: std::sync::Arc<Limits>,
+    /// Requests per token.
+    rate: std::sync::Arc<limits::RateLimit>,
 }
 
 impl axum::extract::FromRef<Api> for Builds {
@@ -132,8 +138,8 @@ pub struct RestOptions {
     pub public_url: String,
     /// Bearer tokens that may use the API.
     pub tokens: Vec<String>,
-    /// Largest accepted context upload, in bytes.
-    pub max_upload: u64,
+    /// Bounds on bodies, log pages and requests per token.
+    pub limits: Limits,
 }
 
 /// The URL a worker downloads an uploaded context from.
@@ -202,20 +208,35 @@ pub fn router(builds: Builds, options: RestOptions) -> Router {
                 .map(|t| Sha256::digest(t.as_bytes()).into())
                 .collect(),
         ),
-        max_upload: options.max_upload,
+        rate: std::sync::Arc::new(limits::RateLimit::new(
+            options.limits.rate_per_second,
+            options.limits.rate_burst,
+        )),
+        limits: std::sync::Arc::new(options.limits),
     };
-    let (mut public, mut authenticated) = (Router::new(), Router::new());
+    // Uploads are bounded by the upload limit, every other body by the JSON one.
+    let (mut public, mut authenticated, mut uploads) =
+        (Router::new(), Router::new(), Router::new());
     for (route, handler) in table() {
-        if route.token {
-            authenticated = authenticated.route(&route.path, handler);
-        } else {
-            public = public.route(&route.path, handler);
+        match (route.token, route.method) {
+            (false, _) => public = public.route(&route.path, handler),
+            (true, "PUT") => uploads = uploads.route(&route.path, handler),
+            (true, _) => authenticated = authenticated.route(&route.path, handler),
         }
     }
+    let uploads = uploads.layer(middleware::from_fn_with_state(
+        api.limits.upload_bytes,
+        limits::refuse_large,
+    ));
     // The dashboard's HTML: pages without data for anyone, fragments behind the token; not
     // part of the API (nor of its document).
     let authenticated = authenticated
         .merge(crate::web::fragments(api.builds.clone()))
+        .layer(middleware::from_fn_with_state(
+            api.limits.json_body_bytes,
+            limits::refuse_large,
+        ))
+        .merge(uploads)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::disable());
     public
@@ -243,14 +264,12 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token)
-            if api
-                .token_hashes
-                .contains(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes()))) =>
-        {
-            next.run(request).await
-        }
+    let hash = presented.map(|token| <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())));
+    match hash {
+        Some(hash) if api.token_hashes.contains(&hash) => match api.rate.check(&hash) {
+            Some(too_many) => too_many,
+            None => next.run(request).await,
+        },
         Some(_) => ApiError(StatusCode::UNAUTHORIZED, "invalid API token".into()).into_response(),
         None => ApiError(
             StatusCode::UNAUTHORIZED,
@@ -273,7 +292,9 @@ async fn upload_file(
 ) -> ApiResult<StatusCode> {
     let body = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(body);
-    api.builds.upload(&file_id, reader, api.max_upload).await?;
+    api.builds
+        .upload(&file_id, reader, api.limits.upload_bytes)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,8 +316,9 @@ async fn download_file(
 async fn create_build(
     State(api): State<Api>,
     ApiPath((namespace, repository)): ApiPath<(String, String)>,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    let body = limits::read_body(body, api.limits.json_body_bytes).await?;
     let req: CreateBuild = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid build request: {e}")))?;
     let new = req
@@ -394,7 +416,12 @@ async fn build_logs(
     }
     let page = api
         .builds
-        .logs(build.id, q.start.unwrap_or(0), LogPage::MAX_ENTRIES)
+        .logs(
+            build.id,
+            q.start.unwrap_or(0),
+            LogPage::MAX_ENTRIES,
+            api.limits.log_page_bytes,
+        )
         .await?;
     Ok(Json(LogPage {
         start: page.start,
