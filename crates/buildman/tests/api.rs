@@ -96,8 +96,8 @@ async fn refusals_say_what_is_wrong() {
         ),
         (
             "demo/x",
-            json!({"file_id": file_id, "docker_tags": (0..100_000).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
-            "100000 tags given; a build pushes at most 100 tags",
+            json!({"file_id": file_id, "docker_tags": (0..101).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "101 tags given; a build pushes at most 100 tags",
         ),
         (
             "demo/x",
@@ -109,6 +109,12 @@ async fn refusals_say_what_is_wrong() {
         assert_eq!(code, 400, "{body}");
         assert!(msg.contains(expected), "{body}: {msg}");
     }
+    // 100,000 tags do not even get read: the body is over BUILDMAN_LIMITS.JSON_BODY_BYTES.
+    let tags: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+    let body = json!({"file_id": file_id, "docker_tags": tags});
+    let (code, msg) = error_of(create("demo/x", body).await.unwrap()).await;
+    assert_eq!(code, 413, "{msg}");
+    assert!(msg.contains("BUILDMAN_LIMITS"), "{msg}");
     let (code, _) = error_of(
         s.req(Method::GET, &format!("/api/v1/build/{}", uuid_like()))
             .send()

@@ -30,10 +30,11 @@ fn worker_script(dir: &Path, work: &Path, exit_file: &Path) -> PathBuf {
     script
 }
 
-/// 5,000 lines at once, then 20 more a quarter of a second apart.
+/// 5,000 lines at once, then 20 more a quarter of a second apart (awk's `system` runs
+/// `/bin/sh`, busybox here).
 const OUTPUT: &str = r#"BEGIN {
     for (i = 1; i <= 5000; i++) print "line " i
-    for (i = 5001; i <= 5020; i++) { print "line " i; system("sleep 0.25") }
+    for (i = 5001; i <= 5020; i++) { print "line " i; fflush(); system("/bin/busybox sleep 0.25") }
 }
 "#;
 
@@ -81,7 +82,8 @@ async fn fail_over(stop: Stop) {
     proxy.target.send_replace(Some(a.grpc));
 
     let busybox = std::fs::read(buildman_testkit::busybox()).expect("busybox");
-    let dockerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nCOPY out.awk /out.awk\n\
+    let dockerfile =
+        b"FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY out.awk /out.awk\n\
         RUN [\"/bin/busybox\", \"awk\", \"-f\", \"/out.awk\"]\n";
     let context = tar_gz(
         &[

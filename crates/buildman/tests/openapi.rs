@@ -17,8 +17,12 @@ use buildman_server::Route;
 use common::*;
 use serde_json::Value;
 
+/// One worker, and a rate limit schemathesis's burst of requests stays under.
 fn one_worker(dir: &std::path::Path) -> String {
-    config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(dir, "local", ""))
+    format!(
+        "BUILDMAN_LIMITS: {{RATE_PER_SECOND: 100000, RATE_BURST: 100000}}\n{}",
+        config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(dir, "local", ""))
+    )
 }
 
 /// Runs `program` with `args`, `stdin` on its standard input; panics with its output (and
