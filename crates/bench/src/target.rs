@@ -75,13 +75,23 @@ pub fn buildman_next_to_me() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// The per-token request rate the bench's manager allows: the load generator submits and
+/// polls with one token, far beyond what a user's token is allowed (BUILDMAN_LIMITS).
+const BENCH_RATE: u32 = 1_000_000;
+/// Connections per listener the bench's manager accepts: 10,000 workers with a connection
+/// each, and room for the generator's own.
+const BENCH_CONNECTIONS: u32 = 20_000;
+
 /// The manager's config for a bench run.
 pub fn config_yaml(options: &SpawnOptions, data_dir: &Path) -> String {
     let mut yaml = format!(
         "FEATURE_BUILD_SUPPORT: true\n\
          SERVER_HOSTNAME: bench.local\n\
-         BUILDMAN_DATA_DIR: {data}\n",
-        data = data_dir.display()
+         BUILDMAN_DATA_DIR: {data}\n\
+         BUILDMAN_LIMITS: {{RATE_PER_SECOND: {rate}, RATE_BURST: {rate}, MAX_CONNECTIONS: {conns}}}\n",
+        data = data_dir.display(),
+        rate = BENCH_RATE,
+        conns = BENCH_CONNECTIONS,
     );
     if let Some(url) = &options.backends.database_url {
         yaml.push_str(&format!("BUILDMAN_DATABASE_URL: {}\n", yaml_string(url)));
