@@ -44,12 +44,7 @@ async fn a_worker_that_never_registers_spends_a_retry_and_after_three_the_build_
     for pid in starts {
         wait_gone(pid, T).await;
     }
-    let build_id = id.parse().unwrap();
-    assert_eq!(
-        s.manager().builds().queue_state(build_id).await.unwrap(),
-        None,
-        "out of the queue for good"
-    );
+    s.wait_queue(&id, Option::is_none, T).await; // out of the queue for good
     let logs = s.logs("demo/silent", &id).await;
     assert_eq!(
         phases(&logs)
@@ -89,11 +84,8 @@ async fn heartbeats_that_stop_requeue_the_build_with_its_retry_restored() {
     );
 
     let q = s
-        .manager()
-        .builds()
-        .queue_state(id.parse().unwrap())
+        .wait_queue(&id, |q| q.as_ref().is_none_or(|q| q.available), T)
         .await
-        .unwrap()
         .expect("still queued");
     assert_eq!(q.retries_remaining, 3, "the retry was given back");
     assert!(q.available);

@@ -105,11 +105,7 @@ async fn a_build_runs_from_submit_to_complete() {
     assert_eq!(page["logs"].as_array().unwrap()[..], logs[3..]);
 
     // The build left the queue, and its worker is gone.
-    let build_id = id.parse().unwrap();
-    assert_eq!(
-        s.manager().builds().queue_state(build_id).await.unwrap(),
-        None
-    );
+    s.wait_queue(&id, Option::is_none, T).await;
     wait_gone(started["pid"].as_u64().unwrap(), T).await;
 
     // The status view and the repository listing agree.

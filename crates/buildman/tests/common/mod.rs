@@ -261,6 +261,30 @@ impl TestServer {
         }
     }
 
+    /// Polls the build's queue item until `settled` holds and returns it (`None`: out of
+    /// the queue); panics after `within`. A job's end marks the build before it settles the
+    /// item, so a final phase alone does not say the item is settled yet.
+    pub async fn wait_queue(
+        &self,
+        id: &str,
+        settled: impl Fn(&Option<buildman_store::QueueState>) -> bool,
+        within: Duration,
+    ) -> Option<buildman_store::QueueState> {
+        let deadline = Instant::now() + within;
+        let build = id.parse().expect("a build id");
+        loop {
+            let state = (self.manager().builds().queue_state(build).await).expect("queue state");
+            if settled(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "build {id}'s queue item never settled: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The whole log of a build, page after page from 0.
     pub async fn logs(&self, repo: &str, id: &str) -> Vec<Value> {
         logs_at(&self.http, &self.base, &self.token, repo, id).await

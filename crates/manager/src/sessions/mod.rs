@@ -303,6 +303,10 @@ impl WorkerSessions {
             Phase::Error => Some(phases::worker_error(self.store.as_ref(), build).await),
             _ => None,
         };
+        if to == Phase::Complete {
+            // Before the phase: whoever sees `complete` also sees where the image went.
+            self.record_result_location(&current).await;
+        }
         let before = phases::change(
             self.store.as_ref(),
             build,
@@ -319,10 +323,7 @@ impl WorkerSessions {
         }
         tracing::info!(build_id = %build, phase = %to, "phase");
         let end = match to {
-            Phase::Complete => {
-                self.record_result_location(&current).await;
-                JobEnd::Complete
-            }
+            Phase::Complete => JobEnd::Complete,
             Phase::Error => JobEnd::Error,
             _ => return Ok(true),
         };
