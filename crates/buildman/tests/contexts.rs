@@ -117,10 +117,18 @@ async fn a_context_uploaded_to_a_killed_manager_builds_on_another_from_s3() {
     let view = b.wait_phase(&id, &["complete", "error", "expired"]).await;
     let logs = b.logs("demo/contexts", &id).await;
     assert_eq!(view["phase"], "complete", "{view}\n{logs:?}");
+    // A's attempt ended (B saw its deadline or A's death, whichever came first), then
+    // B's whole run.
     let phases = phases(&logs);
     assert!(
-        phases.ends_with(&COMPLETE_RUN.map(String::from)) && phases.len() > COMPLETE_RUN.len(),
-        "A's attempt, then B's whole run: {phases:?}"
+        phases.ends_with(&COMPLETE_RUN.map(String::from)),
+        "B's whole run: {phases:?}"
+    );
+    assert!(
+        logs.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("attempt 1 ended: "))),
+        "A's attempt ended: {logs:?}"
     );
     assert_eq!(
         bucket.keys().await,
