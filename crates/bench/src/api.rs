@@ -1,6 +1,7 @@
 //! The manager's REST API, as far as the scenarios use it: submit, look at a build, read
 //! its whole log.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -64,6 +65,30 @@ impl Api {
             .await
             .with_context(|| format!("POST {url}: reading the build view"))?;
         Ok((view.id.to_string(), sent))
+    }
+
+    /// How many calls the manager made to its store so far, by call (its
+    /// `buildman_store_calls_total` series).
+    pub async fn store_calls(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let url = format!("{}{}", self.base, paths::METRICS);
+        let text = (self.http.get(&url).send().await)
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await?;
+        let mut calls = BTreeMap::new();
+        for line in text.lines() {
+            // buildman_store_calls_total{call="claim"} 12
+            let Some(rest) = line.strip_prefix("buildman_store_calls_total{call=\"") else {
+                continue;
+            };
+            if let Some((call, value)) = rest.split_once("\"} ")
+                && let Ok(n) = value.trim().parse::<f64>()
+            {
+                calls.insert(call.to_string(), n);
+            }
+        }
+        Ok(calls)
     }
 
     /// A build's view (`GET /api/v1/build/<id>`).

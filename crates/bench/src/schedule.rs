@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use self::results::{Burst, Timeline, latencies, report};
+use self::results::{Burst, Timeline, calls_between, latencies, report};
 pub use self::results::{Latencies, ScheduleResults};
 use crate::callback::StartCall;
 use crate::scenario::{Usage, cpu_text, map_parallel, submit, submit_many, wait_until};
@@ -163,6 +163,7 @@ impl<'a> Schedule<'a> {
     /// The burst: builds submitted as fast as the API takes them, then their workers
     /// awaited.
     async fn burst(&mut self) -> Burst {
+        let calls_before = self.env.api.store_calls().await.ok();
         let before = Usage::now(self.env);
         let started = Instant::now();
         let (run_id, repos) = (self.env.run_id.clone(), self.options.repositories.max(1));
@@ -183,7 +184,11 @@ impl<'a> Schedule<'a> {
         let workers_ended = self.wait_burst_done(ids.len()).await;
         let ended = Instant::now();
         let after = Usage::now(self.env);
+        let calls_after = self.env.api.store_calls().await.ok();
         Burst {
+            store_calls: calls_before
+                .zip(calls_after)
+                .map(|(b, a)| calls_between(&b, a)),
             times: self.timeline.get(&ids),
             ids,
             started,

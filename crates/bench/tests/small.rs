@@ -88,6 +88,12 @@ async fn schedule_small() {
     assert_eq!(count(&report, "stops"), 65);
     assert_eq!(report.results["idle"]["submit_to_start"]["count"], 5);
     assert_eq!(report.results["burst"]["submit_to_registered"]["count"], 60);
+    // Every build was claimed and completed through the store, and the report says so.
+    let calls = &report.results["store_calls_per_build"];
+    for call in ["claim", "set_phase", "complete_item"] {
+        let per_build = calls[call].as_f64().unwrap_or_default();
+        assert!(per_build >= 1.0, "{call}: {per_build} per build in {calls}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

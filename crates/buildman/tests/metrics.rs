@@ -243,6 +243,8 @@ async fn metrics_count_builds_that_completed_failed_expired_and_fell_back() {
     );
     assert_eq!(must(&m, breaker, &[("executor", "local")]), 0.0);
     assert!(must(&m, "buildman_log_lines_total", &[("outcome", "stored")]) >= 1.0);
+    // Four builds, each claimed at least once (the expired one three times).
+    assert!(must(&m, "buildman_store_calls_total", &[("call", "claim")]) >= 4.0);
     let grpc = "buildman_grpc_request_duration_seconds_count";
     let call = |method| [("method", method), ("code", "OK")];
     assert_eq!(must(&m, grpc, &call("RegisterBuildJob")), 3.0);
@@ -260,7 +262,7 @@ async fn metrics_count_builds_that_completed_failed_expired_and_fell_back() {
     for sample in &m {
         for value in sample.labels.values() {
             assert!(
-                !ids.iter().any(|id| value.contains(id.as_str())) && !value.contains("app"),
+                !ids.iter().any(|id| value.contains(id.as_str())) && !value.contains("/app"),
                 "{sample:?}"
             );
         }

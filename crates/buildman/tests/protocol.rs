@@ -486,3 +486,64 @@ async fn pipelined_log_lines_are_answered_in_order_and_stored_once() {
     assert_eq!(piped, expected);
     s.stop().await;
 }
+
+/// DetermineCachedTag answers the first of a build's tags that an earlier complete build of
+/// the same repository pushed, never one only a failed build asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cached_tag_is_one_an_earlier_complete_build_pushed() {
+    let s = TestServer::start(
+        |d| config_yaml("ALLOWED_WORKER_COUNT: 1", &popen(d, "local", "")),
+        "hold-registered",
+        fast_timings(),
+    )
+    .await;
+    let mut client = Client::connect(s.grpc.clone()).await.unwrap();
+    // Runs a build of `repo` with `tags` to `end` (when given) through its worker's token;
+    // returns that token.
+    let mut runs = 0;
+    let mut run = async |repo: &str, tags: &[&str], end: Option<pb::Phase>| {
+        let id = s.submit(repo, tags).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        runs += 1;
+        // One build at a time: this one's worker is the next to register.
+        let deadline = tokio::time::Instant::now() + T;
+        let jwt = loop {
+            let registered: Vec<Value> = (s.reports().into_iter())
+                .filter(|r| r["event"] == "registered")
+                .collect();
+            if let Some(r) = registered.get(runs - 1) {
+                break r["job_token"].as_str().unwrap().to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no worker registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let walk = [
+            pb::Phase::Unpacking,
+            pb::Phase::Pulling,
+            pb::Phase::Building,
+        ];
+        for (seq, phase) in walk.into_iter().chain(end).enumerate() {
+            let seq = i32::try_from(seq).unwrap() + 1;
+            client.set_phase(set_phase(&jwt, seq, phase)).await.unwrap();
+        }
+        if end.is_some() {
+            s.wait_phase(&id, &["complete", "error"], T).await;
+        }
+        jwt
+    };
+    run("demo/cache", &["v1", "v2"], Some(pb::Phase::Complete)).await;
+    run("demo/cache", &["v3"], Some(pb::Phase::Error)).await;
+    let asking = run("demo/cache", &["v3", "v2", "v1"], None).await;
+    let cached = |jwt: String| pb::CachedTagRequest {
+        job_jwt: jwt,
+        ..Default::default()
+    };
+    let answer = client.determine_cached_tag(cached(asking)).await.unwrap();
+    assert_eq!(answer.into_inner().cached_tag, "v2");
+    s.stop().await;
+}

@@ -242,11 +242,16 @@ impl Build {
 
     /// The tags to push: the requested ones, or `latest`.
     pub fn effective_tags(&self) -> Vec<String> {
-        if self.tags.is_empty() {
-            vec!["latest".to_string()]
-        } else {
-            self.tags.clone()
-        }
+        effective_tags(&self.tags)
+    }
+}
+
+/// The tags a build with the requested `tags` pushes: those, or `latest` when there are none.
+pub fn effective_tags(tags: &[String]) -> Vec<String> {
+    if tags.is_empty() {
+        vec!["latest".to_string()]
+    } else {
+        tags.to_vec()
     }
 }
 

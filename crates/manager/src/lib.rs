@@ -94,12 +94,13 @@ impl Manager {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         // Every role writes through the feed, so followers hear of every entry stored here.
         let feed = Arc::new(feed::Feed::default());
+        let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = Arc::new(feed::FeedStore {
             inner: store,
             feed: feed.clone(),
+            metrics: metrics.clone(),
         });
         let settings = Arc::new(settings);
-        let metrics = Arc::new(Metrics::new());
         let tokens = Arc::new(tokens);
         let records = JobRecords::new(orchestrator.clone());
         let executors = Executors::new(executors);

@@ -169,6 +169,16 @@ pub trait Store: Send + Sync + 'static {
         entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>>;
 
+    /// DetermineCachedTag: the first of `tags` that a complete build of
+    /// `namespace/repository` pushed (a later build's push of a tag counts, whatever became
+    /// of the build's record since).
+    async fn pushed_tag(
+        &self,
+        namespace: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Option<String>>;
+
     /// Records which executor started the current attempt's worker.
     async fn set_executor(&self, id: BuildId, executor: &str) -> Result<()>;
 

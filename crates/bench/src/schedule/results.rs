@@ -1,7 +1,7 @@
 //! The schedule scenario's measurements: when each step of each build happened, the
 //! latencies and rates derived from that, and the report they make.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -108,6 +108,9 @@ pub struct ScheduleResults {
     pub stops: u64,
     /// Simulated worker connections opened.
     pub connections: usize,
+    /// The manager's store calls during the burst per build ended, by call (background
+    /// passes included), when its metrics said.
+    pub store_calls_per_build: Option<BTreeMap<String, f64>>,
 }
 
 /// What the burst did.
@@ -128,6 +131,22 @@ pub(super) struct Burst {
     pub before: Usage,
     /// CPU and memory at `ended`.
     pub after: Usage,
+    /// The manager's store calls from `started` to `ended`, by call, when its metrics said.
+    pub store_calls: Option<BTreeMap<String, f64>>,
+}
+
+/// The calls made between two readings of the manager's store-call counters.
+pub(super) fn calls_between(
+    before: &BTreeMap<String, f64>,
+    after: BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    (after.into_iter())
+        .map(|(call, n)| {
+            let made = n - before.get(&call).copied().unwrap_or(0.0);
+            (call, made)
+        })
+        .filter(|(_, made)| *made > 0.0)
+        .collect()
 }
 
 impl Burst {
@@ -163,6 +182,12 @@ impl Burst {
             ),
             stops,
             connections,
+            store_calls_per_build: self.store_calls.as_ref().map(|calls| {
+                let builds = self.workers_ended.max(1) as f64;
+                (calls.iter())
+                    .map(|(call, n)| (call.clone(), n / builds))
+                    .collect()
+            }),
         }
     }
 }
@@ -244,12 +269,30 @@ fn text(options: &ScheduleOptions, r: &ScheduleResults, shared: &Shared, cpu: &s
             ms(r.manager_cpu_ms_per_build),
             ms(r.generator_cpu_ms_per_build)
         ),
+        format!(
+            "  store calls per build: {}",
+            calls_text(r.store_calls_per_build.as_ref())
+        ),
         format!("  heartbeat replies {}", shared.heartbeats.summary().text()),
         format!(
             "  {} worker connections; {} stop callbacks",
             r.connections, r.stops
         ),
     ]
+}
+
+/// Store calls per build as text: the total, then each call's share, most first.
+fn calls_text(calls: Option<&BTreeMap<String, f64>>) -> String {
+    let Some(calls) = calls else {
+        return "unknown (the manager's metrics did not say)".to_string();
+    };
+    let mut by_count: Vec<_> = calls.iter().collect();
+    by_count.sort_by(|a, b| b.1.total_cmp(a.1));
+    let each: Vec<String> = (by_count.iter())
+        .map(|(call, n)| format!("{call} {n:.2}"))
+        .collect();
+    let total: f64 = calls.values().sum();
+    format!("{total:.1} ({})", each.join(", "))
 }
 
 /// Issue 4's scheduling targets against the measurements.

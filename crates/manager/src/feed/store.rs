@@ -1,4 +1,5 @@
-//! The store as the roles use it: every call goes to the real store, and what changed a
+//! The store as the roles use it: every call goes to the real store and is counted for the
+//! metrics (`buildman_store_calls_total`: what a build costs the store), and what changed a
 //! build's log or state is published to the [`Feed`] after it committed.
 
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use buildman_store::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store
 use chrono::{DateTime, Utc};
 
 use super::{Fed, Feed};
+use crate::metrics::Metrics;
 
-/// A [`Store`] that publishes to a [`Feed`].
+/// A [`Store`] that publishes to a [`Feed`] and counts its calls.
 pub(crate) struct FeedStore {
     pub(crate) inner: Arc<dyn Store>,
     pub(crate) feed: Arc<Feed>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl FeedStore {
@@ -59,12 +62,14 @@ impl Store for FeedStore {
         retries: u32,
         max_queued: Option<u32>,
     ) -> Result<Build> {
+        self.metrics.store_call("create_build");
         let build = self.inner.create_build(new, retries, max_queued).await?;
         self.feed.touch();
         Ok(build)
     }
 
     async fn get_build(&self, id: BuildId) -> Result<Option<Build>> {
+        self.metrics.store_call("get_build");
         self.inner.get_build(id).await
     }
 
@@ -75,12 +80,14 @@ impl Store for FeedStore {
         limit: u32,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<Build>> {
+        self.metrics.store_call("list_builds");
         self.inner
             .list_builds(namespace, repository, limit, since)
             .await
     }
 
     async fn find_builds(&self, filter: &BuildFilter, limit: u32) -> Result<Vec<Build>> {
+        self.metrics.store_call("find_builds");
         self.inner.find_builds(filter, limit).await
     }
 
@@ -92,6 +99,7 @@ impl Store for FeedStore {
         error: Option<&str>,
         entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>> {
+        self.metrics.store_call("set_phase");
         let before = self.inner.set_phase(id, to, from, error, entry).await?;
         if before.is_some_and(|p| p != to) {
             self.changed(id);
@@ -99,19 +107,32 @@ impl Store for FeedStore {
         Ok(before)
     }
 
+    async fn pushed_tag(
+        &self,
+        namespace: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Option<String>> {
+        self.metrics.store_call("pushed_tag");
+        self.inner.pushed_tag(namespace, repository, tags).await
+    }
+
     async fn set_executor(&self, id: BuildId, executor: &str) -> Result<()> {
+        self.metrics.store_call("set_executor");
         self.inner.set_executor(id, executor).await?;
         self.feed.touch();
         Ok(())
     }
 
     async fn set_result_location(&self, id: BuildId, location: &str) -> Result<()> {
+        self.metrics.store_call("set_result_location");
         self.inner.set_result_location(id, location).await?;
         self.feed.touch();
         Ok(())
     }
 
     async fn claim(&self, now: DateTime<Utc>, lease: Duration) -> Result<Option<ClaimedItem>> {
+        self.metrics.store_call("claim");
         let claimed = self.inner.claim(now, lease).await?;
         if let Some(item) = &claimed {
             self.changed(item.build_id);
@@ -120,6 +141,7 @@ impl Store for FeedStore {
     }
 
     async fn complete_item(&self, item: &ClaimedItem) -> Result<bool> {
+        self.metrics.store_call("complete_item");
         let done = self.inner.complete_item(item).await?;
         self.changed(item.build_id);
         Ok(done)
@@ -131,6 +153,7 @@ impl Store for FeedStore {
         now: DateTime<Utc>,
         requeue: &Requeue,
     ) -> Result<bool> {
+        self.metrics.store_call("return_item");
         let done = self.inner.return_item(item, now, requeue).await?;
         self.changed(item.build_id);
         Ok(done)
@@ -143,30 +166,36 @@ impl Store for FeedStore {
         lease: Duration,
         minimum: Duration,
     ) -> Result<bool> {
+        self.metrics.store_call("extend_item");
         self.inner.extend_item(item, now, lease, minimum).await
     }
 
     async fn release_all_claims(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.metrics.store_call("release_all_claims");
         let released = self.inner.release_all_claims(now).await?;
         self.feed.touch();
         Ok(released)
     }
 
     async fn delete_item(&self, build: BuildId) -> Result<()> {
+        self.metrics.store_call("delete_item");
         self.inner.delete_item(build).await?;
         self.changed(build);
         Ok(())
     }
 
     async fn queue_state(&self, build: BuildId) -> Result<Option<QueueState>> {
+        self.metrics.store_call("queue_state");
         self.inner.queue_state(build).await
     }
 
     async fn next_available_after(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        self.metrics.store_call("next_available_after");
         self.inner.next_available_after(now).await
     }
 
     async fn append_logs(&self, id: BuildId, entries: &[LogEntry]) -> Result<u64> {
+        self.metrics.store_call("append_logs");
         let total = self.inner.append_logs(id, entries).await?;
         if !entries.is_empty() && self.feed.is_followed(id) {
             // One transaction: the entries are the last of the log.
@@ -178,6 +207,7 @@ impl Store for FeedStore {
     }
 
     async fn append_worker_lines(&self, lines: &[WorkerLine]) -> Result<Vec<Option<u64>>> {
+        self.metrics.store_call("append_worker_lines");
         let stored = self.inner.append_worker_lines(lines).await?;
         self.publish_lines(lines, &stored);
         Ok(stored)
@@ -190,14 +220,17 @@ impl Store for FeedStore {
         limit: u32,
         max_bytes: u64,
     ) -> Result<LogPage> {
+        self.metrics.store_call("read_logs");
         self.inner.read_logs(id, start, limit, max_bytes).await
     }
 
     async fn ping(&self) -> Result<()> {
+        self.metrics.store_call("ping");
         self.inner.ping().await
     }
 
     async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats> {
+        self.metrics.store_call("queue_stats");
         self.inner.queue_stats(now).await
     }
 
@@ -206,14 +239,17 @@ impl Store for FeedStore {
         ended_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Build>> {
+        self.metrics.store_call("ended_with_context");
         self.inner.ended_with_context(ended_before, limit).await
     }
 
     async fn mark_contexts_pruned(&self, builds: &[BuildId]) -> Result<()> {
+        self.metrics.store_call("mark_contexts_pruned");
         self.inner.mark_contexts_pruned(builds).await
     }
 
     async fn delete_ended_builds(&self, ended_before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        self.metrics.store_call("delete_ended_builds");
         let deleted = self.inner.delete_ended_builds(ended_before, limit).await?;
         if deleted > 0 {
             // Lists showing the deleted builds change.

@@ -61,6 +61,12 @@ pub(super) struct OutcomeLabel {
     pub(super) outcome: &'static str,
 }
 
+/// `{call}`: a store call's name (the `Store` trait's method).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct CallLabel {
+    pub(super) call: &'static str,
+}
+
 /// `{method, code}` of a gRPC call: the method's name and the status code's.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct GrpcLabels {

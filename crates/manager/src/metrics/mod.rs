@@ -84,6 +84,7 @@ pub struct Metrics {
     breaker_open: Family<ExecutorLabel, Gauge>,
     orphans_stopped: Counter,
     log_lines: Family<OutcomeLabel, Counter>,
+    store_calls: Family<CallLabel, Counter>,
     grpc_requests: Histograms<GrpcLabels>,
     http_requests: Histograms<HttpLabels>,
     data_dir_bytes: Gauge,
@@ -119,6 +120,7 @@ impl Metrics {
             breaker_open: Family::default(),
             orphans_stopped: Counter::default(),
             log_lines: Family::default(),
+            store_calls: Family::default(),
             grpc_requests: histograms(request_buckets),
             http_requests: histograms(request_buckets),
             data_dir_bytes: Gauge::default(),
@@ -230,6 +232,11 @@ impl Metrics {
             "buildman_log_lines",
             "build log lines from workers, by outcome: stored, duplicate (re-sent, acknowledged, not stored again), refused",
             self.log_lines.clone(),
+        );
+        r.register(
+            "buildman_store_calls",
+            "calls this manager made to the store (its database, or Quay's), by call",
+            self.store_calls.clone(),
         );
         r.register(
             "buildman_grpc_request_duration_seconds",
@@ -346,6 +353,11 @@ impl Metrics {
     /// This manager stopped `n` orphaned workers.
     pub(crate) fn orphans_stopped(&self, n: u64) {
         self.orphans_stopped.inc_by(n);
+    }
+
+    /// A call to the store, by its name.
+    pub(crate) fn store_call(&self, call: &'static str) {
+        self.store_calls.get_or_create(&CallLabel { call }).inc();
     }
 
     /// Log lines of a batch: stored, re-sent ones acknowledged without storing, refused.

@@ -362,20 +362,11 @@ impl WorkerSessions {
         let Some(build) = self.store.get_build(ctx.build_id).await? else {
             return Ok(String::new());
         };
-        let earlier = self
-            .store
-            .list_builds(&build.namespace, &build.repository, 50, None)
+        let tags = build.effective_tags();
+        let pushed = (self.store)
+            .pushed_tag(&build.namespace, &build.repository, &tags)
             .await?;
-        let pushed: Vec<String> = earlier
-            .iter()
-            .filter(|b| b.id != build.id && b.phase == Phase::Complete)
-            .flat_map(|b| b.effective_tags())
-            .collect();
-        Ok(build
-            .effective_tags()
-            .into_iter()
-            .find(|t| pushed.contains(t))
-            .unwrap_or_default())
+        Ok(pushed.unwrap_or_default())
     }
 }
 

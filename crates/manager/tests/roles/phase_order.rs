@@ -61,6 +61,14 @@ impl Store for SlowToReturn {
     async fn set_result_location(&self, id: BuildId, location: &str) -> buildman_store::Result<()> {
         self.inner.set_result_location(id, location).await
     }
+    async fn pushed_tag(
+        &self,
+        namespace: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> buildman_store::Result<Option<String>> {
+        self.inner.pushed_tag(namespace, repository, tags).await
+    }
     async fn set_executor(&self, id: BuildId, executor: &str) -> buildman_store::Result<()> {
         self.inner.set_executor(id, executor).await
     }

@@ -20,6 +20,7 @@ pub(crate) mod logs;
 mod maintenance;
 pub(crate) mod rows;
 mod store;
+mod tags;
 
 use logs::{LastSequences, LogRows};
 use rows::{ClaimableRow, LogHead};

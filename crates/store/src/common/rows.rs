@@ -71,7 +71,7 @@ pub(crate) fn log_total(n: i64, id: BuildId) -> Result<u64> {
 }
 
 /// A JSON column of build `id`, read as text.
-fn json<T: DeserializeOwned>(text: &str, column: &str, id: BuildId) -> Result<T> {
+pub(crate) fn json<T: DeserializeOwned>(text: &str, column: &str, id: BuildId) -> Result<T> {
     serde_json::from_str(text).map_err(|e| corrupt(format!("build {id}: {column} {text:?}: {e}")))
 }
 

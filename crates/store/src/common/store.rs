@@ -15,7 +15,7 @@ use super::logs::{LogBatch, encode};
 use super::maintenance::Maintenance;
 use super::rows::{
     BUILD_COLUMNS, BuildRow, LOG_PAGE, LOG_TOTAL, LogPageRow, QueueRow, after, duration_millis,
-    log_total, millis, now_stored, phase, time,
+    json, log_total, millis, now_stored, phase, time,
 };
 use super::{Backend, RowsAffected};
 use crate::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, StoreError, WorkerLine};
@@ -180,13 +180,17 @@ where
         entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>> {
         let key = id.to_string();
-        let sql = format!("SELECT phase FROM builds WHERE id = $1{}", B::LOCK_BUILD);
+        let sql = format!(
+            "SELECT phase, namespace, repository, CAST(tags AS TEXT) FROM builds WHERE id = $1{}",
+            B::LOCK_BUILD
+        );
         let mut tx = self.begin_deciding().await?;
-        let current: Option<(String,)> = sqlx::query_as(&sql)
+        let row: Option<(String, String, String, String)> = sqlx::query_as(&sql)
             .bind(key.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        let current = phase(&current.ok_or(StoreError::NotFound(id))?.0, id)?;
+        let (current, namespace, repository, tags) = row.ok_or(StoreError::NotFound(id))?;
+        let current = phase(&current, id)?;
         if !from.is_empty() && !from.contains(&current) {
             tx.rollback().await?;
             return Ok(None);
@@ -214,6 +218,10 @@ where
         .bind(finished)
         .execute(&mut *tx)
         .await?;
+        if to == Phase::Complete && current != to {
+            let tags: Vec<String> = json(&tags, "tags", id)?;
+            super::tags::record::<B>(&mut tx, id, &namespace, &repository, &tags, now).await?;
+        }
         if let Some(entry) = entry.filter(|_| current != to) {
             // In the same transaction as the change, so the log's phase entries are in the
             // order of the changes whoever makes them.
@@ -224,6 +232,15 @@ where
         }
         tx.commit().await?;
         Ok(Some(current))
+    }
+
+    async fn pushed_tag(
+        &self,
+        namespace: &str,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Option<String>> {
+        super::tags::first_pushed::<B, _>(self.pool(), namespace, repository, tags).await
     }
 
     async fn set_executor(&self, id: BuildId, executor: &str) -> Result<()> {

@@ -7,3 +7,4 @@ mod maintenance;
 mod postgres;
 mod sqlite;
 mod suite;
+mod tags;

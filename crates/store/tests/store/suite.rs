@@ -63,6 +63,7 @@ macro_rules! store_suite {
             undecodable_rows_are_reported_as_corrupt,
             queue_stats_are_quays_counts_for_every_manager,
             retention_takes_only_builds_over_for_good,
+            a_complete_builds_tags_are_found_for_the_cached_tag,
         );
     };
     (@tests $backend:ty: $($test:ident),* $(,)?) => {
@@ -79,6 +80,7 @@ pub(crate) use store_suite;
 pub use crate::maintenance::{
     queue_stats_are_quays_counts_for_every_manager, retention_takes_only_builds_over_for_good,
 };
+pub use crate::tags::a_complete_builds_tags_are_found_for_the_cached_tag;
 
 /// The lease of most claims in the tests.
 pub const LEASE: Duration = Duration::from_secs(530);
