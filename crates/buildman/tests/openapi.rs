@@ -96,6 +96,11 @@ async fn the_document_is_valid_openapi_3_1_and_names_every_route_served() {
                 );
                 let refused = &operation["responses"]["401"];
                 assert!(refused.is_object(), "{method} {path} documents no 401");
+                let limited = &operation["responses"]["429"]["headers"]["Retry-After"];
+                assert!(
+                    limited.is_object(),
+                    "{method} {path}: no 429 with Retry-After"
+                );
             }
             // Every error answer is the one error body.
             for (status, answer) in operation["responses"].as_object().expect("responses") {

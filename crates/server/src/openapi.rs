@@ -52,7 +52,7 @@ pub const BEARER: &str = "api_token"; // Also spelled out in `ApiDoc`'s `securit
         readyz,
     ),
     components(schemas(LogPage)),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &RateLimited),
     security(("api_token" = [])),
     tags(
         (name = "builds", description = "Queue, follow and cancel builds (Quay's shapes)."),
@@ -76,6 +76,56 @@ impl Modify for BearerToken {
             .build();
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+    }
+}
+
+/// Adds the per-token rate limit's 429 to every operation that takes a token (all but the
+/// `security(())` ones): the authentication layer answers it before any handler, so no
+/// operation's own description could say so once for all.
+struct RateLimited;
+
+/// What a 429 from the rate limit means.
+const RATE_LIMITED: &str = "Too many requests with this API token (BUILDMAN_LIMITS \
+     RATE_PER_SECOND, RATE_BURST): retry after the Retry-After header's seconds.";
+
+impl Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder, Type,
+            schema::ObjectBuilder, security::SecurityRequirement,
+        };
+        let public = Some(vec![SecurityRequirement::default()]);
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security == public {
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                let description = match responses.get("429") {
+                    Some(RefOr::T(own)) => format!("{} Or: {RATE_LIMITED}", own.description),
+                    _ => RATE_LIMITED.to_string(),
+                };
+                let retry_after = HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                    .description(Some("Seconds to wait before the next request."))
+                    .build();
+                let body = ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build();
+                let response = ResponseBuilder::new()
+                    .description(description)
+                    .header("Retry-After", retry_after)
+                    .content("application/json", body)
+                    .build();
+                responses.insert("429".to_string(), RefOr::T(response));
+            }
+        }
     }
 }
 
