@@ -152,6 +152,10 @@ impl Store for FeedStore {
         Ok(released)
     }
 
+    async fn claimed_items(&self, limit: u32) -> Result<Vec<ClaimedItem>> {
+        self.inner.claimed_items(limit).await
+    }
+
     async fn delete_item(&self, build: BuildId) -> Result<()> {
         self.inner.delete_item(build).await?;
         self.changed(build);
