@@ -13,7 +13,10 @@
 //! It prints, per fault, how long after the fault ended the attempt that completed the build
 //! was making progress (a line of its output stored), and how many attempts ran.
 //! `BUILDMAN_FAULTS_REPEAT=5` runs each fault five times and prints the medians (the table in
-//! docs/operations.md); `BUILDMAN_FAULTS_ONLY=RedisFlush` runs one fault. Disk full on the embedded store is `store_faults.rs`.
+//! docs/operations.md). Each fault is a test of its own, so nextest (CI) runs them side by
+//! side, each process with its own PostgreSQL; under `cargo test` give `--test-threads=1`
+//! (the PostgreSQL restart would hit the others). Disk full on the embedded store is
+//! `store_faults.rs`.
 //! Needs buildah, runc, busybox-static, PostgreSQL and Redis (`.ci/run` installs them).
 
 mod common;
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::{redis_command, wait_gone};
 use rig::*;
 
-/// The faults, in the order run.
+/// The faults played.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
     /// kill -9 of the manager running the build; its worker reconnects to the other.
@@ -44,16 +47,6 @@ enum Fault {
     RedisCut,
 }
 
-const FAULTS: [Fault; 7] = [
-    Fault::KillReconnect,
-    Fault::KillWithWorker,
-    Fault::RedisRestart,
-    Fault::RedisFlush,
-    Fault::PostgresRestart,
-    Fault::AllManagersDown,
-    Fault::RedisCut,
-];
-
 /// What one run of a fault measured.
 struct Outcome {
     /// From the end of the fault until the attempt that completed the build had a line of
@@ -66,46 +59,66 @@ struct Outcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_fault_ends_with_the_build_complete_once() {
+async fn kill_9_of_the_builds_manager_worker_reconnects() {
+    measure(Fault::KillReconnect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_builds_manager_with_its_worker() {
+    measure(Fault::KillWithWorker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_its_data() {
+    measure(Fault::RedisRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed() {
+    measure(Fault::RedisFlush).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted() {
+    measure(Fault::PostgresRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_manager_down_past_the_deadline() {
+    measure(Fault::AllManagersDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_to_redis_cut_for_10_s() {
+    measure(Fault::RedisCut).await;
+}
+
+/// Plays `fault` BUILDMAN_FAULTS_REPEAT times (default once), checking the invariants each
+/// time, and prints each run and the median.
+async fn measure(fault: Fault) {
     let repeat: usize = std::env::var("BUILDMAN_FAULTS_REPEAT")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
-    let only = std::env::var("BUILDMAN_FAULTS_ONLY").ok();
-    let mut table = Vec::new();
-    for fault in FAULTS {
-        if only.as_ref().is_some_and(|o| *o != format!("{fault:?}")) {
-            continue;
-        }
-        let mut outcomes = Vec::new();
-        for run in 1..=repeat {
-            let o = run_fault(fault).await;
-            println!(
-                "{fault:?} run {run}: progress again {:.1} s after the fault, {} attempt(s), workers gone {:.1} s after completion",
-                o.recovery.as_secs_f64(),
-                o.attempts,
-                o.workers_gone.as_secs_f64()
-            );
-            outcomes.push(o);
-        }
-        table.push((fault, outcomes));
-    }
-    println!("fault | recovery (median of {repeat}) | attempts | workers gone (max)");
-    for (fault, outcomes) in &table {
-        let mut times: Vec<f64> = outcomes.iter().map(|o| o.recovery.as_secs_f64()).collect();
-        times.sort_by(f64::total_cmp);
-        let attempts: Vec<usize> = outcomes.iter().map(|o| o.attempts).collect();
-        let gone = outcomes
-            .iter()
-            .map(|o| o.workers_gone)
-            .max()
-            .unwrap_or_default();
+        .unwrap_or(1)
+        .max(1);
+    let mut outcomes = Vec::new();
+    for run in 1..=repeat {
+        let o = run_fault(fault).await;
         println!(
-            "{fault:?} | {:.1} s (all: {times:.1?}) | {attempts:?} | {:.1} s",
-            times[times.len() / 2],
-            gone.as_secs_f64()
+            "{fault:?} run {run}: progress again {:.1} s after the fault, {} attempt(s), workers gone {:.1} s after completion",
+            o.recovery.as_secs_f64(),
+            o.attempts,
+            o.workers_gone.as_secs_f64()
         );
+        outcomes.push(o);
     }
+    let mut times: Vec<f64> = outcomes.iter().map(|o| o.recovery.as_secs_f64()).collect();
+    times.sort_by(f64::total_cmp);
+    let attempts: Vec<usize> = outcomes.iter().map(|o| o.attempts).collect();
+    println!(
+        "FAULT {fault:?} | recovery median of {repeat}: {:.1} s (all: {times:.1?}) | attempts {attempts:?} | lost 0, duplicated 0, orphaned 0",
+        times[times.len() / 2],
+    );
 }
 
 /// Starts a build on manager `a`, lets it print some output, plays `fault`, and checks the
