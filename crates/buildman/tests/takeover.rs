@@ -1,6 +1,7 @@
 //! A manager killed with SIGKILL while it runs a build: another manager on the same
 //! PostgreSQL and Redis takes the build over as soon as its record expires (the heartbeat
-//! TTL) and runs it again at once, with no requeue delay. Prints how long that took.
+//! TTL) and runs it again at once, with no requeue delay; a build whose job record Redis
+//! lost (FLUSHALL) runs again within seconds. Prints how long each took.
 //! Needs PostgreSQL and Redis (`.ci/run` installs them).
 
 mod common;
@@ -82,4 +83,68 @@ async fn a_killed_managers_build_runs_again_on_another_at_once() {
         text.iter().any(|m| m.contains("runs in 0 s")),
         "no requeue delay: {text:?}"
     );
+}
+
+/// Redis flushed mid-build (its data lost): the store still holds the build's claim, but no
+/// job record names it. Within two claim checks (a quarter of the heartbeat TTL apart) the
+/// attempt ends as lost and the build runs again at once, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_whose_job_record_redis_lost_runs_again_within_seconds() {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "BUILDMAN_HEARTBEAT_TTL: 4\n{}BUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{}",
+        cluster.shared_keys(),
+        config_yaml(
+            &cluster.manager_keys(1),
+            &test_worker_script(dir.path(), "TEST_WORKER_BUILD_MS=6000")
+        )
+    );
+    let a = Serve::start(dir.path(), "a", &config).await;
+    let context = tar_gz(&[("Dockerfile", b"FROM scratch\n")], &[]);
+    let id = a.submit("demo/flushed", &context).await;
+    a.wait_phase(&id, &["building"]).await;
+    let first_pid = reports(dir.path())
+        .into_iter()
+        .find(|r| r["event"] == "started")
+        .unwrap()["pid"]
+        .clone();
+
+    let flushed = redis_command(cluster.redis.port(), "FLUSHALL").await;
+    assert_eq!(flushed, "+OK");
+    let at = Instant::now();
+    let deadline = at + T;
+    let rerun = loop {
+        let rerun = reports(dir.path())
+            .into_iter()
+            .any(|r| r["event"] == "registered" && r["pid"] != first_pid);
+        if rerun {
+            break at.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ran again: {}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.wait_phase(&id, &["complete"]).await;
+    println!(
+        "Redis flushed mid-build: running again after {:.1} s",
+        rerun.as_secs_f64()
+    );
+    let logs = a.logs("demo/flushed", &id).await;
+    let text: Vec<String> = logs.iter().map(|e| e["message"].to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|m| m.contains("the orchestrator lost the job's record")),
+        "the log says why the build ran again: {text:?}"
+    );
+    assert!(text.iter().any(|m| m.contains("runs in 0 s")), "{text:?}");
+    // Once: only the second attempt got past building (the first worker was refused).
+    let phases = phases(&logs);
+    let pushed = phases.iter().filter(|p| *p == "pushing").count();
+    assert_eq!(pushed, 1, "{phases:?}");
+    let view = a.get(&format!("/api/v1/build/{id}")).await;
+    assert_eq!(view["phase"], "complete", "{view}");
 }

@@ -103,6 +103,10 @@ pub enum JobEnd {
     /// The worker went silent and the manager that ran the job died with it (its liveness
     /// key is gone): another manager takes the build over.
     ManagerLost,
+    /// The orchestrator lost the job's record (Redis flushed, or restarted without its
+    /// data) while the store still held the claim: the build was not at fault and runs
+    /// again at once.
+    RecordLost,
 }
 
 /// What happens to a job's queue item when the job ends.
@@ -172,11 +176,13 @@ impl JobEnd {
             // Not the build's fault: it runs again at once, its retry given back within the
             // same bound as a silent worker's (a build that kills its manager every time,
             // out of memory say, still ends).
-            JobEnd::ManagerLost if silent_restores < policy.max_silent_retries => {
+            JobEnd::ManagerLost | JobEnd::RecordLost
+                if silent_restores < policy.max_silent_retries =>
+            {
                 silent_restores += 1;
                 (Duration::ZERO, true)
             }
-            JobEnd::ManagerLost => (Duration::ZERO, false),
+            JobEnd::ManagerLost | JobEnd::RecordLost => (Duration::ZERO, false),
             JobEnd::WorkerSilent
             | JobEnd::NeverStarted
             | JobEnd::NeverRegistered
@@ -208,6 +214,7 @@ impl JobEnd {
                 | JobEnd::Overran
                 | JobEnd::ManagerStopped
                 | JobEnd::ManagerLost
+                | JobEnd::RecordLost
         )
     }
 
@@ -230,6 +237,9 @@ impl JobEnd {
             JobEnd::ManagerLost => {
                 "the manager running the build died and its worker went silent; another manager took the build over"
             }
+            JobEnd::RecordLost => {
+                "the orchestrator lost the job's record (its data was flushed or lost); the build runs again"
+            }
         }
     }
 
@@ -246,6 +256,7 @@ impl JobEnd {
             JobEnd::Overran => "overran",
             JobEnd::ManagerStopped => "manager_stopped",
             JobEnd::ManagerLost => "manager_lost",
+            JobEnd::RecordLost => "record_lost",
         }
     }
 }
@@ -342,6 +353,12 @@ mod tests {
             QueueAction::GiveUp
         );
         assert!(JobEnd::ManagerLost.is_failure());
+        // A lost record follows the same rule: not the build's fault.
+        assert_eq!(
+            JobEnd::RecordLost.queue_action(&item(1, 0), P),
+            requeue(Duration::ZERO, true, 1)
+        );
+        assert!(JobEnd::RecordLost.is_failure());
     }
 
     #[test]

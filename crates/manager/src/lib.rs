@@ -181,6 +181,8 @@ impl Manager {
         inner.reaper.start_orphan_reaper(s.orphan_reap_interval);
         inner.scheduler.start();
         if !inner.reaper.orchestrator.is_process_local() {
+            // As often as liveness is refreshed: a lost record is found within seconds.
+            (inner.reaper).start_claim_check(liveness::ttl(s.timings.heartbeat_ttl));
             inner.tasks.spawn_loop(liveness::keep_alive(
                 inner.reaper.orchestrator.clone(),
                 inner.reaper.manager_id.clone(),

@@ -40,6 +40,11 @@ fn status(e: ManagerError) -> Status {
         ManagerError::Store(StoreError::AttemptOver(_)) => Status::failed_precondition(message),
         ManagerError::Store(StoreError::NotFound(_)) => Status::not_found(message),
         ManagerError::ShuttingDown => Status::unavailable(message),
+        // A backend that cannot be reached now (Redis cut off, PostgreSQL restarting): the
+        // worker retries UNAVAILABLE, so a short outage does not end its build.
+        ManagerError::Orchestrator(_) | ManagerError::Store(StoreError::Database(_)) => {
+            Status::unavailable(message)
+        }
         _ => Status::internal(message),
     }
 }

@@ -217,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
     /// orchestrator): the claims of a process that died are nobody's.
     async fn release_all_claims(&self, now: DateTime<Utc>) -> Result<u64>;
 
+    /// Every queue item under a claim (its lease run out or not), as that claim, at most
+    /// `limit`, in no particular order. The manager compares them with the
+    /// orchestrator's live jobs: a claim no job record names for a while was lost with the
+    /// orchestrator's data (see `JobEnd::RecordLost`). One query:
+    /// `SELECT ... FROM queue_items WHERE NOT available LIMIT $1`.
+    async fn claimed_items(&self, limit: u32) -> Result<Vec<ClaimedItem>>;
+
     /// Deletes a build's queue item whatever its claim (used by cancel).
     async fn delete_item(&self, build: BuildId) -> Result<()>;
 

@@ -66,7 +66,10 @@ impl ServeOptions {
                 .unwrap_or_else(|| PathBuf::from("buildman-data")),
             http_listen: config.http_listen.unwrap_or(DEFAULT_HTTP_LISTEN.parse()?),
             grpc_listen: config.grpc_listen.unwrap_or(DEFAULT_GRPC_LISTEN.parse()?),
-            timings: Timings::default(),
+            timings: Timings {
+                heartbeat_ttl: config.heartbeat_ttl,
+                ..Timings::default()
+            },
             worker_env: Vec::new(),
             allow_bench_executor: false,
             config_dir: PathBuf::from("."),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use buildman_manager::KeyPair;
 use buildman_testkit::redis::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The shared backends and key of one test's managers.
 pub struct Cluster {
@@ -48,4 +49,21 @@ impl Cluster {
             self.redis.port()
         )
     }
+}
+
+/// One Redis command (inline form) to the server on `port`; returns its first reply line.
+pub async fn redis_command(port: u16, command: &str) -> String {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to Redis");
+    conn.write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n") {
+        conn.read_exact(&mut byte).await.expect("reply");
+        reply.push(byte[0]);
+    }
+    String::from_utf8_lossy(&reply).trim().to_string()
 }

@@ -10,7 +10,7 @@ mod proxy;
 mod serve_process;
 
 pub use archive::tar_gz;
-pub use cluster::Cluster;
+pub use cluster::{Cluster, redis_command};
 pub use proxy::Proxy;
 pub use serve_process::{SERVE_API_TOKEN, Serve};
 

@@ -88,6 +88,9 @@ pub(super) fn read_buildman_keys(s: &mut Section, config: &mut Config) {
     if let Some(every) = s.u32_at_least("BUILDMAN_ORPHAN_REAP_INTERVAL", 1) {
         config.orphan_reap_interval = std::time::Duration::from_secs(every.into());
     }
+    if let Some(ttl) = s.u32_at_least("BUILDMAN_HEARTBEAT_TTL", 4) {
+        config.heartbeat_ttl = std::time::Duration::from_secs(ttl.into());
+    }
     config.metrics_listen = s.parsed(
         "BUILDMAN_METRICS_LISTEN",
         "an address like 0.0.0.0:8686",

@@ -94,6 +94,10 @@ pub struct Config {
     /// BUILDMAN_ORPHAN_REAP_INTERVAL: how often every executor's workers are compared with
     /// the live jobs, and those of no live job stopped (seconds, default 60).
     pub orphan_reap_interval: std::time::Duration,
+    /// BUILDMAN_HEARTBEAT_TTL: how long a heartbeat keeps a job alive (seconds, default
+    /// Quay's 60). A worker silent for longer is taken for lost; shorter finds lost workers
+    /// and managers sooner, but must stay well above the workers' heartbeat period (2 s).
+    pub heartbeat_ttl: std::time::Duration,
     /// BUILDMAN_REGISTRY: registry host workers push to; `None` means write OCI layouts locally.
     pub registry: Option<String>,
     /// BUILDMAN_REGISTRY_PUSH_TOKEN: the password workers log in to the registry with as
@@ -132,7 +136,7 @@ pub struct Config {
 debug_redacting!(Config {
     feature_build_support, server_hostname, buildman_hostname, build_manager, data_dir,
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
-    max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, registry,
+    max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, heartbeat_ttl, registry,
     context_storage, controller_port, metrics_listen, drain_period, context_retention,
     build_retention, sealing_key_file, limits,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
@@ -178,6 +182,7 @@ impl Config {
             max_queued_builds_per_namespace: None,
             max_silent_retries: crate::job::DEFAULT_MAX_SILENT_RETRIES,
             orphan_reap_interval: std::time::Duration::from_secs(60),
+            heartbeat_ttl: std::time::Duration::from_secs(60),
             registry: None,
             context_storage: ContextStorageConfig::Local,
             controller_port: None,

@@ -177,6 +177,10 @@ impl Store for FeedStore {
         Ok(released)
     }
 
+    async fn claimed_items(&self, limit: u32) -> Result<Vec<ClaimedItem>> {
+        self.inner.claimed_items(limit).await
+    }
+
     async fn delete_item(&self, build: BuildId) -> Result<()> {
         self.metrics.store_call("delete_item");
         self.inner.delete_item(build).await?;

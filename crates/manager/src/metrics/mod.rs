@@ -454,7 +454,7 @@ fn quay_job_status(end: JobEnd) -> Option<&'static str> {
         JobEnd::NeverStarted | JobEnd::NeverRegistered | JobEnd::WorkerSilent | JobEnd::Overran => {
             "expired"
         }
-        JobEnd::ManagerStopped | JobEnd::ManagerLost => "incomplete",
+        JobEnd::ManagerStopped | JobEnd::ManagerLost | JobEnd::RecordLost => "incomplete",
         JobEnd::NoExecutor => return None,
     })
 }

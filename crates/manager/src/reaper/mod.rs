@@ -11,8 +11,10 @@
 //! (its manager died, and its workers with their connections) lapses, and whoever sees it
 //! lapse frees the slot.
 //!
-//! The reaper also stops workers no job accounts for ([`orphans`]).
+//! The reaper also stops workers no job accounts for ([`orphans`]) and ends attempts whose
+//! job records the orchestrator lost ([`lost`]).
 
+mod lost;
 mod orphans;
 
 use std::sync::Arc;

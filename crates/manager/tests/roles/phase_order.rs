@@ -109,6 +109,9 @@ impl Store for SlowToReturn {
     async fn release_all_claims(&self, now: DateTime<Utc>) -> buildman_store::Result<u64> {
         self.inner.release_all_claims(now).await
     }
+    async fn claimed_items(&self, limit: u32) -> buildman_store::Result<Vec<ClaimedItem>> {
+        self.inner.claimed_items(limit).await
+    }
     async fn delete_item(&self, build: BuildId) -> buildman_store::Result<()> {
         self.inner.delete_item(build).await
     }

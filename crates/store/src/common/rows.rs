@@ -214,6 +214,15 @@ impl ClaimableRow {
             silent_restores: count(self.silent_restores, "silent_restores")?,
         })
     }
+
+    /// The claim this item is under now (it is claimed: its retry and attempt are counted
+    /// already).
+    pub fn held(&self) -> Result<ClaimedItem> {
+        let mut item = self.claimed(self.state_id.clone())?;
+        item.retries_remaining = retries(self.retries_remaining, self.id)?;
+        item.attempt = item.attempt.saturating_sub(1);
+        Ok(item)
+    }
 }
 
 /// The columns of `builds b` a [`LogHead`] reads. A log's length costs one index probe

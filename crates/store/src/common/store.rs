@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::logs::{LogBatch, encode};
 use super::maintenance::Maintenance;
 use super::rows::{
-    BUILD_COLUMNS, BuildRow, LOG_PAGE, LOG_TOTAL, LogPageRow, QueueRow, after, duration_millis,
-    json, log_total, millis, now_stored, phase, time,
+    BUILD_COLUMNS, BuildRow, CLAIMABLE_COLUMNS, ClaimableRow, LOG_PAGE, LOG_TOTAL, LogPageRow,
+    QueueRow, after, duration_millis, json, log_total, millis, now_stored, phase, time,
 };
 use super::{Backend, RowsAffected};
 use crate::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, StoreError, WorkerLine};
@@ -383,6 +383,16 @@ where
             .execute(self.pool())
             .await?;
         Ok(done.count())
+    }
+
+    async fn claimed_items(&self, limit: u32) -> Result<Vec<ClaimedItem>> {
+        let sql =
+            format!("SELECT {CLAIMABLE_COLUMNS} FROM queue_items q WHERE NOT q.available LIMIT $1");
+        let rows: Vec<ClaimableRow> = sqlx::query_as(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(ClaimableRow::held).collect()
     }
 
     async fn delete_item(&self, build: BuildId) -> Result<()> {

@@ -48,6 +48,7 @@ macro_rules! store_suite {
             extensions_write_only_past_the_minimum,
             delete_item_ignores_the_claim,
             release_all_claims_returns_every_claim,
+            claimed_items_are_the_claims_held,
             concurrent_claimers_never_share_an_item,
             a_full_namespace_refuses_new_builds,
             concurrent_submissions_respect_the_queue_limit,
@@ -712,6 +713,42 @@ pub async fn release_all_claims_returns_every_claim<B: Backend>() {
     let again = store.claim(later, LEASE).await.unwrap().unwrap();
     assert_eq!(again.build_id, a.id);
     assert_ne!(again.state_id, first.state_id);
+}
+
+pub async fn claimed_items_are_the_claims_held<B: Backend>() {
+    let (_db, store) = store::<B>().await;
+    let a = create(&store, "acme", "a").await;
+    let b = create(&store, "acme", "b").await;
+    create(&store, "acme", "c").await;
+    assert_eq!(store.claimed_items(10).await.unwrap(), vec![]);
+    let now = soon();
+    let first = store.claim(now, LEASE).await.unwrap().unwrap();
+    let second = store.claim(now, LEASE).await.unwrap().unwrap();
+    let mut held = store.claimed_items(10).await.unwrap();
+    held.sort_by_key(|i| i.item_id);
+    // Each as the claim that took it: the same state, retries and attempt.
+    assert_eq!(held, vec![first.clone(), second.clone()]);
+    assert_eq!(store.claimed_items(1).await.unwrap().len(), 1, "the limit");
+    // A claim handed back through what the listing gave is the claim itself.
+    let requeue = Requeue {
+        after: Duration::ZERO,
+        restore_retry: true,
+        silent_restores: 0,
+    };
+    assert!(store.return_item(&held[0], now, &requeue).await.unwrap());
+    let left = store.claimed_items(10).await.unwrap();
+    assert_eq!(left, vec![second]);
+    assert_eq!(
+        store
+            .queue_state(a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .retries_remaining,
+        3
+    );
+    assert!(store.complete_item(&left[0]).await.unwrap());
+    assert_eq!(store.queue_state(b.id).await.unwrap(), None);
 }
 
 pub async fn concurrent_claimers_never_share_an_item<B: Backend>() {
