@@ -1,8 +1,5 @@
-//! The start of the `quay` backend: the build queue in Quay's own `queueitem` table, so
-//! buildman can run in place of Quay's build manager on Quay's database
-//! (shared/docs/quay-integration.md sections 3.1 and 13). Not yet a [`Store`](crate::Store):
-//! builds, phases and logs live in Quay's `repositorybuild` and build-log Redis, which
-//! the next steps add; these are the queue operations the `Store` impl will call.
+//! The build queue in Quay's own `queueitem` table (quay-integration.md sections 3.1 and
+//! 13).
 //!
 //! What is Quay's and kept as Quay does it: the claimable items (`dockerfilebuild/%`, due,
 //! available or lease run out, retries left, no running item of the same queue name,
@@ -15,7 +12,7 @@
 //! check the claim's `state_id`, so a manager that lost its claim changes nothing; and an
 //! extension keeps the `state_id` (the claim's holder keeps proving it with the one it
 //! got). Quay's schema has no column for an attempt count or silent restores: the claim's
-//! attempt is derived from the retries, and silent restores are not stored (yet).
+//! attempt is derived from the retries, and silent restores are not stored.
 
 use std::time::Duration;
 
@@ -61,7 +58,7 @@ struct Claimable {
 /// The build queue in Quay's `queueitem` table.
 #[derive(Clone, Debug)]
 pub struct QuayQueue {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl QuayQueue {
@@ -258,7 +255,7 @@ fn item_id(item: &ClaimedItem) -> Result<i32> {
 }
 
 /// `t + d` as the naive UTC text Quay's `timestamp without time zone` columns hold.
-fn timestamp(t: DateTime<Utc>, d: Duration) -> String {
+pub(super) fn timestamp(t: DateTime<Utc>, d: Duration) -> String {
     let at = chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
