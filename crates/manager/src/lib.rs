@@ -91,6 +91,28 @@ impl Manager {
         files: Arc<dyn ContextStore>,
         settings: Settings,
     ) -> Self {
+        Self::with_build_packs(
+            store,
+            orchestrator,
+            executors,
+            tokens,
+            files,
+            settings,
+            None,
+        )
+    }
+
+    /// [`Manager::new`] whose workers' BuildPacks come from `packs` (Quay mode's, from
+    /// Quay's rows); `None`: from this manager's own store ([`sessions::OwnBuildPacks`]).
+    pub fn with_build_packs(
+        store: Arc<dyn Store>,
+        orchestrator: Arc<dyn Orchestrator>,
+        executors: Vec<ExecutorEntry>,
+        tokens: TokenService,
+        files: Arc<dyn ContextStore>,
+        settings: Settings,
+        packs: Option<Arc<dyn sessions::BuildPacks>>,
+    ) -> Self {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         // Every role writes through the feed, so followers hear of every entry stored here.
         let feed = Arc::new(feed::Feed::default());
@@ -135,7 +157,13 @@ impl Manager {
             records: records.clone(),
             tokens,
             reaper: reaper.clone(),
-            files: files.clone(),
+            packs: packs.unwrap_or_else(|| {
+                Arc::new(sessions::OwnBuildPacks {
+                    store: store.clone(),
+                    files: files.clone(),
+                    settings: settings.clone(),
+                })
+            }),
             settings: settings.clone(),
             log_writer: logwriter::LogWriter::spawn(store.clone()),
             leases: Mutex::default(),

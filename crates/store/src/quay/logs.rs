@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use buildman_core::config::BuildLogsRedisConfig;
 use buildman_core::{LogEntry, LogType};
 use buildman_quay::buildlogs::{LOGS_TTL, PyDateTime, logs_key, python_json, status_key};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,28 +21,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{LogPage, Result, StoreError};
-
-/// How the build-log Redis is reached (`BUILDLOGS_REDIS`: Quay hands these keys to its
-/// Redis client).
-#[derive(Clone, PartialEq, Eq)]
-pub struct BuildLogsRedis {
-    pub host: String,
-    pub port: u16,
-    pub password: Option<String>,
-    pub db: u32,
-    pub tls: bool,
-}
-
-impl std::fmt::Debug for BuildLogsRedis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuildLogsRedis")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("db", &self.db)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Checks each build's worker lines against its stored attempt and sequence and appends
 /// the new ones. KEYS: per build, its log list and its sequence key. ARGV: the TTL in
@@ -100,7 +79,7 @@ pub(super) struct BuildLines<'a> {
 
 impl BuildLogs {
     /// Connects; fails when Redis does not answer.
-    pub async fn connect(config: &BuildLogsRedis) -> Result<Self> {
+    pub async fn connect(config: &BuildLogsRedisConfig) -> Result<Self> {
         let unavailable = |e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!(
                 "build-log Redis (BUILDLOGS_REDIS) at {}:{}: {e}",
@@ -321,13 +300,13 @@ fn step_of(text: &str) -> Option<(u32, u32)> {
 }
 
 /// The redis client for `config`, with TLS when asked for.
-fn client(config: &BuildLogsRedis) -> redis::RedisResult<Client> {
+fn client(config: &BuildLogsRedisConfig) -> redis::RedisResult<Client> {
     use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
     let mut settings = RedisConnectionInfo::default().set_db(i64::from(config.db));
     if let Some(password) = &config.password {
         settings = settings.set_password(password);
     }
-    let addr = match config.tls {
+    let addr = match config.ssl {
         false => ConnectionAddr::Tcp(config.host.clone(), config.port),
         true => ConnectionAddr::TcpTls {
             host: config.host.clone(),

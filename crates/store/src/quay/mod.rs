@@ -6,6 +6,7 @@
 //! - [`builds`]: `repositorybuild` with its joins as the domain's build; the phase written
 //!   as Quay writes it.
 //! - [`logs`]: the logs in `BUILDLOGS_REDIS`, in Quay's list layout and entry format.
+//! - `pack`: what a worker's BuildPack and DetermineCachedTag read beyond the build.
 //!
 //! Quay's web tier owns its tables: this backend writes `repositorybuild.phase` and
 //! `queueitem` rows only, never migrates the schema, and refuses to open a database at a
@@ -16,19 +17,22 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use buildman_core::config::QuayModeConfig;
 use buildman_core::{Build, BuildId, ClaimedItem, LogEntry, NewBuild, Phase, Requeue};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, StoreError, WorkerLine};
 
 pub mod builds;
 mod items;
 pub mod logs;
+mod pack;
 mod queue;
 
 pub use builds::QuayBuild;
-pub use logs::{BuildLogs, BuildLogsRedis};
+pub use logs::BuildLogs;
 pub use queue::{QuayQueue, SUPPORTED_REVISIONS};
 
 /// The store on Quay's database and build-log Redis.
@@ -38,7 +42,35 @@ pub struct QuayStore {
     logs: BuildLogs,
 }
 
+/// Connections to Quay's database when DB_CONNECTION_ARGS sets no `max_connections`.
+const MAX_CONNECTIONS: u32 = 10;
+
 impl QuayStore {
+    /// Connects to Quay's database (DB_URI with DB_CONNECTION_ARGS' TLS settings) and
+    /// build-log Redis, and checks the schema revision.
+    pub async fn connect(config: &QuayModeConfig) -> Result<Self> {
+        let args = &config.db_connection_args;
+        let mut options: PgConnectOptions = config.db_uri.parse()?;
+        if let Some(mode) = &args.sslmode {
+            options = options.ssl_mode(mode.parse()?);
+        }
+        if let Some(ca) = &args.sslrootcert {
+            options = options.ssl_root_cert(ca);
+        }
+        if let Some(cert) = &args.sslcert {
+            options = options.ssl_client_cert(cert);
+        }
+        if let Some(key) = &args.sslkey {
+            options = options.ssl_client_key(key);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(args.max_connections.unwrap_or(MAX_CONNECTIONS))
+            .connect_with(options)
+            .await?;
+        let logs = BuildLogs::connect(&config.buildlogs_redis).await?;
+        Self::open(pool, logs).await
+    }
+
     /// The store over an open pool on Quay's database (its schema revision checked) and
     /// the build-log Redis.
     pub async fn open(pool: PgPool, logs: BuildLogs) -> Result<Self> {
@@ -89,7 +121,9 @@ impl Store for QuayStore {
     }
 
     /// Quay's compare-and-set; the phase entry is appended after the write, as Quay does.
-    /// Quay has no column for the error: it goes to the log as an error entry.
+    /// Quay has no column for the error: an internal error's reason (the manager's: a
+    /// silent worker, one that never registered) goes to the log as an error entry; a
+    /// build error's text is the worker's last error line, in the log already.
     async fn set_phase(
         &self,
         id: BuildId,
@@ -101,7 +135,11 @@ impl Store for QuayStore {
         let before = builds::compare_and_set_phase(self.pool(), id, to, from).await?;
         if before.is_some_and(|b| b != to) {
             let mut entries: Vec<LogEntry> = entry.cloned().into_iter().collect();
-            entries.extend(error.map(LogEntry::error));
+            entries.extend(
+                error
+                    .filter(|_| to == Phase::InternalError)
+                    .map(LogEntry::error),
+            );
             if !entries.is_empty() {
                 self.logs.append(&id.to_string(), &entries).await?;
             }

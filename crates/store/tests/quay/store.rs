@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use buildman_core::config::BuildLogsRedisConfig;
 use buildman_core::{BuildSource, LogEntry, LogType, NewBuild, Phase, Requeue};
 use buildman_quay::secret::FieldCipher;
-use buildman_store::quay::{BuildLogs, BuildLogsRedis, QuayStore};
+use buildman_store::quay::{BuildLogs, QuayStore};
 use buildman_store::{BuildFilter, Store, StoreError, WorkerLine};
 use buildman_testkit::quay::{self, BuildRequest, StartedBuild};
 use buildman_testkit::redis::RedisServer;
@@ -17,12 +18,12 @@ use crate::{LEASE, db_now};
 async fn quay_store() -> (PgPool, RedisServer, QuayStore) {
     let (_url, pool) = quay::database().await;
     let redis = RedisServer::start().await;
-    let logs = BuildLogs::connect(&BuildLogsRedis {
+    let logs = BuildLogs::connect(&BuildLogsRedisConfig {
         host: "127.0.0.1".into(),
         port: redis.port(),
         password: None,
         db: 0,
-        tls: false,
+        ssl: false,
     })
     .await
     .expect("build-log redis");

@@ -1,0 +1,285 @@
+//! Quay mode (BUILDMAN_STORE: quay) through the `buildman` binary: check-config, the idle
+//! states Quay's builder has, the schema check, and builds started as Quay's web tier
+//! starts them running to the end on Quay's database and build-log Redis.
+
+mod common;
+#[path = "quay_mode/front.rs"]
+mod front;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use buildman_quay::secret::FieldCipher;
+use buildman_testkit::quay;
+use buildman_testkit::redis::RedisServer;
+use buildman_testkit::{Registry, TOKEN};
+
+const BUILDMAN: &str = env!("CARGO_BIN_EXE_buildman");
+/// Quay's DATABASE_SECRET_KEY in these tests.
+const SECRET: &str = "4815162342";
+
+/// The Quay-mode keys of a config file on `db_url` and the build-log Redis on `redis_port`,
+/// with Quay (its registry and user files) at `server`.
+fn quay_keys(db_url: &str, redis_port: u16, server: &str) -> String {
+    format!(
+        "BUILDMAN_STORE: quay\nDB_URI: {db_url}\nDATABASE_SECRET_KEY: '{SECRET}'\n\
+         SERVER_HOSTNAME: {server}\nBUILDLOGS_REDIS: {{host: 127.0.0.1, port: {redis_port}}}\n\
+         DISTRIBUTED_STORAGE_CONFIG: {{local_us: [LocalStorage, {{storage_path: /datastorage}}]}}\n"
+    )
+}
+
+fn check_config(dir: &Path, text: &str) -> std::process::Output {
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, text).expect("config");
+    Command::new(BUILDMAN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("check-config")
+}
+
+#[test]
+fn check_config_validates_quay_mode() {
+    let dir = tempfile::tempdir().expect("dir");
+    let good = quay_keys("postgresql://quay:pw@db/quay", 6379, "quay.example");
+    let out = check_config(dir.path(), &good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("build support on"), "{stdout}");
+    assert!(
+        stdout.contains("Quay mode") && stdout.contains("workers push to quay.example"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pw@"), "no password shown: {stdout}");
+
+    let swift = good.replace(
+        "[LocalStorage, {storage_path: /datastorage}]",
+        "[SwiftStorage, {}]",
+    );
+    let out = check_config(dir.path(), &swift);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SwiftStorage is not supported"), "{stderr}");
+
+    let out = check_config(
+        dir.path(),
+        "BUILDMAN_STORE: quay\nDATABASE_SECRET_KEY: 'x'\n",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing required key DB_URI"), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_builds_off_quay_mode_stays_up_idle_and_says_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = format!(
+        "{}FEATURE_BUILD_SUPPORT: false\n",
+        quay_keys("postgresql://quay@127.0.0.1:9/quay", 9, "quay.example")
+    );
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, config).expect("config");
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new(BUILDMAN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("idle until stopped")
+    {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "serve exited: {:?}",
+            std::fs::read_to_string(&log)
+        );
+        assert!(Instant::now() < deadline, "no idle message");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("FEATURE_BUILD_SUPPORT is false"), "{text}");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "still up after saying so"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn an_unsupported_schema_revision_is_refused_naming_the_supported_ones() {
+    let (url, pool) = quay::database().await;
+    sqlx::query("UPDATE alembic_version SET version_num = 'abcdef012345'")
+        .execute(&pool)
+        .await
+        .expect("revision");
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, quay_keys(&url, redis.port(), "quay.example")).expect("config");
+    let out = Command::new(BUILDMAN)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("abcdef012345") && stderr.contains(quay::SCHEMA_REVISION),
+        "{stderr}"
+    );
+}
+
+/// A config for Quay mode on these servers, with one real-worker executor.
+fn serve_config(dir: &Path, db_url: &str, redis: &RedisServer, server: &str) -> String {
+    format!(
+        "{}BUILD_MANAGER:\n- ephemeral\n- ALLOWED_WORKER_COUNT: 1\n  EXECUTORS:\n{}",
+        quay_keys(db_url, redis.port(), server),
+        common::real_worker(dir, "")
+    )
+}
+
+/// Waits until the build's phase in `repositorybuild` is one of `phases`.
+async fn wait_phase(pool: &sqlx::PgPool, uuid: &str, phases: &[&str], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let phase: String = sqlx::query_scalar("SELECT phase FROM repositorybuild WHERE uuid = $1")
+            .bind(uuid)
+            .fetch_one(pool)
+            .await
+            .expect("phase");
+        if phases.contains(&phase.as_str()) {
+            return phase;
+        }
+        assert!(Instant::now() < deadline, "build {uuid} still {phase}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The entries of a build's log list in the build-log Redis.
+async fn redis_log(redis: &RedisServer, uuid: &str) -> Vec<serde_json::Value> {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("builds/{uuid}/logs"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("LRANGE");
+    raw.iter()
+        .map(|r| serde_json::from_str(r).expect("JSON entry"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
+    let (url, pool) = quay::database().await;
+    let redis = RedisServer::start().await;
+    let scratch = tempfile::tempdir().expect("dir");
+    let registry = Registry::start_with_base(scratch.path()).await;
+    let front = front::start(&registry.addr).await;
+    let server = front.addr.clone();
+    let dockerfile = format!("FROM {server}/base\nRUN echo built-in-quay-mode\n");
+    let file_id = buildman_testkit::unique();
+    front.upload(
+        &file_id,
+        common::tar_gz(&[("Dockerfile", dockerfile.as_bytes())], &[]),
+    );
+
+    // Quay's web tier: the repository, then the build with its token, row and queue item.
+    quay::repository(&pool, "acme", "web").await;
+    let cipher = FieldCipher::from_config(SECRET).expect("key");
+    // The registry takes `$token` / TOKEN: the access token's name and code make it up.
+    let (name, code) = TOKEN.split_at(11);
+    let request = quay::BuildRequest {
+        namespace: "acme".into(),
+        repository: "web".into(),
+        job_config: serde_json::json!({
+            "docker_tags": ["v1"], "registry": server, "build_subdir": "/Dockerfile",
+            "context": "/", "trigger_metadata": {}, "is_manual": true,
+            "manual_user": "alice", "archive_url": null,
+        }),
+        resource_key: Some(file_id),
+        display_name: "abcdef0".into(),
+        token: Some((name.into(), code.into())),
+        ..quay::BuildRequest::default()
+    };
+    let build = quay::start_build(&pool, &request, |c| cipher.encrypt(c).expect("short")).await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let config = serve_config(dir.path(), &url, &redis, &server);
+    let serve = common::Serve::start(dir.path(), "quay", &config).await;
+    let phase = wait_phase(
+        &pool,
+        &build.uuid,
+        &["complete", "error", "internalerror"],
+        Duration::from_secs(180),
+    )
+    .await;
+    let log = redis_log(&redis, &build.uuid).await;
+    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
+
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
+        .bind(build.queue_item_id)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the queue item is gone");
+    let phases: Vec<&str> = (log.iter())
+        .filter(|e| e["type"] == "phase")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "build-scheduled",
+            "unpacking",
+            "pulling",
+            "building",
+            "pushing",
+            "complete"
+        ],
+        "{log:#?}"
+    );
+    let steps: Vec<&str> = (log.iter())
+        .filter(|e| e["type"] == "command")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(steps.len(), 2, "{log:#?}");
+    assert!(
+        steps[1].starts_with("Step 2/2 : RUN echo built-in-quay-mode"),
+        "{steps:?}"
+    );
+    assert!(
+        log.iter().all(|e| e["data"]["datetime"].is_string()),
+        "{log:#?}"
+    );
+    let history = registry.image_config("acme/web", "v1").await["history"].to_string();
+    assert!(history.contains("echo built-in-quay-mode"), "{history}");
+}
