@@ -197,57 +197,91 @@ async fn redis_log(redis: &RedisServer, uuid: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Quay for a test: its database, build-log Redis, registry (with a busybox `base`) and
+/// front (SERVER_HOSTNAME), and `buildman serve` in Quay mode on them.
+struct QuayWorld {
+    url: String,
+    pool: sqlx::PgPool,
+    redis: RedisServer,
+    registry: Registry,
+    front: front::Front,
+    _scratch: tempfile::TempDir,
+}
+
+impl QuayWorld {
+    async fn start() -> QuayWorld {
+        let (url, pool) = quay::database().await;
+        let redis = RedisServer::start().await;
+        let scratch = tempfile::tempdir().expect("dir");
+        let registry = Registry::start_with_base(scratch.path()).await;
+        let front = front::start(&registry.addr).await;
+        quay::repository(&pool, "acme", "web").await;
+        QuayWorld {
+            url,
+            pool,
+            redis,
+            registry,
+            front,
+            _scratch: scratch,
+        }
+    }
+
+    /// What Quay's web tier does for an uploaded archive holding `dockerfile` (`{server}`
+    /// standing for SERVER_HOSTNAME): the file, the access token, the build row and its
+    /// queue item. The access token's name and code make up the test registry's TOKEN.
+    async fn upload(&self, dockerfile: &str) -> quay::StartedBuild {
+        let server = &self.front.addr;
+        let dockerfile = dockerfile.replace("{server}", server);
+        let file_id = buildman_testkit::unique();
+        let archive = common::tar_gz(&[("Dockerfile", dockerfile.as_bytes())], &[]);
+        self.front.upload(&file_id, archive);
+        let cipher = FieldCipher::from_config(SECRET).expect("key");
+        let (name, code) = TOKEN.split_at(11);
+        let request = quay::BuildRequest {
+            namespace: "acme".into(),
+            repository: "web".into(),
+            job_config: serde_json::json!({
+                "docker_tags": ["v1"], "registry": server, "build_subdir": "/Dockerfile",
+                "context": "/", "trigger_metadata": {}, "is_manual": true,
+                "manual_user": "alice", "archive_url": null,
+            }),
+            resource_key: Some(file_id),
+            display_name: "abcdef0".into(),
+            token: Some((name.into(), code.into())),
+            ..quay::BuildRequest::default()
+        };
+        quay::start_build(&self.pool, &request, |c| cipher.encrypt(c).expect("short")).await
+    }
+
+    /// `buildman serve` in Quay mode with one real-worker executor.
+    async fn serve(&self, dir: &Path) -> common::Serve {
+        let config = serve_config(dir, &self.url, &self.redis, &self.front.addr);
+        common::Serve::start(dir, "quay", &config).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
-    let (url, pool) = quay::database().await;
-    let redis = RedisServer::start().await;
-    let scratch = tempfile::tempdir().expect("dir");
-    let registry = Registry::start_with_base(scratch.path()).await;
-    let front = front::start(&registry.addr).await;
-    let server = front.addr.clone();
-    let dockerfile = format!("FROM {server}/base\nRUN echo built-in-quay-mode\n");
-    let file_id = buildman_testkit::unique();
-    front.upload(
-        &file_id,
-        common::tar_gz(&[("Dockerfile", dockerfile.as_bytes())], &[]),
-    );
-
-    // Quay's web tier: the repository, then the build with its token, row and queue item.
-    quay::repository(&pool, "acme", "web").await;
-    let cipher = FieldCipher::from_config(SECRET).expect("key");
-    // The registry takes `$token` / TOKEN: the access token's name and code make it up.
-    let (name, code) = TOKEN.split_at(11);
-    let request = quay::BuildRequest {
-        namespace: "acme".into(),
-        repository: "web".into(),
-        job_config: serde_json::json!({
-            "docker_tags": ["v1"], "registry": server, "build_subdir": "/Dockerfile",
-            "context": "/", "trigger_metadata": {}, "is_manual": true,
-            "manual_user": "alice", "archive_url": null,
-        }),
-        resource_key: Some(file_id),
-        display_name: "abcdef0".into(),
-        token: Some((name.into(), code.into())),
-        ..quay::BuildRequest::default()
-    };
-    let build = quay::start_build(&pool, &request, |c| cipher.encrypt(c).expect("short")).await;
-
+    let world = QuayWorld::start().await;
+    let build = world
+        .upload("FROM {server}/base\nRUN echo built-in-quay-mode\n")
+        .await;
+    let (pool, redis, registry) = (&world.pool, &world.redis, &world.registry);
     let dir = tempfile::tempdir().expect("dir");
-    let config = serve_config(dir.path(), &url, &redis, &server);
-    let serve = common::Serve::start(dir.path(), "quay", &config).await;
+    let serve = world.serve(dir.path()).await;
     let phase = wait_phase(
-        &pool,
+        pool,
         &build.uuid,
         &["complete", "error", "internalerror"],
         Duration::from_secs(180),
     )
     .await;
-    let log = redis_log(&redis, &build.uuid).await;
+    let log = redis_log(redis, &build.uuid).await;
     assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
 
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
         .bind(build.queue_item_id)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .expect("count");
     assert_eq!(left, 0, "the queue item is gone");
@@ -282,4 +316,81 @@ async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
     );
     let history = registry.image_config("acme/web", "v1").await["history"].to_string();
     assert!(history.contains("echo built-in-quay-mode"), "{history}");
+}
+
+/// Pids of the `buildman worker` processes whose environment names the build
+/// (quay-builder's BUILD_UUID).
+fn workers_of(uuid: &str) -> Vec<u32> {
+    let wanted = format!("BUILD_UUID={uuid}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+                args.get(1) == Some(&b"worker".as_slice()) && args[0].ends_with(b"buildman")
+            })
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_in_quay_stops_the_worker() {
+    let world = QuayWorld::start().await;
+    let build = world.upload("FROM {server}/base\nRUN sleep 30\n").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let serve = world.serve(dir.path()).await;
+    wait_phase(
+        &world.pool,
+        &build.uuid,
+        &["building"],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        !workers_of(&build.uuid).is_empty(),
+        "a worker runs the build"
+    );
+
+    // What Quay's web tier does (section 12.4): the queue item deleted, the phase set.
+    sqlx::query("DELETE FROM queueitem WHERE id = $1")
+        .bind(build.queue_item_id)
+        .execute(&world.pool)
+        .await
+        .expect("delete");
+    sqlx::query(
+        "UPDATE repositorybuild SET phase = 'cancelled' WHERE uuid = $1 AND phase = 'building'",
+    )
+    .bind(&build.uuid)
+    .execute(&world.pool)
+    .await
+    .expect("cancel");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !workers_of(&build.uuid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker still runs:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let phase: String = sqlx::query_scalar("SELECT phase FROM repositorybuild WHERE uuid = $1")
+        .bind(&build.uuid)
+        .fetch_one(&world.pool)
+        .await
+        .expect("phase");
+    assert_eq!(phase, "cancelled");
+    assert!(
+        serve.log_text().contains("build cancelled elsewhere"),
+        "{}",
+        serve.log_text()
+    );
 }

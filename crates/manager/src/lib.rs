@@ -262,6 +262,30 @@ impl Manager {
             .count())
     }
 
+    /// Ends the jobs of this manager whose build someone else cancelled in the store
+    /// (Quay's web tier in Quay mode: phase `cancelled` and the queue item deleted, with no
+    /// signal to a manager): their workers are stopped and their slots freed. Returns how
+    /// many.
+    pub async fn end_cancelled_elsewhere(&self) -> Result<usize, ManagerError> {
+        let inner = &self.inner;
+        let mut ended = 0;
+        for record in inner.records.all().await? {
+            if !inner.reaper.started(&record) {
+                continue;
+            }
+            let build = inner.reaper.store.get_build(record.build_id).await?;
+            if build.is_none_or(|b| b.phase != buildman_core::Phase::Cancelled) {
+                continue;
+            }
+            if let Some(record) = inner.records.take(record.build_id).await? {
+                tracing::info!(build_id = %record.build_id, "build cancelled elsewhere: stopping its worker");
+                inner.reaper.end(record, JobEnd::Cancelled).await?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// The last step of a drain when no other manager can take the jobs over: every job
     /// of this manager ends as [`JobEnd::ManagerStopped`] (its build goes back to the
     /// queue with its retry, its worker is stopped in the background, which

@@ -190,6 +190,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         grpc_task,
         serve_http(api, http, header_timeout, stopped(&shutdown)),
     ];
+    if config.quay.is_some() {
+        let watch = quay::stop_cancelled_workers(manager.clone(), stopped(&shutdown));
+        tasks.push(tokio::spawn(watch));
+    }
     if let Some(listener) = metrics_listener {
         let ops = buildman_server::ops::router(manager.clone());
         let listener = bounded(config, listener);

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use buildman_core::config::{Config, Lifecycle, QuayModeConfig};
 use buildman_core::{Build, BuildPack};
-use buildman_manager::ManagerError;
 use buildman_manager::sessions::BuildPacks;
+use buildman_manager::{Manager, ManagerError};
 use buildman_quay::buildpack::{Archive, archive, build_pack};
 use buildman_quay::rows::QueueBody;
 use buildman_quay::secret::FieldCipher;
@@ -20,6 +20,8 @@ use buildman_store::{Store, StoreError};
 
 /// Quay's gRPC address for workers: every interface, port 50051.
 pub const QUAY_GRPC_LISTEN: &str = "0.0.0.0:50051";
+/// How often the builds this manager runs are checked for a cancel in Quay.
+const CANCEL_CHECK: Duration = Duration::from_secs(2);
 
 /// Why a Quay-mode manager has nothing to do, when it has not: Quay's builder then stays up
 /// idle (so a supervisor does not restart it in a loop), and so does buildman. `None` in
@@ -111,6 +113,25 @@ impl BuildPacks for QuayBuildPacks {
         Ok((self.store)
             .cached_tag(&build.namespace, &build.repository, &build.tags, now)
             .await?)
+    }
+}
+
+/// Quay's web tier cancels a build by setting its phase to `cancelled` and deleting its
+/// queue item; the cancel key it writes in Redis is one no manager can read
+/// (quay-integration.md section 12.4). So the builds this manager runs are checked every
+/// [`CANCEL_CHECK`] and the workers of cancelled ones stopped, until `stop`.
+pub(super) async fn stop_cancelled_workers(manager: Manager, stop: impl Future<Output = ()>) {
+    let watch = async {
+        loop {
+            tokio::time::sleep(CANCEL_CHECK).await;
+            if let Err(e) = manager.end_cancelled_elsewhere().await {
+                tracing::warn!(error = %e, "could not look for builds cancelled in Quay");
+            }
+        }
+    };
+    tokio::select! {
+        () = watch => {}
+        () = stop => {}
     }
 }
 
