@@ -388,9 +388,119 @@ async fn a_cancel_in_quay_stops_the_worker() {
         .await
         .expect("phase");
     assert_eq!(phase, "cancelled");
+    // The worker may give up by itself first (its lines and phases are refused once the
+    // build is cancelled); the manager ends the job either way, freeing its slot.
+    while !serve.log_text().contains("build cancelled elsewhere") {
+        assert!(
+            Instant::now() < deadline,
+            "the job was not ended:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The worker reports (`report.jsonl`) the scripted workers of a manager in `dir` wrote.
+fn reports(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("report.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The most scripted workers alive at once (an exit at the same millisecond counts first).
+fn peak_workers(reports: &[serde_json::Value]) -> i32 {
+    let mut edges: Vec<(u64, i32)> = (reports.iter())
+        .filter_map(|r| match r["event"].as_str()? {
+            "started" => Some((r["at"].as_u64()?, 1)),
+            "exiting" => Some((r["at"].as_u64()?, -1)),
+            _ => None,
+        })
+        .collect();
+    edges.sort();
+    let (mut alive, mut peak) = (0, 0);
+    for (_, delta) in edges {
+        alive += delta;
+        peak = peak.max(alive);
+    }
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_on_one_quay_database_run_each_build_once_within_the_cap() {
+    let (url, pool) = quay::database().await;
+    let redis = RedisServer::start().await;
+    let keys = tempfile::tempdir().expect("dir");
+    let signing_key = keys.path().join("signing-key.pem");
+    let pair = buildman_manager::KeyPair::generate().expect("a key pair");
+    std::fs::write(&signing_key, pair.private_pem).expect("signing key");
+    // Both managers share Quay's database, one Redis orchestrator and the signing key.
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let mut managers = Vec::new();
+    for (n, dir) in dirs.iter().enumerate() {
+        let config = format!(
+            "{}BUILDMAN_JWT_SIGNING_KEY: {{KID: k1, PRIVATE_KEY_PATH: {}}}\n\
+             BUILD_MANAGER:\n- ephemeral\n- ALLOWED_WORKER_COUNT: 2\n  ORCHESTRATOR_PREFIX: buildman/quay/\n  \
+             ORCHESTRATOR: {{REDIS_HOST: 127.0.0.1, REDIS_PORT: {}}}\n  EXECUTORS:\n{}",
+            quay_keys(&url, redis.port(), "quay.test"),
+            signing_key.display(),
+            redis.port(),
+            common::test_worker_script(dir.path(), "TEST_WORKER_BUILD_MS=300")
+        );
+        managers.push(common::Serve::start(dir.path(), &format!("m{n}"), &config).await);
+    }
+    // Quay's web tier starts builds while both managers poll.
+    let cipher = FieldCipher::from_config(SECRET).expect("key");
+    let mut builds = Vec::new();
+    for repository in ["a", "b", "c"] {
+        quay::repository(&pool, "acme", repository).await;
+        for _ in 0..2 {
+            let request = quay::BuildRequest {
+                namespace: "acme".into(),
+                repository: repository.into(),
+                job_config: serde_json::json!({"docker_tags": ["latest"], "context": "/", "build_subdir": "/Dockerfile"}),
+                resource_key: Some(buildman_testkit::unique()),
+                display_name: "abcdef0".into(),
+                ..quay::BuildRequest::default()
+            };
+            builds.push(
+                quay::start_build(&pool, &request, |c| cipher.encrypt(c).expect("short")).await,
+            );
+        }
+    }
+    for build in &builds {
+        let phase = wait_phase(
+            &pool,
+            &build.uuid,
+            &["complete", "error", "internalerror"],
+            Duration::from_secs(120),
+        )
+        .await;
+        assert_eq!(phase, "complete", "{}", build.uuid);
+    }
+
+    let all: Vec<serde_json::Value> = dirs.iter().flat_map(|d| reports(d.path())).collect();
+    for build in &builds {
+        let runs = (all.iter())
+            .filter(|r| r["event"] == "started" && r["build_uuid"] == build.uuid.as_str())
+            .count();
+        assert_eq!(runs, 1, "build {} ran {runs} times", build.uuid);
+        let scheduled = (redis_log(&redis, &build.uuid).await.iter())
+            .filter(|e| e["type"] == "phase" && e["message"] == "build-scheduled")
+            .count();
+        assert_eq!(scheduled, 1, "build {}", build.uuid);
+    }
     assert!(
-        serve.log_text().contains("build cancelled elsewhere"),
-        "{}",
-        serve.log_text()
+        peak_workers(&all) <= 2,
+        "ALLOWED_WORKER_COUNT 2 over both managers: {all:#?}"
     );
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "every queue item is gone");
 }
