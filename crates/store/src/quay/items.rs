@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use buildman_core::{BuildId, Phase};
+use buildman_core::BuildId;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -139,14 +139,7 @@ impl QuayQueue {
         ))
         .fetch_all(&self.pool)
         .await?;
-        let mut live_phases = Vec::with_capacity(live.len());
-        for (name, n) in live {
-            let p: Phase = name
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("phase {name:?}: {e}")))?;
-            live_phases.push((p, u64::try_from(n).unwrap_or(0)));
-        }
-        live_phases.sort_by_key(|(p, _)| Phase::ALL.iter().position(|q| q == p));
+        let live_phases = crate::common::rows::live_phases(live)?;
         Ok(QueueStats {
             locked,
             available,
