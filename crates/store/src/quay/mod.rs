@@ -28,11 +28,13 @@ use crate::{BuildFilter, LogPage, QueueState, QueueStats, Result, Store, StoreEr
 pub mod builds;
 mod items;
 pub mod logs;
+mod notify;
 mod pack;
 mod queue;
 
 pub use builds::QuayBuild;
 pub use logs::BuildLogs;
+pub use notify::Site;
 pub use queue::{QuayQueue, SUPPORTED_REVISIONS};
 
 /// The store on Quay's database and build-log Redis.
@@ -40,6 +42,8 @@ pub use queue::{QuayQueue, SUPPORTED_REVISIONS};
 pub struct QuayStore {
     queue: QuayQueue,
     logs: BuildLogs,
+    /// Where Quay is, for notifications; `None` sends none.
+    site: Option<Site>,
 }
 
 /// Connections to Quay's database when DB_CONNECTION_ARGS sets no `max_connections`.
@@ -77,7 +81,15 @@ impl QuayStore {
         Ok(Self {
             queue: QuayQueue::open(pool).await?,
             logs,
+            site: None,
         })
+    }
+
+    /// Sends Quay's build notifications (build_start, build_success, build_failure) for
+    /// the phase changes this store makes, with links to Quay at `site`.
+    pub fn with_notifications(mut self, site: Site) -> Self {
+        self.site = Some(site);
+        self
     }
 
     fn pool(&self) -> &PgPool {
@@ -134,6 +146,7 @@ impl Store for QuayStore {
     ) -> Result<Option<Phase>> {
         let before = builds::compare_and_set_phase(self.pool(), id, to, from).await?;
         if before.is_some_and(|b| b != to) {
+            self.notify_change(id, to).await;
             let mut entries: Vec<LogEntry> = entry.cloned().into_iter().collect();
             entries.extend(
                 error
@@ -253,6 +266,26 @@ impl Store for QuayStore {
 }
 
 impl QuayStore {
+    /// Quay's notification of a phase change, if it sends one. Best effort: the phase is
+    /// stored, and Quay's own notification worker retries deliveries, not enqueues.
+    async fn notify_change(&self, id: BuildId, to: Phase) {
+        let Some(site) = &self.site else {
+            return;
+        };
+        let sent = async {
+            let Some(event) = notify::event(to) else {
+                return Ok(());
+            };
+            match builds::by_uuid(self.pool(), id).await? {
+                Some(build) => self.notify(&build, event, site).await,
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = sent.await {
+            tracing::warn!(build_id = %id, error = %e, "could not enqueue Quay's build notification");
+        }
+    }
+
     /// Refuses lines of an attempt that is over: the build is in a final phase, or its
     /// queue item (whose `state_id` names the attempt) is gone or claimed again since.
     async fn check_attempt(&self, uuid: &str, attempt: Option<&str>) -> Result<()> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use buildman_core::config::BuildLogsRedisConfig;
 use buildman_core::{BuildSource, LogEntry, LogType, NewBuild, Phase, Requeue};
 use buildman_quay::secret::FieldCipher;
-use buildman_store::quay::{BuildLogs, QuayStore};
+use buildman_store::quay::{BuildLogs, QuayStore, Site};
 use buildman_store::{BuildFilter, Store, StoreError, WorkerLine};
 use buildman_testkit::quay::{self, BuildRequest, StartedBuild};
 use buildman_testkit::redis::RedisServer;
@@ -372,4 +372,67 @@ async fn the_queue_state_cancel_and_quays_gauges() {
         .map(|b| b.id.to_string())
         .collect();
     assert_eq!(gone, [api.uuid]);
+}
+
+#[tokio::test]
+async fn phase_changes_enqueue_quays_build_notifications() {
+    let (pool, _redis, store) = quay_store().await;
+    let store = store.with_notifications(Site {
+        server_hostname: "quay.example".into(),
+        scheme: "https".into(),
+    });
+    let started = upload(&pool, "acme", "web").await;
+    let id = started.uuid.parse().expect("uuid");
+    for event in ["build_start", "build_success"] {
+        sqlx::query(
+            "INSERT INTO repositorynotification (uuid, repository_id, event_id, method_id, title, config_json, event_config_json) \
+             SELECT $1, r.id, e.id, m.id, 't', '{}', '{}' FROM repository r, externalnotificationevent e, externalnotificationmethod m \
+             WHERE r.name = 'web' AND e.name = $2 AND m.name = 'webhook'",
+        )
+        .bind(format!("n-{event}"))
+        .bind(event)
+        .execute(&pool)
+        .await
+        .expect("notification");
+    }
+    for phase in [Phase::BuildScheduled, Phase::Building, Phase::Complete] {
+        store
+            .set_phase(id, phase, &[], None, None)
+            .await
+            .expect("set")
+            .expect("changed");
+    }
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT queue_name, body FROM queueitem WHERE queue_name LIKE 'notification/%' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("notifications");
+    let names: Vec<&str> = queued.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("notification/acme/web/build_start/build/{}/", started.uuid),
+            format!(
+                "notification/acme/web/build_success/build/{}/",
+                started.uuid
+            ),
+        ]
+    );
+    let body: serde_json::Value = serde_json::from_str(&queued[1].1).expect("JSON");
+    assert_eq!(body["notification_uuid"], "n-build_success");
+    let data = &body["event_data"];
+    assert_eq!(data["repository"], "acme/web");
+    assert_eq!(data["build_id"], started.uuid.as_str());
+    assert_eq!(data["build_name"], "1234567");
+    assert_eq!(data["docker_url"], "quay.example/acme/web");
+    assert_eq!(
+        data["homepage"],
+        format!(
+            "https://quay.example/repository/acme/web/build/{}",
+            started.uuid
+        )
+    );
+    assert_eq!(data["docker_tags"], serde_json::json!(["latest", "v1"]));
+    assert_eq!(data["trigger_id"], serde_json::Value::Null);
 }
