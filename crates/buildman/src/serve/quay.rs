@@ -15,7 +15,7 @@ use buildman_quay::buildpack::{Archive, archive, build_pack};
 use buildman_quay::rows::QueueBody;
 use buildman_quay::secret::FieldCipher;
 use buildman_quay::userfiles::Userfiles;
-use buildman_store::quay::{QuayStore, Site};
+use buildman_store::quay::{QuayStore, Site, TriggerThresholds};
 use buildman_store::{Store, StoreError};
 
 /// Quay's gRPC address for workers: every interface, port 50051.
@@ -54,10 +54,16 @@ pub(super) async fn open(
         .await
         // DB_URI may hold a password: name the keys, not the values.
         .context("opening Quay's database (DB_URI) and build-log Redis (BUILDLOGS_REDIS)")?;
-    let store = Arc::new(store.with_notifications(Site {
-        server_hostname: config.server_hostname.clone(),
-        scheme: quay.preferred_url_scheme.clone(),
-    }));
+    let store = store
+        .with_notifications(Site {
+            server_hostname: config.server_hostname.clone(),
+            scheme: quay.preferred_url_scheme.clone(),
+        })
+        .with_trigger_thresholds(TriggerThresholds {
+            failures: quay.trigger_failure_threshold,
+            internal_errors: quay.trigger_internal_error_threshold,
+        });
+    let store = Arc::new(store);
     let packs = QuayBuildPacks {
         store: store.clone(),
         cipher,

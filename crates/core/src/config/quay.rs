@@ -27,6 +27,10 @@ pub struct QuayModeConfig {
     pub preferred_url_scheme: String,
     /// REGISTRY_STATE is `readonly`: Quay's builder idles.
     pub registry_readonly: bool,
+    /// SUCCESSIVE_TRIGGER_FAILURE_DISABLE_THRESHOLD (default 100; 0 never disables).
+    pub trigger_failure_threshold: u32,
+    /// SUCCESSIVE_TRIGGER_INTERNAL_ERROR_DISABLE_THRESHOLD (default 5; 0 never disables).
+    pub trigger_internal_error_threshold: u32,
     /// The whole file: the user-file storage keys (USERFILES_LOCATION, USERFILES_PATH,
     /// DISTRIBUTED_STORAGE_CONFIG, FEATURE_PROXY_STORAGE) are read from it by Quay's
     /// formats crate. Never printed: it holds every secret of the file.
@@ -40,6 +44,11 @@ impl std::fmt::Debug for QuayModeConfig {
             .field("buildlogs_redis", &self.buildlogs_redis)
             .field("preferred_url_scheme", &self.preferred_url_scheme)
             .field("registry_readonly", &self.registry_readonly)
+            .field("trigger_failure_threshold", &self.trigger_failure_threshold)
+            .field(
+                "trigger_internal_error_threshold",
+                &self.trigger_internal_error_threshold,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +130,12 @@ pub(super) fn parse(s: &mut Section, root: &Value) -> Option<QuayModeConfig> {
         .one_of("PREFERRED_URL_SCHEME", &["http", "https"])
         .unwrap_or_else(|| "http".into());
     let registry_readonly = s.string("REGISTRY_STATE").as_deref() == Some("readonly");
+    let trigger_failure_threshold = s
+        .u32("SUCCESSIVE_TRIGGER_FAILURE_DISABLE_THRESHOLD")
+        .unwrap_or(100);
+    let trigger_internal_error_threshold = s
+        .u32("SUCCESSIVE_TRIGGER_INTERNAL_ERROR_DISABLE_THRESHOLD")
+        .unwrap_or(5);
     Some(QuayModeConfig {
         db_uri: db_uri?,
         db_connection_args,
@@ -128,6 +143,8 @@ pub(super) fn parse(s: &mut Section, root: &Value) -> Option<QuayModeConfig> {
         database_secret_key: database_secret_key?,
         preferred_url_scheme,
         registry_readonly,
+        trigger_failure_threshold,
+        trigger_internal_error_threshold,
         document: root.clone(),
     })
 }

@@ -31,11 +31,13 @@ pub mod logs;
 mod notify;
 mod pack;
 mod queue;
+mod triggers;
 
 pub use builds::QuayBuild;
 pub use logs::BuildLogs;
 pub use notify::Site;
 pub use queue::{QuayQueue, SUPPORTED_REVISIONS};
+pub use triggers::TriggerThresholds;
 
 /// The store on Quay's database and build-log Redis.
 #[derive(Clone)]
@@ -44,6 +46,8 @@ pub struct QuayStore {
     logs: BuildLogs,
     /// Where Quay is, for notifications; `None` sends none.
     site: Option<Site>,
+    /// When a trigger's successive failures disable it.
+    thresholds: TriggerThresholds,
 }
 
 /// Connections to Quay's database when DB_CONNECTION_ARGS sets no `max_connections`.
@@ -82,7 +86,14 @@ impl QuayStore {
             queue: QuayQueue::open(pool).await?,
             logs,
             site: None,
+            thresholds: TriggerThresholds::default(),
         })
+    }
+
+    /// Disables triggers at these counts of successive failures (Quay's defaults otherwise).
+    pub fn with_trigger_thresholds(mut self, thresholds: TriggerThresholds) -> Self {
+        self.thresholds = thresholds;
+        self
     }
 
     /// Sends Quay's build notifications (build_start, build_success, build_failure) for
@@ -147,6 +158,7 @@ impl Store for QuayStore {
         let before = builds::compare_and_set_phase(self.pool(), id, to, from).await?;
         if before.is_some_and(|b| b != to) {
             self.notify_change(id, to).await;
+            self.count_trigger_result(id, to).await?;
             let mut entries: Vec<LogEntry> = entry.cloned().into_iter().collect();
             entries.extend(
                 error
@@ -283,6 +295,22 @@ impl QuayStore {
         };
         if let Err(e) = sent.await {
             tracing::warn!(build_id = %id, error = %e, "could not enqueue Quay's build notification");
+        }
+    }
+
+    /// Counts a triggered build's result on its trigger (section 14.1).
+    async fn count_trigger_result(&self, id: BuildId, to: Phase) -> Result<()> {
+        if !matches!(to, Phase::Complete | Phase::Error | Phase::InternalError) {
+            return Ok(());
+        }
+        let trigger = builds::by_uuid(self.pool(), id)
+            .await?
+            .and_then(|b| b.row.trigger.map(|t| t.id));
+        match trigger {
+            Some(trigger) => {
+                triggers::count_result(self.pool(), trigger, to, self.thresholds).await
+            }
+            None => Ok(()),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use buildman_core::config::BuildLogsRedisConfig;
 use buildman_core::{BuildSource, LogEntry, LogType, NewBuild, Phase, Requeue};
 use buildman_quay::secret::FieldCipher;
-use buildman_store::quay::{BuildLogs, QuayStore, Site};
+use buildman_store::quay::{BuildLogs, QuayStore, Site, TriggerThresholds};
 use buildman_store::{BuildFilter, Store, StoreError, WorkerLine};
 use buildman_testkit::quay::{self, BuildRequest, StartedBuild};
 use buildman_testkit::redis::RedisServer;
@@ -435,4 +435,73 @@ async fn phase_changes_enqueue_quays_build_notifications() {
     );
     assert_eq!(data["docker_tags"], serde_json::json!(["latest", "v1"]));
     assert_eq!(data["trigger_id"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn a_triggers_successive_failures_disable_it_as_quay_does() {
+    let (pool, _redis, store) = quay_store().await;
+    let store = store.with_trigger_thresholds(TriggerThresholds {
+        failures: 2,
+        internal_errors: 5,
+    });
+    quay::repository(&pool, "acme", "web").await;
+    let (trigger,): (i32,) = sqlx::query_as(
+        "INSERT INTO repositorybuildtrigger (uuid, service_id, repository_id, connected_user_id, config) \
+         SELECT 'trig', s.id, r.id, r.namespace_user_id, '{}' FROM buildtriggerservice s, repository r \
+         WHERE s.name = 'github' AND r.name = 'web' RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("trigger");
+    let cipher = FieldCipher::from_config("k").expect("key");
+    let run = |phase: Phase| {
+        let (pool, store, cipher) = (pool.clone(), store.clone(), cipher.clone());
+        async move {
+            let request = BuildRequest {
+                namespace: "acme".into(),
+                repository: "web".into(),
+                job_config: serde_json::json!({"archive_url": "https://example.com/a.tgz"}),
+                display_name: "x".into(),
+                trigger_id: Some(trigger),
+                ..BuildRequest::default()
+            };
+            let b = quay::start_build(&pool, &request, |c| cipher.encrypt(c).expect("short")).await;
+            let id = b.uuid.parse().expect("uuid");
+            store
+                .set_phase(id, phase, &[], None, None)
+                .await
+                .expect("set")
+                .expect("changed");
+        }
+    };
+    let state = |pool: PgPool| async move {
+        let row: (i32, i32, bool, Option<i32>) = sqlx::query_as(
+            "SELECT successive_failure_count, successive_internal_error_count, enabled, disabled_reason_id \
+             FROM repositorybuildtrigger WHERE uuid = 'trig'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("trigger");
+        row
+    };
+    run(Phase::InternalError).await;
+    run(Phase::Error).await;
+    assert_eq!(
+        state(pool.clone()).await,
+        (1, 0, true, None),
+        "an error resets the internal errors"
+    );
+    run(Phase::Complete).await;
+    assert_eq!(
+        state(pool.clone()).await,
+        (0, 0, true, None),
+        "complete resets both"
+    );
+    run(Phase::Error).await;
+    run(Phase::Error).await;
+    assert_eq!(
+        state(pool.clone()).await,
+        (2, 0, false, Some(2)),
+        "disabled: successive_build_failures"
+    );
 }
