@@ -258,6 +258,14 @@ impl QuayWorld {
         let config = serve_config(dir, &self.url, &self.redis, &self.front.addr);
         common::Serve::start(dir, "quay", &config).await
     }
+
+    /// Like [`QuayWorld::serve`], with the user files in `storage` (a
+    /// DISTRIBUTED_STORAGE_CONFIG location, flow-style YAML) instead of LocalStorage.
+    async fn serve_with_storage(&self, dir: &Path, storage: &str) -> common::Serve {
+        let config = serve_config(dir, &self.url, &self.redis, &self.front.addr)
+            .replace("[LocalStorage, {storage_path: /datastorage}]", storage);
+        common::Serve::start(dir, "quay", &config).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,4 +511,50 @@ async fn two_managers_on_one_quay_database_run_each_build_once_within_the_cap() 
         .await
         .expect("count");
     assert_eq!(left, 0, "every queue item is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_on_s3_storage_is_fetched_through_a_presigned_url() {
+    use buildman_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+    let world = QuayWorld::start().await;
+    let s3 = S3Server::start().await;
+    let build = world
+        .upload("FROM {server}/base\nRUN echo built-from-s3\n")
+        .await;
+    // The front has the archive; S3 gets the same bytes at Quay's storage path.
+    let file_id: String =
+        sqlx::query_scalar("SELECT resource_key FROM repositorybuild WHERE uuid = $1")
+            .bind(&build.uuid)
+            .fetch_one(&world.pool)
+            .await
+            .expect("resource key");
+    let dockerfile = format!("FROM {}/base\nRUN echo built-from-s3\n", world.front.addr);
+    let archive = common::tar_gz(&[("Dockerfile", dockerfile.as_bytes())], &[]);
+    world.front.upload(&file_id, Vec::new());
+    s3.client()
+        .put_object()
+        .bucket(&s3.bucket)
+        .key(format!("registry/userfiles/{file_id}"))
+        .body(archive.into())
+        .send()
+        .await
+        .expect("upload");
+    let storage = format!(
+        "[S3Storage, {{s3_bucket: {}, storage_path: /registry, s3_access_key: {ACCESS_KEY}, s3_secret_key: {SECRET_KEY}, endpoint_url: '{}'}}]",
+        s3.bucket,
+        s3.endpoint()
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let serve = world.serve_with_storage(dir.path(), &storage).await;
+    let phase = wait_phase(
+        &world.pool,
+        &build.uuid,
+        &["complete", "error", "internalerror"],
+        Duration::from_secs(180),
+    )
+    .await;
+    let log = redis_log(&world.redis, &build.uuid).await;
+    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
+    let history = world.registry.image_config("acme/web", "v1").await["history"].to_string();
+    assert!(history.contains("echo built-from-s3"), "{history}");
 }
