@@ -211,6 +211,13 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            let quay = match serve::quay::check(&config) {
+                Ok(lines) => lines,
+                Err(problem) => {
+                    eprintln!("error: {problem}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let names: Vec<&str> = runnable.iter().map(|e| e.name.as_str()).collect();
             println!(
                 "{}: ok (build support {}, {} executor(s): {}, ALLOWED_WORKER_COUNT {})",
@@ -224,6 +231,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 names.join(", "),
                 bm.allowed_worker_count
             );
+            for line in quay {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(report) => {
@@ -257,6 +267,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     options.allow_bench_executor = args.allow_bench_executor;
     if let Some(dir) = args.config.as_deref().and_then(std::path::Path::parent) {
         options.config_dir = dir.to_path_buf();
+    }
+    if let Some(why) = serve::quay::idle_reason(&options.config) {
+        // Quay's builder idles rather than exit, so its supervisor does not restart it.
+        tracing::warn!("Quay mode: not running builds: {why}; idle until stopped");
+        return shutdown_signal()
+            .await
+            .context("waiting for a shutdown signal");
     }
     let running = serve::start(options.clone()).await?;
     if let Some(token) = &running.new_admin_token {

@@ -7,6 +7,7 @@
 //! nothing of theirs.
 
 pub mod build;
+pub mod buildpack;
 pub mod config;
 pub mod error;
 pub mod job;
@@ -15,6 +16,7 @@ pub mod phase;
 pub mod queue;
 
 pub use build::{Build, BuildId, BuildSource, InvalidBuild, NewBuild};
+pub use buildpack::{BuildPack, PackageSource};
 pub use error::error_chain;
 pub use job::{JobEnd, JobRecord, QueueAction, Requeue, RetryPolicy};
 pub use log::{LogEntry, LogType};

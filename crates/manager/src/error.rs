@@ -63,7 +63,12 @@ impl ManagerError {
             ManagerError::Token(e) => matches!(e, TokenError::Refused(_)),
             ManagerError::Upload(e) => e.is_refusal(),
             ManagerError::Store(e) => {
-                matches!(e, StoreError::QueueFull { .. } | StoreError::NotFound(_))
+                matches!(
+                    e,
+                    StoreError::QueueFull { .. }
+                        | StoreError::NotFound(_)
+                        | StoreError::Unsupported(_)
+                )
             }
             ManagerError::Orchestrator(_)
             | ManagerError::Executor(_)

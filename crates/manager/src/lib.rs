@@ -91,6 +91,28 @@ impl Manager {
         files: Arc<dyn ContextStore>,
         settings: Settings,
     ) -> Self {
+        Self::with_build_packs(
+            store,
+            orchestrator,
+            executors,
+            tokens,
+            files,
+            settings,
+            None,
+        )
+    }
+
+    /// [`Manager::new`] whose workers' BuildPacks come from `packs` (Quay mode's, from
+    /// Quay's rows); `None`: from this manager's own store ([`sessions::OwnBuildPacks`]).
+    pub fn with_build_packs(
+        store: Arc<dyn Store>,
+        orchestrator: Arc<dyn Orchestrator>,
+        executors: Vec<ExecutorEntry>,
+        tokens: TokenService,
+        files: Arc<dyn ContextStore>,
+        settings: Settings,
+        packs: Option<Arc<dyn sessions::BuildPacks>>,
+    ) -> Self {
         let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         // Every role writes through the feed, so followers hear of every entry stored here.
         let feed = Arc::new(feed::Feed::default());
@@ -136,7 +158,13 @@ impl Manager {
             records: records.clone(),
             tokens,
             reaper: reaper.clone(),
-            files: files.clone(),
+            packs: packs.unwrap_or_else(|| {
+                Arc::new(sessions::OwnBuildPacks {
+                    store: store.clone(),
+                    files: files.clone(),
+                    settings: settings.clone(),
+                })
+            }),
             settings: settings.clone(),
             log_writer: logwriter::LogWriter::spawn(store.clone()),
             leases: Mutex::default(),
@@ -235,6 +263,30 @@ impl Manager {
             .iter()
             .filter(|r| self.inner.reaper.started(r))
             .count())
+    }
+
+    /// Ends the jobs of this manager whose build someone else cancelled in the store
+    /// (Quay's web tier in Quay mode: phase `cancelled` and the queue item deleted, with no
+    /// signal to a manager): their workers are stopped and their slots freed. Returns how
+    /// many.
+    pub async fn end_cancelled_elsewhere(&self) -> Result<usize, ManagerError> {
+        let inner = &self.inner;
+        let mut ended = 0;
+        for record in inner.records.all().await? {
+            if !inner.reaper.started(&record) {
+                continue;
+            }
+            let build = inner.reaper.store.get_build(record.build_id).await?;
+            if build.is_none_or(|b| b.phase != buildman_core::Phase::Cancelled) {
+                continue;
+            }
+            if let Some(record) = inner.records.take(record.build_id).await? {
+                tracing::info!(build_id = %record.build_id, "build cancelled elsewhere: stopping its worker");
+                inner.reaper.end(record, JobEnd::Cancelled).await?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// The last step of a drain when no other manager can take the jobs over: every job

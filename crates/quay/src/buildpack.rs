@@ -4,18 +4,7 @@
 use crate::rows::{AccessTokenRow, BuildRow, JobConfig, QueueBody};
 use crate::secret::{DecryptError, FieldCipher};
 
-/// Where the worker gets the build context.
-#[derive(Clone, PartialEq, Eq)]
-pub enum PackageSource {
-    /// An http(s) URL of an archive (or a Dockerfile).
-    Url(String),
-    /// A trigger's repository at a commit, cloned with the trigger's deploy key.
-    Git {
-        url: String,
-        sha: String,
-        private_key: String,
-    },
-}
+pub use buildman_core::buildpack::{BuildPack, PackageSource};
 
 /// Where a build's archive lives, before any URL is made for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,36 +14,6 @@ pub enum Archive {
     /// An uploaded file (`resource_key`) in Quay's user-file storage: see
     /// [`crate::userfiles`].
     Userfile(String),
-}
-
-/// The BuildPack's fields (its `job_jwt` is the manager's own).
-#[derive(Clone, PartialEq, Eq)]
-pub struct BuildPack {
-    pub source: PackageSource,
-    pub context: String,
-    pub dockerfile_path: String,
-    /// `<namespace>/<repository>`.
-    pub repository: String,
-    /// The manager's `SERVER_HOSTNAME`.
-    pub registry: String,
-    /// The build's access token, `token_name` + code: the password for the user `$token`.
-    pub pull_token: String,
-    pub push_token: String,
-    pub tag_names: Vec<String>,
-    /// The pull robot's username and password for the base image, when the build has one.
-    pub base_image: Option<(String, String)>,
-}
-
-impl std::fmt::Debug for BuildPack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuildPack")
-            .field("context", &self.context)
-            .field("dockerfile_path", &self.dockerfile_path)
-            .field("repository", &self.repository)
-            .field("registry", &self.registry)
-            .field("tag_names", &self.tag_names)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Why no BuildPack can be made for a build.

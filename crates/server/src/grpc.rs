@@ -188,7 +188,7 @@ impl BuildManager for WorkerService {
             .register(&request.into_inner().register_jwt)
             .await
             .map_err(status)?;
-        let build_pack = Some(match a.source {
+        let build_pack = Some(match a.pack.source {
             PackageSource::Url(url) => pb::build_pack::BuildPack::PackageUrl(url),
             PackageSource::Git {
                 url,
@@ -203,14 +203,15 @@ impl BuildManager for WorkerService {
         Ok(Response::new(pb::BuildPack {
             job_jwt: a.job_token,
             build_pack,
-            context: a.context,
-            dockerfile_path: a.dockerfile_path,
-            repository: a.repository,
-            registry: a.registry,
-            pull_token: a.pull_token,
-            push_token: a.push_token,
-            tag_names: a.tags,
+            context: a.pack.context,
+            dockerfile_path: a.pack.dockerfile_path,
+            repository: a.pack.repository,
+            registry: a.pack.registry,
+            pull_token: a.pack.pull_token,
+            push_token: a.pack.push_token,
+            tag_names: a.pack.tag_names,
             base_image: a
+                .pack
                 .base_image
                 .map(|(username, password)| pb::build_pack::BaseImage { username, password }),
         }))

@@ -1,7 +1,8 @@
 //! The durable state of buildman: builds, the queue and build logs.
 //!
 //! [`Store`] is what the manager and the servers use; each backend is one module
-//! ([`sqlite`] embedded, [`postgres`] for several managers sharing a database). The store is
+//! ([`sqlite`] embedded, [`postgres`] for several managers sharing a database, [`quay`] on
+//! Quay's own database and build-log Redis, in place of Quay's build manager). The store is
 //! the source of truth for what happened: the orchestrator may forget, the store may not.
 
 use std::time::Duration;
@@ -38,6 +39,14 @@ pub enum StoreError {
     /// Quay's own): the message names the version found and the ones supported.
     #[error("{0}")]
     UnsupportedSchema(String),
+    /// What this backend does not do, with what to use instead (in Quay mode, Quay's web
+    /// tier creates builds).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A backend other than the database failed or is unreachable (the quay backend's
+    /// build-log Redis); the message names it.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for StoreError {

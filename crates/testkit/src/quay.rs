@@ -63,6 +63,9 @@ pub struct BuildRequest {
     pub pull_robot_id: Option<i32>,
     /// The queue body's `pull_credentials` (username, password, registry).
     pub pull_credentials: Option<serde_json::Value>,
+    /// The access token's name and plaintext code (`None`: 32 random characters each), so
+    /// a test registry can accept the name + code as the `$token` password.
+    pub token: Option<(String, String)>,
 }
 
 /// What Quay's web tier wrote for a build.
@@ -89,8 +92,8 @@ pub async fn start_build(
     encrypt: impl Fn(&str) -> String,
 ) -> StartedBuild {
     let repository_id = repository_id(pool, &request.namespace, &request.repository).await;
-    let token_name = token_chars();
-    let token_code = token_chars();
+    let (token_name, token_code) =
+        (request.token.clone()).unwrap_or_else(|| (token_chars(), token_chars()));
     let (access_token_id,): (i32,) = sqlx::query_as(
         "INSERT INTO accesstoken
              (friendly_name, token_name, token_code, repository_id, created, role_id, temporary, kind_id)

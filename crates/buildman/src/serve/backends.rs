@@ -14,7 +14,8 @@ use buildman_store::Store;
 use buildman_store::postgres::PostgresStore;
 use buildman_store::sqlite::SqliteStore;
 
-/// The store: SQLite in the data dir unless BUILDMAN_DATABASE_URL names another.
+/// The store: SQLite in the data dir unless BUILDMAN_DATABASE_URL names another (Quay
+/// mode's is `quay::open`'s).
 pub(super) async fn open_store(config: &Config, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     match config.database_url.as_deref() {
         None => Ok(Arc::new(

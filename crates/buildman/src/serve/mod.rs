@@ -13,6 +13,7 @@ mod backends;
 mod datadir;
 mod drain;
 mod executors;
+pub mod quay;
 mod secrets;
 
 pub use executors::RUNNABLE;
@@ -65,7 +66,11 @@ impl ServeOptions {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("buildman-data")),
             http_listen: config.http_listen.unwrap_or(DEFAULT_HTTP_LISTEN.parse()?),
-            grpc_listen: config.grpc_listen.unwrap_or(DEFAULT_GRPC_LISTEN.parse()?),
+            grpc_listen: match (config.grpc_listen, &config.quay) {
+                (Some(address), _) => address,
+                (None, Some(_)) => quay::QUAY_GRPC_LISTEN.parse()?,
+                (None, None) => DEFAULT_GRPC_LISTEN.parse()?,
+            },
             timings: Timings {
                 heartbeat_ttl: config.heartbeat_ttl,
                 ..Timings::default()
@@ -120,7 +125,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
     }
 
     raise_descriptor_limit(&config.limits);
-    let store = backends::open_store(config, data_dir).await?;
+    let (store, packs) = match &config.quay {
+        Some(q) => quay::open(config, q).await.map(|(s, p)| (s, Some(p)))?,
+        None => (backends::open_store(config, data_dir).await?, None),
+    };
     let orchestrator = backends::open_orchestrator(config).await?;
     let tokens = secrets::token_service(config, data_dir)?;
     let (api_tokens, new_admin_token) = secrets::api_tokens(config, data_dir)?;
@@ -157,7 +165,15 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         .clone()
         .unwrap_or_else(|| format!("http://{}", dialable(http_addr)));
     let files = backends::open_contexts(config, data_dir, &public_url).await?;
-    let manager = Manager::new(store, orchestrator, executors, tokens, files, settings);
+    let manager = Manager::with_build_packs(
+        store,
+        orchestrator,
+        executors,
+        tokens,
+        files,
+        settings,
+        packs,
+    );
     manager.recover().await?;
     manager.start();
 
@@ -177,6 +193,10 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<Running> {
         grpc_task,
         serve_http(api, http, header_timeout, stopped(&shutdown)),
     ];
+    if config.quay.is_some() {
+        let watch = quay::stop_cancelled_workers(manager.clone(), stopped(&shutdown));
+        tasks.push(tokio::spawn(watch));
+    }
     if let Some(listener) = metrics_listener {
         let ops = buildman_server::ops::router(manager.clone());
         let listener = bounded(config, listener);
@@ -226,6 +246,11 @@ fn raise_descriptor_limit(limits: &buildman_core::config::Limits) {
 
 /// Refuses a configuration under which this manager would have nothing to do.
 fn refuse_idle(config: &Config) -> anyhow::Result<()> {
+    if let Some(why) = quay::idle_reason(config) {
+        bail!(
+            "Quay mode has nothing to do ({why}); `buildman serve` stays up idle, `start` does not start"
+        );
+    }
     if !config.feature_build_support {
         bail!(
             "builds are disabled: FEATURE_BUILD_SUPPORT is false; set it to true to run the build manager"
@@ -281,7 +306,11 @@ fn settings(
         machine_max_time: bm.machine_max_time,
         worker_server,
         worker_insecure: config.grpc_tls.is_none(),
-        registry: config.registry.clone().unwrap_or_default(),
+        // In Quay mode workers push to Quay (SERVER_HOSTNAME), as Quay's manager tells them.
+        registry: match &config.quay {
+            Some(_) => config.server_hostname.clone(),
+            None => config.registry.clone().unwrap_or_default(),
+        },
         result_dir,
         pull_token: config
             .registry_pull_token

@@ -34,6 +34,7 @@ mod executors;
 mod limits;
 mod manager;
 mod orchestrator;
+mod quay;
 mod redact;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,7 @@ pub use executors::{
 pub use limits::Limits;
 pub use manager::{BuildManagerConfig, Lifecycle};
 pub use orchestrator::{OrchestratorConfig, RedisConfig};
+pub use quay::{BuildLogsRedisConfig, DbConnectionArgs, QuayModeConfig};
 
 use diagnostics::{Report, Section, describe};
 use redact::debug_redacting;
@@ -131,6 +133,9 @@ pub struct Config {
     pub sealing_key_file: Option<PathBuf>,
     /// BUILDMAN_LIMITS: bounds on bodies, log pages, connections and request rates.
     pub limits: Limits,
+    /// BUILDMAN_STORE `quay`: Quay mode, on Quay's database and build-log Redis (`None`:
+    /// buildman's own store, the default `buildman`).
+    pub quay: Option<QuayModeConfig>,
 }
 
 debug_redacting!(Config {
@@ -138,7 +143,7 @@ debug_redacting!(Config {
     http_listen, grpc_listen, public_url, grpc_tls, signing_key, trusted_keys,
     max_queued_builds_per_namespace, max_silent_retries, orphan_reap_interval, heartbeat_ttl, registry,
     context_storage, controller_port, metrics_listen, drain_period, context_retention,
-    build_retention, sealing_key_file, limits,
+    build_retention, sealing_key_file, limits, quay,
 } secret { database_url, api_tokens, registry_push_token, registry_pull_token });
 
 /// A parsed configuration and the warnings found on the way.
@@ -191,6 +196,7 @@ impl Config {
             context_retention: std::time::Duration::ZERO,
             build_retention: None,
             limits: Limits::default(),
+            quay: None,
         }
     }
 
@@ -219,7 +225,7 @@ impl Config {
             ));
         };
         let report = Report::default();
-        let config = parse_config(&mut Section::new(&report, String::new(), map));
+        let config = parse_config(&mut Section::new(&report, String::new(), map), &root);
         let (errors, warnings) = report.into_diagnostics();
         if errors.is_empty() {
             Ok(Loaded { config, warnings })
@@ -312,11 +318,13 @@ fn host_part(address: &str) -> &str {
 
 /// The top-level keys: Quay's, then buildman's own. Errors are reported in the order keys are
 /// read, so this order is part of the output.
-fn parse_config(s: &mut Section) -> Config {
+fn parse_config(s: &mut Section, root: &Value) -> Config {
     let r = s.r;
     let base = Config::embedded();
+    let quay_mode = quay::quay_mode(s);
     let mut config = Config {
-        feature_build_support: s.bool("FEATURE_BUILD_SUPPORT").unwrap_or(false),
+        // Quay's default is true; buildman's own mode asks for it explicitly.
+        feature_build_support: s.bool("FEATURE_BUILD_SUPPORT").unwrap_or(quay_mode),
         server_hostname: s.string("SERVER_HOSTNAME").unwrap_or(base.server_hostname),
         buildman_hostname: s.string("BUILDMAN_HOSTNAME").filter(|h| !h.is_empty()),
         build_manager: (s.raw("BUILD_MANAGER"))
@@ -325,5 +333,14 @@ fn parse_config(s: &mut Section) -> Config {
         ..base
     };
     buildman_keys::read_buildman_keys(s, &mut config);
+    if quay_mode {
+        if config.database_url.is_some() {
+            r.error(
+                "BUILDMAN_DATABASE_URL",
+                "Quay mode (BUILDMAN_STORE: quay) keeps builds in Quay's database (DB_URI): remove BUILDMAN_DATABASE_URL",
+            );
+        }
+        config.quay = quay::parse(s, root);
+    }
     config
 }

@@ -2,13 +2,13 @@
 //! log lines and the cached-tag question. The gRPC service is a thin adapter over these.
 //! A final phase ends the job through the reaper.
 
+mod packs;
 mod streams;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use buildman_contexts::ContextStore;
-use buildman_core::{Actor, Build, BuildSource, JobEnd, JobRecord, Phase};
+use buildman_core::{Actor, Build, BuildPack, JobEnd, JobRecord, Phase};
 use buildman_store::Store;
 use serde_json::{Map, Value};
 
@@ -22,43 +22,22 @@ use crate::settings::Settings;
 use crate::tokens::{TokenContext, TokenError, TokenService, TokenType};
 use crate::{ManagerError, phases};
 
+pub use packs::{BuildPacks, OwnBuildPacks};
 pub use streams::{HeartbeatStream, LogStream};
 
-/// Where the worker gets its build context from (the BuildPack's `build_pack` oneof).
-#[derive(Clone, PartialEq, Eq)]
-pub enum PackageSource {
-    /// An http(s) URL of an archive or a Dockerfile.
-    Url(String),
-    /// A git repository at a commit, with an optional SSH key.
-    Git {
-        url: String,
-        sha: String,
-        private_key: String,
-    },
-}
+pub use buildman_core::PackageSource;
 
-/// Everything a registered worker needs to run the build (the BuildPack).
+/// Everything a registered worker needs to run the build: the BuildPack and the job token.
 #[derive(Clone)]
 pub struct Assignment {
     pub job_token: String,
-    pub source: PackageSource,
-    pub context: String,
-    pub dockerfile_path: String,
-    /// `namespace/repository`.
-    pub repository: String,
-    pub registry: String,
-    pub pull_token: String,
-    pub push_token: String,
-    pub tags: Vec<String>,
-    /// Credentials for pulling base images, when the build has them.
-    pub base_image: Option<(String, String)>,
+    pub pack: BuildPack,
 }
 
 impl std::fmt::Debug for Assignment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Assignment")
-            .field("repository", &self.repository)
-            .field("tags", &self.tags)
+            .field("pack", &self.pack)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +56,7 @@ pub struct WorkerSessions {
     pub(crate) executors: Executors,
     pub(crate) tokens: Arc<TokenService>,
     pub(crate) reaper: Arc<Reaper>,
-    pub(crate) files: Arc<dyn ContextStore>,
+    pub(crate) packs: Arc<dyn BuildPacks>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) log_writer: LogWriter,
     /// The queue leases this manager last wrote (see [`WorkerSessions::extend_lease`]).
@@ -164,43 +143,14 @@ impl WorkerSessions {
         ctx: &TokenContext,
         record: &JobRecord,
     ) -> Result<Assignment, ManagerError> {
-        let s = &self.settings;
-        let source = match &build.source {
-            BuildSource::ArchiveUrl { url } => PackageSource::Url(url.clone()),
-            BuildSource::Uploaded { file_id } => {
-                PackageSource::Url(self.files.worker_url(file_id).await?)
-            }
-            BuildSource::Git {
-                url,
-                sha,
-                private_key,
-            } => PackageSource::Git {
-                url: url.clone(),
-                sha: sha.clone(),
-                private_key: match private_key {
-                    Some(sealed) => self.open_secret(sealed)?,
-                    None => String::new(),
-                },
-            },
-        };
+        let pack = self.packs.build_pack(build).await?;
         let left = record.max_expiration - chrono::Utc::now().timestamp();
         let lifetime = Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1));
         let attempt = &record.queue_item.state_id;
         let job_token =
             self.tokens
                 .issue(TokenType::Job, build.id, &ctx.job_key, attempt, lifetime)?;
-        Ok(Assignment {
-            job_token,
-            source,
-            context: build.context.clone(),
-            dockerfile_path: build.dockerfile_path.clone(),
-            repository: build.full_repository(),
-            registry: s.registry.clone(),
-            pull_token: s.pull_token.clone(),
-            push_token: s.push_token.clone(),
-            tags: build.effective_tags(),
-            base_image: None,
-        })
+        Ok(Assignment { job_token, pack })
     }
 
     /// Checks a job token (not a registration token).
@@ -333,12 +283,6 @@ impl WorkerSessions {
         Ok(true)
     }
 
-    /// A build secret as the worker needs it: opened with the sealing key.
-    fn open_secret(&self, sealed: &str) -> Result<String, ManagerError> {
-        let key = (self.settings.sealing_key.as_ref()).ok_or(crate::sealing::SealError::Open)?;
-        Ok(key.open(sealed)?)
-    }
-
     /// Records where the image went: `<registry>/<namespace>/<repository>` when the worker
     /// pushed, or the OCI layout a local worker wrote when no registry is set.
     async fn record_result_location(&self, build: &Build) {
@@ -356,17 +300,13 @@ impl WorkerSessions {
         }
     }
 
-    /// DetermineCachedTag: the first of this build's tags that an earlier complete build of
-    /// the same repository pushed, or "".
+    /// DetermineCachedTag: a tag worth pulling as a cache (see [`BuildPacks::cached_tag`]),
+    /// or "".
     pub async fn cached_tag(&self, ctx: &TokenContext) -> Result<String, ManagerError> {
-        let Some(build) = self.store.get_build(ctx.build_id).await? else {
-            return Ok(String::new());
-        };
-        let tags = build.effective_tags();
-        let pushed = (self.store)
-            .pushed_tag(&build.namespace, &build.repository, &tags)
-            .await?;
-        Ok(pushed.unwrap_or_default())
+        match self.store.get_build(ctx.build_id).await? {
+            Some(build) => self.packs.cached_tag(&build).await,
+            None => Ok(String::new()),
+        }
     }
 }
 

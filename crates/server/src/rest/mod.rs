@@ -44,7 +44,9 @@ impl IntoResponse for ApiError {
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let code = match &e {
-            ManagerError::Invalid(_) | ManagerError::Conflict(_) => StatusCode::BAD_REQUEST,
+            ManagerError::Invalid(_)
+            | ManagerError::Conflict(_)
+            | ManagerError::Store(StoreError::Unsupported(_)) => StatusCode::BAD_REQUEST,
             ManagerError::NotFound(_) | ManagerError::Store(StoreError::NotFound(_)) => {
                 StatusCode::NOT_FOUND
             }

@@ -3,13 +3,13 @@
 //! implementation calls (so the statements live here, not among the queue's).
 
 use async_trait::async_trait;
-use buildman_core::{Build, BuildId, Phase};
+use buildman_core::{Build, BuildId};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::rows::{BUILD_COLUMNS, BuildRow, millis, time};
 use super::{Backend, RowsAffected};
-use crate::{QueueStats, Result, StoreError};
+use crate::{QueueStats, Result};
 
 /// A build over for good, as SQL on a row of `builds`: a final phase, and no queue item
 /// (an internal error with a queue item is retried).
@@ -80,14 +80,7 @@ where
         )
         .fetch_all(self.pool())
         .await?;
-        let mut live_phases = Vec::with_capacity(live.len());
-        for (name, n) in live {
-            let p: Phase = name
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("phase {name:?}: {e}")))?;
-            live_phases.push((p, u64::try_from(n).unwrap_or(0)));
-        }
-        live_phases.sort_by_key(|(p, _)| Phase::ALL.iter().position(|q| q == p));
+        let live_phases = super::rows::live_phases(live)?;
         Ok(QueueStats {
             locked,
             available,

@@ -283,3 +283,17 @@ impl LogPageRow {
             .map_err(|e| corrupt(format!("build {id}: log entry {idx}: {e}")))
     }
 }
+
+/// Counts of builds per phase name as the database gives them, as phases in the order of
+/// [`Phase::ALL`].
+pub(crate) fn live_phases(counts: Vec<(String, i64)>) -> Result<Vec<(Phase, u64)>> {
+    let mut live = Vec::with_capacity(counts.len());
+    for (name, n) in counts {
+        let p: Phase = name
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("phase {name:?}: {e}")))?;
+        live.push((p, u64::try_from(n).unwrap_or(0)));
+    }
+    live.sort_by_key(|(p, _)| Phase::ALL.iter().position(|q| q == p));
+    Ok(live)
+}

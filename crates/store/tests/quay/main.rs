@@ -12,7 +12,9 @@ use buildman_testkit::quay::{self, BuildRequest, StartedBuild};
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-const LEASE: Duration = Duration::from_secs(530);
+mod store;
+
+pub(crate) const LEASE: Duration = Duration::from_secs(530);
 
 async fn queue() -> (PgPool, QuayQueue) {
     let (_url, pool) = quay::database().await;
@@ -36,7 +38,7 @@ async fn start(pool: &PgPool, namespace: &str, repository: &str) -> StartedBuild
 }
 
 /// The database's clock as a UTC time: what the web tier wrote `available_after` with.
-async fn db_now(pool: &PgPool) -> DateTime<Utc> {
+pub(crate) async fn db_now(pool: &PgPool) -> DateTime<Utc> {
     let text: String = sqlx::query_scalar(
         "SELECT to_char(now() AT TIME ZONE 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     )

@@ -9,6 +9,7 @@ mod diagnostics;
 mod executors;
 mod manager;
 mod orchestrator;
+mod quay;
 mod sample;
 mod top_level;
 

@@ -1,8 +1,5 @@
-//! The start of the `quay` backend: the build queue in Quay's own `queueitem` table, so
-//! buildman can run in place of Quay's build manager on Quay's database
-//! (shared/docs/quay-integration.md sections 3.1 and 13). Not yet a [`Store`](crate::Store):
-//! builds, phases and logs live in Quay's `repositorybuild` and build-log Redis, which
-//! the next steps add; these are the queue operations the `Store` impl will call.
+//! The build queue in Quay's own `queueitem` table (quay-integration.md sections 3.1 and
+//! 13).
 //!
 //! What is Quay's and kept as Quay does it: the claimable items (`dockerfilebuild/%`, due,
 //! available or lease run out, retries left, no running item of the same queue name,
@@ -15,7 +12,7 @@
 //! check the claim's `state_id`, so a manager that lost its claim changes nothing; and an
 //! extension keeps the `state_id` (the claim's holder keeps proving it with the one it
 //! got). Quay's schema has no column for an attempt count or silent restores: the claim's
-//! attempt is derived from the retries, and silent restores are not stored (yet).
+//! attempt is derived from the retries, and silent restores are not stored.
 
 use std::time::Duration;
 
@@ -49,9 +46,9 @@ const CLAIMABLE: &str = "SELECT id, queue_name, body, state_id FROM queueitem \
        AND NOT (queue_name = ANY($2)) AND ($3::varchar IS NULL OR queue_name = $3) \
      ORDER BY id LIMIT 1";
 
-/// A claimable item as read.
+/// A claimable (or claimed) item as read.
 #[derive(sqlx::FromRow)]
-struct Claimable {
+pub(super) struct Claimable {
     id: i32,
     queue_name: String,
     body: String,
@@ -61,7 +58,7 @@ struct Claimable {
 /// The build queue in Quay's `queueitem` table.
 #[derive(Clone, Debug)]
 pub struct QuayQueue {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl QuayQueue {
@@ -250,6 +247,34 @@ async fn take(
     }))
 }
 
+impl QuayQueue {
+    /// The claims held now (items taken and not returned), each as its claimer holds it;
+    /// items whose body names no build are left out (no job can be running for them).
+    pub async fn claimed(&self, limit: u32) -> Result<Vec<ClaimedItem>> {
+        let rows: Vec<(i32, String, String, String, i32)> = sqlx::query_as(
+            "SELECT id, queue_name, body, state_id, retries_remaining FROM queueitem \
+             WHERE queue_name ILIKE 'dockerfilebuild/%' AND NOT available ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows.into_iter())
+            .filter_map(|(id, queue_name, body, state_id, retries)| {
+                let build = QueueBody::parse(&body).ok()?.build_uuid;
+                Some(ClaimedItem {
+                    item_id: i64::from(id),
+                    state_id,
+                    build_id: BuildId(Uuid::parse_str(&build).ok()?),
+                    queue_name,
+                    retries_remaining: u32::try_from(retries).unwrap_or(0),
+                    attempt: u32::try_from(QUAY_RETRIES - retries).unwrap_or(0).max(1),
+                    silent_restores: 0,
+                })
+            })
+            .collect())
+    }
+}
+
 /// `queueitem.id` is an `integer`.
 fn item_id(item: &ClaimedItem) -> Result<i32> {
     i32::try_from(item.item_id).map_err(|_| {
@@ -258,7 +283,7 @@ fn item_id(item: &ClaimedItem) -> Result<i32> {
 }
 
 /// `t + d` as the naive UTC text Quay's `timestamp without time zone` columns hold.
-fn timestamp(t: DateTime<Utc>, d: Duration) -> String {
+pub(super) fn timestamp(t: DateTime<Utc>, d: Duration) -> String {
     let at = chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
