@@ -112,7 +112,13 @@ async fn refusals_say_what_is_wrong() {
     // 100,000 tags do not even get read: the body is over BUILDMAN_LIMITS.JSON_BODY_BYTES.
     let tags: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
     let body = json!({"file_id": file_id, "docker_tags": tags});
-    let (code, msg) = error_of(create("demo/x", body).await.unwrap()).await;
+    let refused = create("demo/x", body).await.unwrap();
+    assert_eq!(
+        refused.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the unread body's connection is not reused"
+    );
+    let (code, msg) = error_of(refused).await;
     assert_eq!(code, 413, "{msg}");
     assert!(msg.contains("BUILDMAN_LIMITS"), "{msg}");
     let (code, _) = error_of(

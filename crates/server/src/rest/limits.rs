@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -25,7 +25,9 @@ pub(super) fn too_large(limit: u64, what: &str) -> ApiError {
 }
 
 /// Middleware: refuses a request whose Content-Length is over `limit` at once, so the
-/// manager never reads (let alone holds) a body it would refuse.
+/// manager never reads (let alone holds) a body it would refuse. Every 413 closes the
+/// connection: the rest of the body is never read, so the connection cannot carry another
+/// request, and a client must not put it back in its pool.
 pub(super) async fn refuse_large(
     State(limit): State<u64>,
     request: Request,
@@ -34,10 +36,14 @@ pub(super) async fn refuse_large(
     let declared = (request.headers().get(header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match declared {
+    let mut response = match declared {
         Some(length) if length > limit => too_large(limit, "the request body").into_response(),
         _ => next.run(request).await,
+    };
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        (response.headers_mut()).insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
 /// Reads a whole JSON body of at most `limit` bytes (a chunked one has no Content-Length
