@@ -178,25 +178,6 @@ async fn wait_phase(pool: &sqlx::PgPool, uuid: &str, phases: &[&str], within: Du
     }
 }
 
-/// The entries of a build's log list in the build-log Redis.
-async fn redis_log(redis: &RedisServer, uuid: &str) -> Vec<serde_json::Value> {
-    let client = redis::Client::open(redis.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("builds/{uuid}/logs"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("LRANGE");
-    raw.iter()
-        .map(|r| serde_json::from_str(r).expect("JSON entry"))
-        .collect()
-}
-
 /// Quay for a test: its database, build-log Redis, registry (with a busybox `base`) and
 /// front (SERVER_HOSTNAME), and `buildman serve` in Quay mode on them.
 struct QuayWorld {
@@ -284,7 +265,7 @@ async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
         Duration::from_secs(180),
     )
     .await;
-    let log = redis_log(redis, &build.uuid).await;
+    let log = buildman_testkit::quay::log_entries(&redis.url(), &build.uuid).await;
     assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
 
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
@@ -497,9 +478,11 @@ async fn two_managers_on_one_quay_database_run_each_build_once_within_the_cap() 
             .filter(|r| r["event"] == "started" && r["build_uuid"] == build.uuid.as_str())
             .count();
         assert_eq!(runs, 1, "build {} ran {runs} times", build.uuid);
-        let scheduled = (redis_log(&redis, &build.uuid).await.iter())
-            .filter(|e| e["type"] == "phase" && e["message"] == "build-scheduled")
-            .count();
+        let scheduled = (buildman_testkit::quay::log_entries(&redis.url(), &build.uuid)
+            .await
+            .iter())
+        .filter(|e| e["type"] == "phase" && e["message"] == "build-scheduled")
+        .count();
         assert_eq!(scheduled, 1, "build {}", build.uuid);
     }
     assert!(
@@ -553,7 +536,7 @@ async fn an_upload_on_s3_storage_is_fetched_through_a_presigned_url() {
         Duration::from_secs(180),
     )
     .await;
-    let log = redis_log(&world.redis, &build.uuid).await;
+    let log = buildman_testkit::quay::log_entries(&world.redis.url(), &build.uuid).await;
     assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
     let history = world.registry.image_config("acme/web", "v1").await["history"].to_string();
     assert!(history.contains("echo built-from-s3"), "{history}");

@@ -181,3 +181,22 @@ async fn repository_id(pool: &PgPool, namespace: &str, name: &str) -> i32 {
 fn token_chars() -> String {
     uuid::Uuid::new_v4().simple().to_string().to_uppercase()
 }
+
+/// The entries of a build's log list in the build-log Redis at `redis_url`, as Quay's log
+/// viewer reads them (`LRANGE builds/<uuid>/logs 0 -1`).
+pub async fn log_entries(redis_url: &str, uuid: &str) -> Vec<serde_json::Value> {
+    let client = redis::Client::open(redis_url).expect("a Redis URL");
+    let mut conn = (client.get_multiplexed_async_connection())
+        .await
+        .expect("connect to the build-log Redis");
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("builds/{uuid}/logs"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("LRANGE");
+    raw.iter()
+        .map(|r| serde_json::from_str(r).expect("a JSON log entry"))
+        .collect()
+}

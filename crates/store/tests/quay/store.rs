@@ -52,25 +52,6 @@ async fn upload(pool: &PgPool, namespace: &str, repository: &str) -> StartedBuil
     quay::start_build(pool, &request, |c| cipher.encrypt(c).expect("short")).await
 }
 
-/// The raw entries of a build's Redis log.
-async fn raw_log(redis: &RedisServer, uuid: &str) -> Vec<serde_json::Value> {
-    let client = redis::Client::open(redis.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("builds/{uuid}/logs"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("LRANGE");
-    raw.iter()
-        .map(|r| serde_json::from_str(r).expect("JSON"))
-        .collect()
-}
-
 #[tokio::test]
 async fn builds_are_read_from_quays_rows() {
     let (pool, _redis, store) = quay_store().await;
@@ -212,7 +193,7 @@ async fn phases_are_quays_compare_and_set_and_logged_in_quays_format() {
         .expect("phase");
     assert_eq!(phase, "cancelled");
 
-    let log = raw_log(&redis, &started.uuid).await;
+    let log = buildman_testkit::quay::log_entries(&redis.url(), &started.uuid).await;
     assert_eq!(log.len(), 1, "one phase entry: {log:?}");
     assert_eq!(log[0]["message"], "build-scheduled");
     assert_eq!(log[0]["type"], "phase");
@@ -249,7 +230,7 @@ async fn worker_lines_are_stored_once_per_attempt() {
         .expect("append");
     assert_eq!(again, [None, Some(2)]);
 
-    let log = raw_log(&redis, &started.uuid).await;
+    let log = buildman_testkit::quay::log_entries(&redis.url(), &started.uuid).await;
     let messages: Vec<&str> = log.iter().filter_map(|e| e["message"].as_str()).collect();
     assert_eq!(
         messages,
