@@ -400,13 +400,21 @@ fn reports(dir: &Path) -> Vec<serde_json::Value> {
 
 /// The most scripted workers alive at once (an exit at the same millisecond counts first).
 fn peak_workers(reports: &[serde_json::Value]) -> i32 {
-    let mut edges: Vec<(u64, i32)> = (reports.iter())
-        .filter_map(|r| match r["event"].as_str()? {
-            "started" => Some((r["at"].as_u64()?, 1)),
-            "exiting" => Some((r["at"].as_u64()?, -1)),
-            _ => None,
-        })
+    // Each worker from its start to its exit; one the manager stopped (killed once its
+    // build ended, so it wrote no `exiting`) to its last report.
+    let mut lives: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    for r in reports {
+        let (Some(pid), Some(at)) = (r["pid"].as_u64(), r["at"].as_u64()) else {
+            continue;
+        };
+        let life = lives.entry(pid).or_insert((at, at));
+        life.0 = life.0.min(at);
+        life.1 = life.1.max(at);
+    }
+    let mut edges: Vec<(u64, i32)> = (lives.values())
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
         .collect();
+    // An exit and a start at the same millisecond: the exit first.
     edges.sort();
     let (mut alive, mut peak) = (0, 0);
     for (_, delta) in edges {
