@@ -52,7 +52,7 @@ pub const BEARER: &str = "api_token"; // Also spelled out in `ApiDoc`'s `securit
         readyz,
     ),
     components(schemas(LogPage)),
-    modifiers(&BearerToken, &RateLimited),
+    modifiers(&BearerToken, &TokenRefusals),
     security(("api_token" = [])),
     tags(
         (name = "builds", description = "Queue, follow and cancel builds (Quay's shapes)."),
@@ -79,20 +79,20 @@ impl Modify for BearerToken {
     }
 }
 
-/// Adds the per-token rate limit's 429 to every operation that takes a token (all but the
-/// `security(())` ones): the authentication layer answers it before any handler, so no
-/// operation's own description could say so once for all.
-struct RateLimited;
+/// Adds the authentication layer's answers to every operation that takes a token (all but
+/// the `security(())` ones): 401 for a missing or unknown token and the per-token rate
+/// limit's 429. The layer answers them before any handler, so they are said once here.
+struct TokenRefusals;
 
 /// What a 429 from the rate limit means.
 const RATE_LIMITED: &str = "Too many requests with this API token (BUILDMAN_LIMITS \
      RATE_PER_SECOND, RATE_BURST): retry after the Retry-After header's seconds.";
 
-impl Modify for RateLimited {
+impl Modify for TokenRefusals {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{
-            ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder, Type,
-            schema::ObjectBuilder, security::SecurityRequirement,
+            HeaderBuilder, RefOr, ResponseBuilder, Type, schema::ObjectBuilder,
+            security::SecurityRequirement,
         };
         let public = Some(vec![SecurityRequirement::default()]);
         for item in openapi.paths.paths.values_mut() {
@@ -107,6 +107,11 @@ impl Modify for RateLimited {
                     continue;
                 }
                 let responses = &mut operation.responses.responses;
+                let refused = ResponseBuilder::new()
+                    .description("No API token, or not a valid one.")
+                    .content("application/json", error_body())
+                    .build();
+                responses.insert("401".to_string(), RefOr::T(refused));
                 let description = match responses.get("429") {
                     Some(RefOr::T(own)) => format!("{} Or: {RATE_LIMITED}", own.description),
                     _ => RATE_LIMITED.to_string(),
@@ -115,18 +120,22 @@ impl Modify for RateLimited {
                     .schema(ObjectBuilder::new().schema_type(Type::Integer))
                     .description(Some("Seconds to wait before the next request."))
                     .build();
-                let body = ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build();
                 let response = ResponseBuilder::new()
                     .description(description)
                     .header("Retry-After", retry_after)
-                    .content("application/json", body)
+                    .content("application/json", error_body())
                     .build();
                 responses.insert("429".to_string(), RefOr::T(response));
             }
         }
     }
+}
+
+/// The JSON content of an error answer: the one error body.
+fn error_body() -> utoipa::openapi::Content {
+    utoipa::openapi::ContentBuilder::new()
+        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+        .build()
 }
 
 /// The document as JSON, made once.
@@ -195,7 +204,6 @@ struct FilePath {
     request_body(content = Option<NewFileDrop>, description = "Quay's request; nothing in it is read."),
     responses(
         (status = 200, body = FileDrop),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
     ))]
 fn create_filedrop() {}
 
@@ -206,7 +214,6 @@ fn create_filedrop() {}
     responses(
         (status = 204, description = "Stored."),
         (status = 400, description = "Not a file id, or the upload was cut short.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 409, description = "This id was already uploaded.", body = ErrorBody),
         (status = 413, description = "Larger than the upload limit.", body = ErrorBody),
     ))]
@@ -229,7 +236,6 @@ fn download_file() {}
         (status = 201, description = "Queued.", body = BuildView,
             headers(("Location" = String, description = "The build's resource."))),
         (status = 400, description = "The request is not a valid build: the message says why.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 404, description = "The uploaded context does not exist.", body = ErrorBody),
         (status = 429, description = "The namespace has as many builds queued as it may.", body = ErrorBody),
         (status = 503, description = "The manager is stopping.", body = ErrorBody),
@@ -242,7 +248,6 @@ fn create_build() {}
     responses(
         (status = 200, body = BuildList),
         (status = 400, description = "An invalid name or query.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
     ))]
 fn list_builds() {}
 
@@ -252,7 +257,6 @@ fn list_builds() {}
     responses(
         (status = 200, body = BuildList),
         (status = 400, description = "An invalid query (an unknown phase names the known ones).", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
     ))]
 fn list_all_builds() {}
 
@@ -262,7 +266,6 @@ fn list_all_builds() {}
     responses(
         (status = 200, body = BuildView),
         (status = 400, description = "An invalid name.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 404, description = "No such build in this repository.", body = ErrorBody),
     ))]
 fn get_build() {}
@@ -273,7 +276,6 @@ fn get_build() {}
     responses(
         (status = 201, description = "Cancelled.", body = String, example = json!("Okay")),
         (status = 400, description = "An invalid name, or the build already ended.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 404, description = "No such build in this repository.", body = ErrorBody),
     ))]
 fn cancel_build() {}
@@ -284,7 +286,6 @@ fn cancel_build() {}
     responses(
         (status = 200, body = BuildView),
         (status = 400, description = "An invalid name.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 404, description = "No such build in this repository.", body = ErrorBody),
     ))]
 fn get_build_status() {}
@@ -295,7 +296,6 @@ fn get_build_status() {}
     responses(
         (status = 200, body = LogPage),
         (status = 400, description = "An invalid name or query.", body = ErrorBody),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 404, description = "No such build in this repository.", body = ErrorBody),
     ))]
 fn build_logs() {}
@@ -304,7 +304,6 @@ fn build_logs() {}
 #[utoipa::path(get, path = "/api/v1/build/{id}", tag = "builds", params(BuildIdPath),
     responses(
         (status = 200, body = BuildView),
-        (status = 401, description = "No API token, or not a valid one.", body = ErrorBody),
         (status = 404, description = "No such build.", body = ErrorBody),
     ))]
 fn get_build_by_id() {}
