@@ -1,6 +1,6 @@
 //! Quay mode (`BUILDMAN_STORE: quay`): buildman runs in place of Quay's build manager, on
 //! the database, build-log Redis and storage of the same `config.yaml` (Quay's keys
-//! DB_URI, DB_CONNECTION_ARGS, BUILDLOGS_REDIS, DATABASE_SECRET_KEY, PREFERRED_URL_SCHEME,
+//! DB_URI, BUILDER_DB_HOST_OVERRIDE, DB_CONNECTION_ARGS, BUILDLOGS_REDIS, DATABASE_SECRET_KEY, PREFERRED_URL_SCHEME,
 //! REGISTRY_STATE and the user-file storage keys).
 
 use std::path::PathBuf;
@@ -17,6 +17,9 @@ pub const STORE_KEY: &str = "BUILDMAN_STORE";
 pub struct QuayModeConfig {
     /// DB_URI: Quay's PostgreSQL database (`postgresql://...`).
     pub db_uri: String,
+    /// BUILDER_DB_HOST_OVERRIDE: the database host the builder process connects to in
+    /// place of DB_URI's (Quay sets it for its `builder` service only).
+    pub db_host_override: Option<String>,
     /// DB_CONNECTION_ARGS, as far as they apply to a PostgreSQL client.
     pub db_connection_args: DbConnectionArgs,
     /// BUILDLOGS_REDIS (or the older BUILDLOGS_REDIS_HOSTNAME).
@@ -40,6 +43,7 @@ pub struct QuayModeConfig {
 impl std::fmt::Debug for QuayModeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuayModeConfig")
+            .field("db_host_override", &self.db_host_override)
             .field("db_connection_args", &self.db_connection_args)
             .field("buildlogs_redis", &self.buildlogs_redis)
             .field("preferred_url_scheme", &self.preferred_url_scheme)
@@ -111,6 +115,9 @@ pub(super) fn parse(s: &mut Section, root: &Value) -> Option<QuayModeConfig> {
         }
         uri
     });
+    let db_host_override = s
+        .string("BUILDER_DB_HOST_OVERRIDE")
+        .filter(|h| !h.trim().is_empty());
     let db_connection_args = s
         .section("DB_CONNECTION_ARGS")
         .map(|mut a| connection_args(&mut a))
@@ -138,6 +145,7 @@ pub(super) fn parse(s: &mut Section, root: &Value) -> Option<QuayModeConfig> {
         .unwrap_or(5);
     Some(QuayModeConfig {
         db_uri: db_uri?,
+        db_host_override,
         db_connection_args,
         buildlogs_redis: buildlogs_redis?,
         database_secret_key: database_secret_key?,

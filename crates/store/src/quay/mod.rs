@@ -54,11 +54,15 @@ pub struct QuayStore {
 const MAX_CONNECTIONS: u32 = 10;
 
 impl QuayStore {
-    /// Connects to Quay's database (DB_URI with DB_CONNECTION_ARGS' TLS settings) and
-    /// build-log Redis, and checks the schema revision.
+    /// Connects to Quay's database (DB_URI, its host replaced by BUILDER_DB_HOST_OVERRIDE
+    /// when set, with DB_CONNECTION_ARGS' TLS settings) and build-log Redis, and checks
+    /// the schema revision.
     pub async fn connect(config: &QuayModeConfig) -> Result<Self> {
         let args = &config.db_connection_args;
         let mut options: PgConnectOptions = config.db_uri.parse()?;
+        if let Some(host) = &config.db_host_override {
+            options = options.host(host);
+        }
         if let Some(mode) = &args.sslmode {
             options = options.ssl_mode(mode.parse()?);
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use buildman_core::config::BuildLogsRedisConfig;
+use buildman_core::config::{BuildLogsRedisConfig, Config};
 use buildman_core::{BuildSource, LogEntry, LogType, NewBuild, Phase, Requeue};
 use buildman_quay::secret::FieldCipher;
 use buildman_store::quay::{BuildLogs, QuayStore, Site, TriggerThresholds};
@@ -485,4 +485,26 @@ async fn a_triggers_successive_failures_disable_it_as_quay_does() {
         (2, 0, false, Some(2)),
         "disabled: successive_build_failures"
     );
+}
+
+#[tokio::test]
+async fn builder_db_host_override_replaces_db_uris_host() {
+    let (url, pool) = quay::database().await;
+    let started = upload(&pool, "acme", "override").await;
+    let redis = RedisServer::start().await;
+    // DB_URI names a host where nothing listens (the web tier's view); the builder reaches
+    // the database only through the override, as in Quay's supervisord setup.
+    let elsewhere = url.replace("127.0.0.1", "127.0.0.2");
+    let yaml = format!(
+        "BUILDMAN_STORE: quay\nDB_URI: {elsewhere}\nDATABASE_SECRET_KEY: 'k'\n\
+         BUILDLOGS_REDIS: {{host: 127.0.0.1, port: {}}}\nBUILDER_DB_HOST_OVERRIDE: 127.0.0.1\n",
+        redis.port()
+    );
+    let config = Config::parse(&yaml).expect("valid config").config;
+    let store = QuayStore::connect(config.quay.as_ref().expect("quay mode"))
+        .await
+        .expect("connects through the override");
+    let id = started.uuid.parse().expect("uuid");
+    let build = store.get_build(id).await.expect("read");
+    assert!(build.is_some(), "the build Quay's web tier started is read");
 }

@@ -23,6 +23,7 @@ fn quay_mode_reads_quays_keys_with_quays_defaults() {
         ("localhost", 6379)
     );
     assert_eq!(quay.preferred_url_scheme, "http");
+    assert_eq!(quay.db_host_override, None);
     let debug = format!("{quay:?}");
     assert!(
         !debug.contains("secret") && !debug.contains("1234"),
@@ -32,7 +33,8 @@ fn quay_mode_reads_quays_keys_with_quays_defaults() {
     let yaml = format!(
         "{QUAY}BUILDLOGS_REDIS: {{host: logs, port: 6380, password: pw, db: 2}}\n\
          DB_CONNECTION_ARGS: {{sslmode: verify-full, sslrootcert: /ca.pem, threadlocals: true}}\n\
-         PREFERRED_URL_SCHEME: https\nREGISTRY_STATE: readonly\nFEATURE_BUILD_SUPPORT: false\n"
+         PREFERRED_URL_SCHEME: https\nREGISTRY_STATE: readonly\nFEATURE_BUILD_SUPPORT: false\n\
+         BUILDER_DB_HOST_OVERRIDE: db-for-builder\n"
     );
     let loaded = load(&yaml);
     let quay = loaded.config.quay.expect("quay mode");
@@ -48,6 +50,7 @@ fn quay_mode_reads_quays_keys_with_quays_defaults() {
         Some("verify-full")
     );
     assert!(quay.registry_readonly);
+    assert_eq!(quay.db_host_override.as_deref(), Some("db-for-builder"));
     assert_eq!(quay.preferred_url_scheme, "https");
     assert!(
         loaded
