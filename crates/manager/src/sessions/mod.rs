@@ -238,24 +238,19 @@ impl WorkerSessions {
             return Ok(false);
         };
         let build = ctx.build_id;
-        let Some(current) = self.store.get_build(build).await? else {
-            return Ok(false);
+        // The job's record, not the build row, says whether this worker may still report:
+        // one orchestrator read instead of a store read per phase.
+        let record = match self.records.get(build).await? {
+            Some(record) if same_attempt(ctx, &record) => record,
+            other => return self.repeat_or_refuse(build, to, other.is_some()).await,
         };
-        if current.phase == to {
-            return Ok(true);
-        }
-        match self.records.get(ctx.build_id).await? {
-            None => return Ok(false),
-            Some(record) if !same_attempt(ctx, &record) => return Err(stale_attempt()),
-            Some(_) => {}
-        }
         let error = match to {
             Phase::Error => Some(phases::worker_error(self.store.as_ref(), build).await),
             _ => None,
         };
         if to == Phase::Complete {
             // Before the phase: whoever sees `complete` also sees where the image went.
-            self.record_result_location(&current).await;
+            self.record_result_location(&record).await;
         }
         let before = phases::change(
             self.store.as_ref(),
@@ -269,7 +264,8 @@ impl WorkerSessions {
         match before {
             Some(prev) if prev == to => return Ok(true),
             Some(_) => {}
-            None => return Ok(false),
+            // A final phase repeated while its first report is still being handled.
+            None => return self.repeat_or_refuse(build, to, false).await,
         }
         tracing::info!(build_id = %build, phase = %to, "phase");
         let end = match to {
@@ -283,20 +279,42 @@ impl WorkerSessions {
         Ok(true)
     }
 
+    /// A phase report the job's record or the transition table refused (`stale`: a later
+    /// attempt runs): a repeat of the build's current phase still succeeds, as the
+    /// protocol asks; anything else is refused.
+    async fn repeat_or_refuse(
+        &self,
+        build: buildman_core::BuildId,
+        to: Phase,
+        stale: bool,
+    ) -> Result<bool, ManagerError> {
+        let current = self.store.get_build(build).await?.map(|b| b.phase);
+        match current {
+            Some(phase) if phase == to => Ok(true),
+            Some(_) if stale => Err(stale_attempt()),
+            _ => Ok(false),
+        }
+    }
+
     /// Records where the image went: `<registry>/<namespace>/<repository>` when the worker
     /// pushed, or the OCI layout a local worker wrote when no registry is set.
-    async fn record_result_location(&self, build: &Build) {
+    async fn record_result_location(&self, job: &JobRecord) {
         let s = &self.settings;
+        let (namespace, repository) = (&job.namespace, &job.repository);
         let location = match &s.result_dir {
-            _ if !s.registry.is_empty() => format!("{}/{}", s.registry, build.full_repository()),
+            _ if !s.registry.is_empty() => format!("{}/{namespace}/{repository}", s.registry),
             Some(dir) => {
-                let layout = dir.join(&build.namespace).join(&build.repository);
+                let layout = dir.join(namespace).join(repository);
                 format!("oci:{}", layout.display())
             }
             None => return,
         };
-        if let Err(e) = self.store.set_result_location(build.id, &location).await {
-            tracing::warn!(build_id = %build.id, error = %e, "could not record where the image went");
+        if let Err(e) = self
+            .store
+            .set_result_location(job.build_id, &location)
+            .await
+        {
+            tracing::warn!(build_id = %job.build_id, error = %e, "could not record where the image went");
         }
     }
 
