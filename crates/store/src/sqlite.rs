@@ -143,6 +143,11 @@ impl SqliteStore {
 /// as long as the process lives. Such a connection is closed; the pool opens a new one.
 async fn discard_if_in_transaction(conn: &mut SqliteConnection) -> sqlx::Result<bool> {
     use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        // The common case, decided without a round trip to the connection's thread (a
+        // ping here cost one per store call).
+        return Ok(true);
+    }
     // Runs after the dropped transaction's queued ROLLBACK, so its outcome counts.
     conn.ping().await?;
     let clean = !conn.is_in_transaction();
