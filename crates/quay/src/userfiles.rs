@@ -5,8 +5,9 @@
 //!
 //! Supported drivers: `LocalStorage` (Quay's web tier serves `/userfiles/<id>` without
 //! auth) and the S3-compatible ones whose settings are keys (`S3Storage`,
-//! `RadosGWStorage`, `RHOCSStorage`, `IBMCloudStorage`), presigned with the AWS SDK
-//! (SigV4) and static keys, so making a URL needs no network. Any other driver, a missing
+//! `RadosGWStorage`, `RHOCSStorage`, `IBMCloudStorage`, and `GoogleCloudStorage` through
+//! Google's S3-compatible XML API with its HMAC keys), presigned with the AWS SDK (SigV4)
+//! and static keys, so making a URL needs no network. Any other driver, a missing
 //! key pair, and `FEATURE_PROXY_STORAGE` (whose URLs need Quay's own service key) are
 //! refused when the config is read, naming what is unsupported.
 
@@ -17,6 +18,9 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use serde_yaml_ng::Value;
+
+/// Where GoogleCloudStorage's objects are reached, S3-style.
+const GOOGLE_ENDPOINT: &str = "https://storage.googleapis.com";
 
 /// How long a download URL is good for (Quay's manager asks for 300 s).
 pub const URL_LIFETIME: Duration = Duration::from_secs(300);
@@ -64,7 +68,7 @@ struct S3Location {
     /// The driver's `storage_path`, the objects' key prefix.
     storage_path: String,
     region: String,
-    /// Custom endpoint (RadosGW, IBM, or S3Storage's `endpoint_url`); path-style then.
+    /// Custom endpoint (RadosGW, IBM, Google, or S3Storage's `endpoint_url`); path-style then.
     endpoint: Option<String>,
     access_key: String,
     secret_key: String,
@@ -113,13 +117,15 @@ impl Userfiles {
             Some("LocalStorage") => Store::Local {
                 base: base_url(config)?,
             },
-            Some(name @ ("S3Storage" | "RadosGWStorage" | "RHOCSStorage" | "IBMCloudStorage")) => {
-                Store::S3(S3Location::from_params(name, params, &key)?)
-            }
+            Some(
+                name @ ("S3Storage" | "RadosGWStorage" | "RHOCSStorage" | "IBMCloudStorage"
+                | "GoogleCloudStorage"),
+            ) => Store::S3(S3Location::from_params(name, params, &key)?),
             Some(other) => {
                 return Err(UserfilesError::Unsupported(format!(
                     "{key}: storage driver {other} is not supported for uploaded archives \
-                     (LocalStorage, S3Storage, RadosGWStorage, RHOCSStorage and IBMCloudStorage are)"
+                     (LocalStorage, S3Storage, RadosGWStorage, RHOCSStorage, IBMCloudStorage \
+                     and GoogleCloudStorage are)"
                 )));
             }
             None => return Err(problem(&format!("{key}[0]"), "expected the driver's name")),
@@ -176,7 +182,11 @@ impl S3Location {
             )));
         };
         let region = get("s3_region")?;
-        let endpoint = if s3 {
+        let endpoint = if driver == "GoogleCloudStorage" {
+            // Quay's driver has no host setting: Google's XML API, which takes SigV4 URLs
+            // signed with HMAC keys (Quay's boto signs V2 ones; either works).
+            Some(GOOGLE_ENDPOINT.to_owned())
+        } else if s3 {
             match (&region, get("endpoint_url")?, get("host")?) {
                 (Some(_), _, _) => None,
                 (None, Some(url), _) => Some(url),
@@ -194,7 +204,10 @@ impl S3Location {
         Ok(Self {
             bucket: need(bucket)?,
             storage_path: get("storage_path")?.unwrap_or_default(),
-            region: region.unwrap_or_else(|| "us-east-1".into()),
+            region: region.unwrap_or_else(|| {
+                let google = driver == "GoogleCloudStorage";
+                (if google { "auto" } else { "us-east-1" }).into()
+            }),
             endpoint,
             access_key,
             secret_key,

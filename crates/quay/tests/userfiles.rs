@@ -133,3 +133,25 @@ async fn s3_compatible_drivers_give_presigned_urls_that_fetch_the_upload() {
         );
     }
 }
+
+#[tokio::test]
+async fn google_cloud_storage_gives_a_presigned_url_on_googles_s3_compatible_api() {
+    let files = parse(
+        "DISTRIBUTED_STORAGE_CONFIG:\n  local_us: [GoogleCloudStorage, {access_key: GOOG1EXAMPLE, \
+         secret_key: gsecret, bucket_name: quay-bucket, storage_path: /datastorage/registry}]\n",
+    )
+    .expect("config");
+    let url = files
+        .download_url(FILE_ID, SystemTime::now())
+        .await
+        .expect("url");
+    let expected = format!(
+        "https://storage.googleapis.com/quay-bucket/datastorage/registry/userfiles/{FILE_ID}?"
+    );
+    assert!(url.starts_with(&expected), "{url}");
+    assert!(url.contains("X-Amz-Credential=GOOG1EXAMPLE%2F"), "{url}");
+    assert!(url.contains("%2Fauto%2Fs3%2Faws4_request"), "{url}");
+    assert!(url.contains("X-Amz-Expires=300"), "{url}");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    assert!(!url.contains("gsecret"), "{url}");
+}
