@@ -5,6 +5,8 @@
 mod common;
 #[path = "quay_mode/front.rs"]
 mod front;
+#[path = "quay_mode/trigger.rs"]
+mod trigger;
 
 use std::path::Path;
 use std::process::Command;

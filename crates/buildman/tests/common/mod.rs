@@ -6,6 +6,7 @@
 
 mod archive;
 mod cluster;
+pub mod git_server;
 mod proxy;
 mod serve_process;
 
