@@ -5,6 +5,8 @@
 mod common;
 #[path = "quay_mode/front.rs"]
 mod front;
+#[path = "quay_mode/retries.rs"]
+mod retries;
 #[path = "quay_mode/trigger.rs"]
 mod trigger;
 
@@ -309,29 +311,6 @@ async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
     assert!(history.contains("echo built-in-quay-mode"), "{history}");
 }
 
-/// Pids of the `buildman worker` processes whose environment names the build
-/// (quay-builder's BUILD_UUID).
-fn workers_of(uuid: &str) -> Vec<u32> {
-    let wanted = format!("BUILD_UUID={uuid}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-                args.get(1) == Some(&b"worker".as_slice()) && args[0].ends_with(b"buildman")
-            })
-        })
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_in_quay_stops_the_worker() {
     let world = QuayWorld::start().await;
@@ -346,7 +325,7 @@ async fn a_cancel_in_quay_stops_the_worker() {
     )
     .await;
     assert!(
-        !workers_of(&build.uuid).is_empty(),
+        !common::workers_of(&build.uuid).is_empty(),
         "a worker runs the build"
     );
 
@@ -365,7 +344,7 @@ async fn a_cancel_in_quay_stops_the_worker() {
     .expect("cancel");
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !workers_of(&build.uuid).is_empty() {
+    while !common::workers_of(&build.uuid).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the worker still runs:\n{}",
