@@ -485,7 +485,12 @@ fn all_pids() -> Vec<u32> {
 pub fn descendants(pid: u32) -> Vec<(u32, String)> {
     let parent_of = |p: u32| -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     };
     let pids = all_pids();
     let mut found = vec![pid];
