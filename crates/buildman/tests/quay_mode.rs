@@ -253,51 +253,54 @@ impl QuayWorld {
     }
 }
 
+/// The messages of a build's Redis log entries of `kind` (`phase`, `command`, `error`).
+fn messages<'a>(log: &'a [serde_json::Value], kind: &str) -> Vec<&'a str> {
+    (log.iter())
+        .filter(|e| e["type"] == kind)
+        .filter_map(|e| e["message"].as_str())
+        .collect()
+}
+
+/// Waits until the build ends and checks it completed as Quay shows a build that did:
+/// phase `complete` in repositorybuild, its queue item gone, the six phase entries in
+/// its Redis log. Returns the log.
+async fn assert_completes(
+    world: &QuayWorld,
+    build: &quay::StartedBuild,
+    serve: &common::Serve,
+) -> Vec<serde_json::Value> {
+    let ended = ["complete", "error", "internalerror"];
+    let phase = wait_phase(&world.pool, &build.uuid, &ended, Duration::from_secs(240)).await;
+    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
+    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
+        .bind(build.queue_item_id)
+        .fetch_one(&world.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the queue item is gone");
+    let phases = [
+        "build-scheduled",
+        "unpacking",
+        "pulling",
+        "building",
+        "pushing",
+        "complete",
+    ];
+    assert_eq!(messages(&log, "phase"), phases, "{log:#?}");
+    log
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
     let world = QuayWorld::start().await;
     let build = world
         .upload("FROM {server}/base\nRUN echo built-in-quay-mode\n")
         .await;
-    let (pool, redis, registry) = (&world.pool, &world.redis, &world.registry);
     let dir = tempfile::tempdir().expect("dir");
     let serve = world.serve(dir.path()).await;
-    let phase = wait_phase(
-        pool,
-        &build.uuid,
-        &["complete", "error", "internalerror"],
-        Duration::from_secs(180),
-    )
-    .await;
-    let log = buildman_testkit::quay::log_entries(&redis.url(), &build.uuid).await;
-    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
-
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
-        .bind(build.queue_item_id)
-        .fetch_one(pool)
-        .await
-        .expect("count");
-    assert_eq!(left, 0, "the queue item is gone");
-    let phases: Vec<&str> = (log.iter())
-        .filter(|e| e["type"] == "phase")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
-    assert_eq!(
-        phases,
-        [
-            "build-scheduled",
-            "unpacking",
-            "pulling",
-            "building",
-            "pushing",
-            "complete"
-        ],
-        "{log:#?}"
-    );
-    let steps: Vec<&str> = (log.iter())
-        .filter(|e| e["type"] == "command")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
+    let log = assert_completes(&world, &build, &serve).await;
+    let steps = messages(&log, "command");
     assert_eq!(steps.len(), 2, "{log:#?}");
     assert!(
         steps[1].starts_with("Step 2/2 : RUN echo built-in-quay-mode"),
@@ -307,7 +310,7 @@ async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
         log.iter().all(|e| e["data"]["datetime"].is_string()),
         "{log:#?}"
     );
-    let history = registry.image_config("acme/web", "v1").await["history"].to_string();
+    let history = world.registry.image_config("acme/web", "v1").await["history"].to_string();
     assert!(history.contains("echo built-in-quay-mode"), "{history}");
 }
 
@@ -518,15 +521,7 @@ async fn an_upload_on_s3_storage_is_fetched_through_a_presigned_url() {
     );
     let dir = tempfile::tempdir().expect("dir");
     let serve = world.serve_with_storage(dir.path(), &storage).await;
-    let phase = wait_phase(
-        &world.pool,
-        &build.uuid,
-        &["complete", "error", "internalerror"],
-        Duration::from_secs(180),
-    )
-    .await;
-    let log = buildman_testkit::quay::log_entries(&world.redis.url(), &build.uuid).await;
-    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
+    assert_completes(&world, &build, &serve).await;
     let history = world.registry.image_config("acme/web", "v1").await["history"].to_string();
     assert!(history.contains("echo built-from-s3"), "{history}");
 }

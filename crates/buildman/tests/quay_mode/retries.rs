@@ -12,7 +12,7 @@ use buildman_testkit::quay;
 use serde_json::Value;
 
 use super::common::{self, Serve, alive, wait_gone};
-use super::{QuayWorld, quay_keys, reports, wait_phase};
+use super::{QuayWorld, messages, quay_keys, reports, wait_phase};
 
 /// Long enough for an attempt on a loaded CI machine.
 const T: Duration = Duration::from_secs(120);
@@ -85,14 +85,6 @@ async fn start(world: &QuayWorld) -> quay::StartedBuild {
     world.upload("FROM {server}/base\n").await
 }
 
-/// The messages of the build's Redis log entries of `kind` (`phase`, `error`, ...).
-fn messages<'a>(log: &'a [Value], kind: &str) -> Vec<&'a str> {
-    (log.iter())
-        .filter(|e| e["type"] == kind)
-        .filter_map(|e| e["message"].as_str())
-        .collect()
-}
-
 /// The plain log lines the manager writes when an attempt ends.
 fn attempt_lines(log: &[Value]) -> Vec<&str> {
     (log.iter())
@@ -133,12 +125,35 @@ async fn wait_started(dir: &Path, n: usize) -> Vec<u64> {
     }
 }
 
-/// Asserts the item waits out Quay's requeue delay.
-fn assert_waits(item: &Item) {
+/// Checks the end of a build's first attempt, for `why`, as Quay shows it: the phase
+/// `internalerror`, the queue item back with `left` retries after Quay's 30 s (`retry`
+/// says whether the attempt spent its retry or got it back), the reason logged once, then
+/// what comes next. Returns the build's Redis log.
+async fn assert_first_attempt_ended(
+    world: &QuayWorld,
+    build: &quay::StartedBuild,
+    why: &str,
+    retry: &str,
+    left: i32,
+) -> Vec<Value> {
+    let pool = &world.pool;
+    wait_phase(pool, &build.uuid, &["internalerror"], T).await;
+    let returned = wait_returned(pool, build.queue_item_id).await;
+    assert_eq!(returned.retries_remaining, left, "{returned:?}");
     assert!(
-        item.available_in > 0.0 && item.available_in <= REQUEUE,
-        "available again within Quay's 30 s: {item:?}"
+        returned.available_in > 0.0 && returned.available_in <= REQUEUE,
+        "available again within Quay's 30 s: {returned:?}"
     );
+    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
+    assert_eq!(messages(&log, "error"), [why], "{log:#?}");
+    assert_eq!(
+        attempt_lines(&log),
+        [format!(
+            "attempt 1 ended: {why}; attempt 2 runs in 30 s ({retry}; {left} left)"
+        )],
+        "{log:#?}"
+    );
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,20 +171,8 @@ async fn a_worker_that_never_registers_spends_a_retry_each_time_and_then_fails_f
     .await;
     let pool = &world.pool;
 
-    wait_phase(pool, &build.uuid, &["internalerror"], T).await;
-    let first = wait_returned(pool, build.queue_item_id).await;
-    assert_eq!(first.retries_remaining, 2, "a retry spent: {first:?}");
-    assert_waits(&first);
-    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
     let why = "the worker did not register within the executor's SETUP_TIME";
-    assert_eq!(messages(&log, "error"), [why], "{log:#?}");
-    assert_eq!(
-        attempt_lines(&log),
-        [format!(
-            "attempt 1 ended: {why}; attempt 2 runs in 30 s (a retry spent; 2 left)"
-        )],
-        "{log:#?}"
-    );
+    assert_first_attempt_ended(&world, &build, why, "a retry spent", 2).await;
     assert!(
         notified(pool, &build.uuid).await.is_empty(),
         "retries are left"
@@ -235,23 +238,8 @@ async fn a_worker_killed_after_registering_is_lost_and_its_build_runs_again_with
     nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
 
     // BUILDMAN_HEARTBEAT_TTL (4 s) later the worker counts as lost.
-    wait_phase(pool, &build.uuid, &["internalerror"], T).await;
-    let returned = wait_returned(pool, build.queue_item_id).await;
-    assert_eq!(
-        returned.retries_remaining, 3,
-        "the retry given back: {returned:?}"
-    );
-    assert_waits(&returned);
-    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
     let why = "the worker stopped sending heartbeats";
-    assert_eq!(messages(&log, "error"), [why], "{log:#?}");
-    assert_eq!(
-        attempt_lines(&log),
-        [format!(
-            "attempt 1 ended: {why}; attempt 2 runs in 30 s (its retry given back; 3 left)"
-        )],
-        "{log:#?}"
-    );
+    assert_first_attempt_ended(&world, &build, why, "its retry given back", 3).await;
     assert_eq!(
         notified(pool, &build.uuid).await,
         ["build_start"],
@@ -303,13 +291,9 @@ async fn a_build_past_machine_max_time_is_stopped_and_spends_its_retry() {
 
     wait_phase(pool, &build.uuid, &["building"], T).await;
     let pid = wait_started(dir.path(), 1).await[0];
-    wait_phase(pool, &build.uuid, &["internalerror"], T).await;
     wait_gone(pid, T).await;
-    let returned = wait_returned(pool, build.queue_item_id).await;
-    assert_eq!(returned.retries_remaining, 2, "a retry spent: {returned:?}");
-    assert_waits(&returned);
-    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
     let why = "the build ran longer than MACHINE_MAX_TIME";
+    let log = assert_first_attempt_ended(&world, &build, why, "a retry spent", 2).await;
     assert_eq!(
         messages(&log, "phase"),
         [
@@ -319,14 +303,6 @@ async fn a_build_past_machine_max_time_is_stopped_and_spends_its_retry() {
             "building",
             "internalerror"
         ],
-        "{log:#?}"
-    );
-    assert_eq!(messages(&log, "error"), [why], "{log:#?}");
-    assert_eq!(
-        attempt_lines(&log),
-        [format!(
-            "attempt 1 ended: {why}; attempt 2 runs in 30 s (a retry spent; 2 left)"
-        )],
         "{log:#?}"
     );
     assert_eq!(notified(pool, &build.uuid).await, ["build_start"]);

@@ -4,13 +4,11 @@
 //! carries the commit to build. The repository is served over ssh by the test's own sshd,
 //! which lets in that key only.
 
-use std::time::Duration;
-
 use buildman_quay::secret::FieldCipher;
 use buildman_testkit::{TOKEN, quay};
 
 use super::common::git_server::{deploy_key, make_repo, sshd};
-use super::{QuayWorld, SECRET, wait_phase};
+use super::{QuayWorld, SECRET, assert_completes, messages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_build_clones_with_the_encrypted_deploy_key_and_runs_to_complete() {
@@ -65,42 +63,8 @@ async fn a_trigger_build_clones_with_the_encrypted_deploy_key_and_runs_to_comple
 
     let dir = tempfile::tempdir().expect("dir");
     let serve = world.serve(dir.path()).await;
-    let phase = wait_phase(
-        &world.pool,
-        &build.uuid,
-        &["complete", "error", "internalerror"],
-        Duration::from_secs(240),
-    )
-    .await;
-    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
-    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
-
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
-        .bind(build.queue_item_id)
-        .fetch_one(&world.pool)
-        .await
-        .expect("count");
-    assert_eq!(left, 0, "the queue item is gone");
-    let phases: Vec<&str> = (log.iter())
-        .filter(|e| e["type"] == "phase")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
-    assert_eq!(
-        phases,
-        [
-            "build-scheduled",
-            "unpacking",
-            "pulling",
-            "building",
-            "pushing",
-            "complete"
-        ],
-        "{log:#?}"
-    );
-    let steps: Vec<&str> = (log.iter())
-        .filter(|e| e["type"] == "command")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
+    let log = assert_completes(&world, &build, &serve).await;
+    let steps = messages(&log, "command");
     assert_eq!(steps.len(), 3, "{log:#?}");
     assert!(steps[0].starts_with("Step 1/3 : FROM scratch"), "{steps:?}");
     assert!(steps[2].starts_with("Step 3/3 : RUN"), "{steps:?}");
