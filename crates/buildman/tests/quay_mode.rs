@@ -279,15 +279,7 @@ async fn assert_completes(
         .await
         .expect("count");
     assert_eq!(left, 0, "the queue item is gone");
-    let phases = [
-        "build-scheduled",
-        "unpacking",
-        "pulling",
-        "building",
-        "pushing",
-        "complete",
-    ];
-    assert_eq!(messages(&log, "phase"), phases, "{log:#?}");
+    assert_eq!(messages(&log, "phase"), common::COMPLETE_RUN, "{log:#?}");
     log
 }
 
