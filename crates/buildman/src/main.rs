@@ -319,13 +319,22 @@ async fn run_worker() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match job::run(&env).await {
+    // SIGTERM (an executor stopping the worker) stops the build's commands first: they run
+    // in process groups of their own, which a signal to the worker alone does not reach.
+    let stop = async {
+        if shutdown_signal().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    match job::run(&env, stop).await {
         Ok(Outcome::Complete) => ExitCode::SUCCESS,
         Ok(Outcome::Failed(why)) => {
             say(format_args!("build failed: {why}"));
             ExitCode::FAILURE
         }
         Ok(Outcome::Cancelled) => ExitCode::from(3),
+        // 128 + SIGTERM, as a shell reports a process SIGTERM ended.
+        Ok(Outcome::Terminated) => ExitCode::from(143),
         Err(e) => {
             say(format_args!("error: {e}"));
             ExitCode::FAILURE

@@ -7,132 +7,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use buildman_testkit::{free_port, unique};
+use buildman_testkit::unique;
+use common::git_server::{deploy_key, git_daemon, make_repo, sshd};
 use common::*;
 use serde_json::{Value, json};
 
 const FINAL: [&str; 4] = ["complete", "error", "internalerror", "expired"];
 const BUILDMAN: &str = env!("CARGO_BIN_EXE_buildman");
-
-/// Runs a command to success; panics with its output otherwise.
-fn run(command: &mut Command) -> String {
-    let out = command.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A bare repository `dir/repo.git` whose `main` holds busybox and a Dockerfile printing
-/// `marker` (unique, so buildah's cache cannot skip the step); returns its commit.
-fn make_repo(dir: &Path, marker: &str) -> String {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::copy(buildman_testkit::busybox(), work.join("busybox")).unwrap();
-    std::fs::write(
-        work.join("Dockerfile"),
-        format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"echo\", \"{marker}\"]\n"
-        ),
-    )
-    .unwrap();
-    let git = |args: &[&str]| {
-        run(Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-            .arg(&work)
-            .args(args))
-    };
-    git(&["init", "--quiet", "--initial-branch=main"]);
-    git(&["add", "."]);
-    git(&["commit", "--quiet", "-m", "context"]);
-    let sha = git(&["rev-parse", "HEAD"]);
-    run(Command::new("git")
-        .args(["clone", "--quiet", "--bare"])
-        .arg(&work)
-        .arg(dir.join("repo.git")));
-    sha
-}
-
-/// A child process killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until something accepts connections on 127.0.0.1:`port`.
-async fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `git daemon` serving `dir` on a free loopback port; returns it and the port.
-async fn git_daemon(dir: &Path) -> (Daemon, u16) {
-    let port = free_port();
-    let child = Command::new("git")
-        .arg("daemon")
-        .arg("--reuseaddr")
-        .arg("--export-all")
-        .arg("--listen=127.0.0.1")
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", dir.display()))
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon");
-    let daemon = Daemon(child);
-    wait_listening(port, "git daemon").await;
-    (daemon, port)
-}
-
-/// This test's own sshd on a free loopback port, letting in `deploy.pub`'s key only.
-async fn sshd(dir: &Path, deploy_pub: &Path) -> (Daemon, u16) {
-    let port = free_port();
-    let host_key = dir.join("host_key");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host_key));
-    std::fs::copy(deploy_pub, dir.join("authorized_keys")).unwrap();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             PidFile none\nStrictModes no\nPermitRootLogin prohibit-password\n",
-            host_key.display(),
-            dir.join("authorized_keys").display()
-        ),
-    )
-    .unwrap();
-    // sshd's privilege separation directory.
-    std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-        .spawn()
-        .expect("sshd (openssh-server) is installed");
-    let daemon = Daemon(child);
-    wait_listening(port, "sshd").await;
-    (daemon, port)
-}
 
 /// Every file under `dir` as bytes (the data dir: database, WAL, keys).
 fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -229,19 +113,11 @@ async fn a_deploy_key_clones_over_ssh_and_is_never_shown_or_stored_in_the_clear(
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("built-over-ssh-{}", unique());
     let sha = make_repo(dir.path(), &marker);
-    let deploy = dir.path().join("deploy");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f"])
-        .arg(&deploy));
+    let deploy = deploy_key(dir.path(), &["-t", "ed25519"]);
     let key = std::fs::read_to_string(&deploy).unwrap();
     // The key's body: what must never show up anywhere.
     let body: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
-    let (_sshd, port) = sshd(dir.path(), &deploy.with_extension("pub")).await;
-    let user = run(Command::new("id").arg("-un"));
-    let url = format!(
-        "ssh://{user}@127.0.0.1:{port}{}",
-        dir.path().join("repo.git").display()
-    );
+    let (_sshd, url) = sshd(dir.path(), &deploy.with_extension("pub")).await;
 
     let config = format!(
         "{}BUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n",

@@ -5,6 +5,10 @@
 mod common;
 #[path = "quay_mode/front.rs"]
 mod front;
+#[path = "quay_mode/retries.rs"]
+mod retries;
+#[path = "quay_mode/trigger.rs"]
+mod trigger;
 
 use std::path::Path;
 use std::process::Command;
@@ -249,51 +253,46 @@ impl QuayWorld {
     }
 }
 
+/// The messages of a build's Redis log entries of `kind` (`phase`, `command`, `error`).
+fn messages<'a>(log: &'a [serde_json::Value], kind: &str) -> Vec<&'a str> {
+    (log.iter())
+        .filter(|e| e["type"] == kind)
+        .filter_map(|e| e["message"].as_str())
+        .collect()
+}
+
+/// Waits until the build ends and checks it completed as Quay shows a build that did:
+/// phase `complete` in repositorybuild, its queue item gone, the six phase entries in
+/// its Redis log. Returns the log.
+async fn assert_completes(
+    world: &QuayWorld,
+    build: &quay::StartedBuild,
+    serve: &common::Serve,
+) -> Vec<serde_json::Value> {
+    let ended = ["complete", "error", "internalerror"];
+    let phase = wait_phase(&world.pool, &build.uuid, &ended, Duration::from_secs(240)).await;
+    let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
+    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
+        .bind(build.queue_item_id)
+        .fetch_one(&world.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the queue item is gone");
+    assert_eq!(messages(&log, "phase"), common::COMPLETE_RUN, "{log:#?}");
+    log
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
     let world = QuayWorld::start().await;
     let build = world
         .upload("FROM {server}/base\nRUN echo built-in-quay-mode\n")
         .await;
-    let (pool, redis, registry) = (&world.pool, &world.redis, &world.registry);
     let dir = tempfile::tempdir().expect("dir");
     let serve = world.serve(dir.path()).await;
-    let phase = wait_phase(
-        pool,
-        &build.uuid,
-        &["complete", "error", "internalerror"],
-        Duration::from_secs(180),
-    )
-    .await;
-    let log = buildman_testkit::quay::log_entries(&redis.url(), &build.uuid).await;
-    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
-
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
-        .bind(build.queue_item_id)
-        .fetch_one(pool)
-        .await
-        .expect("count");
-    assert_eq!(left, 0, "the queue item is gone");
-    let phases: Vec<&str> = (log.iter())
-        .filter(|e| e["type"] == "phase")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
-    assert_eq!(
-        phases,
-        [
-            "build-scheduled",
-            "unpacking",
-            "pulling",
-            "building",
-            "pushing",
-            "complete"
-        ],
-        "{log:#?}"
-    );
-    let steps: Vec<&str> = (log.iter())
-        .filter(|e| e["type"] == "command")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
+    let log = assert_completes(&world, &build, &serve).await;
+    let steps = messages(&log, "command");
     assert_eq!(steps.len(), 2, "{log:#?}");
     assert!(
         steps[1].starts_with("Step 2/2 : RUN echo built-in-quay-mode"),
@@ -303,31 +302,8 @@ async fn an_upload_started_in_quay_runs_to_complete_on_quays_rows() {
         log.iter().all(|e| e["data"]["datetime"].is_string()),
         "{log:#?}"
     );
-    let history = registry.image_config("acme/web", "v1").await["history"].to_string();
+    let history = world.registry.image_config("acme/web", "v1").await["history"].to_string();
     assert!(history.contains("echo built-in-quay-mode"), "{history}");
-}
-
-/// Pids of the `buildman worker` processes whose environment names the build
-/// (quay-builder's BUILD_UUID).
-fn workers_of(uuid: &str) -> Vec<u32> {
-    let wanted = format!("BUILD_UUID={uuid}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
-                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-                args.get(1) == Some(&b"worker".as_slice()) && args[0].ends_with(b"buildman")
-            })
-        })
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +320,7 @@ async fn a_cancel_in_quay_stops_the_worker() {
     )
     .await;
     assert!(
-        !workers_of(&build.uuid).is_empty(),
+        !common::workers_of(&build.uuid).is_empty(),
         "a worker runs the build"
     );
 
@@ -363,7 +339,7 @@ async fn a_cancel_in_quay_stops_the_worker() {
     .expect("cancel");
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !workers_of(&build.uuid).is_empty() {
+    while !common::workers_of(&build.uuid).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the worker still runs:\n{}",
@@ -537,15 +513,7 @@ async fn an_upload_on_s3_storage_is_fetched_through_a_presigned_url() {
     );
     let dir = tempfile::tempdir().expect("dir");
     let serve = world.serve_with_storage(dir.path(), &storage).await;
-    let phase = wait_phase(
-        &world.pool,
-        &build.uuid,
-        &["complete", "error", "internalerror"],
-        Duration::from_secs(180),
-    )
-    .await;
-    let log = buildman_testkit::quay::log_entries(&world.redis.url(), &build.uuid).await;
-    assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
+    assert_completes(&world, &build, &serve).await;
     let history = world.registry.image_config("acme/web", "v1").await["history"].to_string();
     assert!(history.contains("echo built-from-s3"), "{history}");
 }

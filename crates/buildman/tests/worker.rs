@@ -160,27 +160,7 @@ async fn a_git_context_builds_the_requested_commit() {
     assert!(out.status.success());
     // Served by `git daemon`: builds take remote repositories only (no file:// or local
     // paths, which would read the worker's machine).
-    let port = buildman_testkit::free_port();
-    let mut daemon = tokio::process::Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", scratch.path().display()))
-        .arg(scratch.path())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(daemon.try_wait().unwrap().is_none(), "git daemon exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_daemon, port) = git_server::git_daemon(scratch.path()).await;
 
     let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
     let build = s
@@ -216,6 +196,51 @@ async fn a_git_context_builds_the_requested_commit() {
     let history = registry.image_config("demo/git", "old").await["history"].to_string();
     assert!(history.contains("version-one"), "{history}");
     assert!(!history.contains("version-two"), "{history}");
+    s.stop().await;
+}
+
+/// An executor stops a worker with SIGTERM (to the worker alone: Kubernetes, or a signal
+/// to its pid); the worker must stop the buildah it runs, which leads a process group of its
+/// own, before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_with_sigterm_stops_its_buildah_first() {
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = Registry::start_with_base(scratch.path()).await;
+    let s = TestServer::start(|d| registry_config(d, &registry, TOKEN), "", fast_timings()).await;
+    // A duration of its own, to tell this build's step from any other's.
+    let seconds = 600 + std::process::id() % 300;
+    let dockerfile = format!("FROM {}/base\nRUN sleep {seconds}\n", registry.addr);
+    let context = tar_gz(&[("Dockerfile", dockerfile.as_bytes())], &[]);
+    let id = s.submit_bytes("demo/stopped", &["v1"], &context).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.wait_phase(&id, &["building"], T).await;
+    let worker = *workers_of(&id).first().expect("a worker runs the build");
+    let step = format!("sleep {seconds}");
+    let deadline = std::time::Instant::now() + T;
+    let running = loop {
+        let running = descendants(worker);
+        if running.iter().any(|(_, cmd)| cmd.ends_with(&step)) {
+            break running;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never ran: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        running.iter().any(|(_, cmd)| cmd.starts_with("buildah ")),
+        "{running:?}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(worker).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_gone(u64::from(worker), Duration::from_secs(60)).await;
+    for (pid, cmd) in &running {
+        assert!(!alive(u64::from(*pid)), "{cmd} ({pid}) still runs");
+    }
     s.stop().await;
 }
 

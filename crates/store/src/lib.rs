@@ -201,6 +201,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a claimed item (the build is done with the queue). False if the claim was lost.
     async fn complete_item(&self, item: &ClaimedItem) -> Result<bool>;
 
+    /// Deletes a claimed item whose build failed with no retry left: it will not run again.
+    /// Like [`Store::complete_item`]; a store that notifies build failures (Quay's
+    /// `build_failure` for a build that expired on its last retry) does so here. False if
+    /// the claim was lost.
+    async fn give_up_item(&self, item: &ClaimedItem) -> Result<bool>;
+
     /// Returns a claimed item to the queue as `requeue` says: available after its delay,
     /// its retry given back or not, its count of silent restores stored. False if the claim
     /// was lost.

@@ -162,6 +162,82 @@ pub async fn start_build(
     }
 }
 
+/// A build trigger as Quay's web tier stores it on activation (section 3.4).
+#[derive(Clone, Debug, Default)]
+pub struct TriggerRequest {
+    pub namespace: String,
+    pub repository: String,
+    /// `buildtriggerservice.name`: `github`, `gitlab`, `bitbucket`, `custom-git`.
+    pub service: String,
+    /// `repositorybuildtrigger.config` (`build_source`, `dockerfile_path`, `context`, ...).
+    pub config: serde_json::Value,
+    /// The deploy key's private half as stored (`v0$$...`, encrypted by the caller).
+    pub secure_private_key: Option<String>,
+}
+
+/// Inserts a trigger of `namespace/repository` connected by its namespace user; its id and
+/// uuid.
+pub async fn trigger(pool: &PgPool, request: &TriggerRequest) -> (i32, String) {
+    let repository_id = repository_id(pool, &request.namespace, &request.repository).await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let (id,): (i32,) = sqlx::query_as(
+        "INSERT INTO repositorybuildtrigger
+             (uuid, service_id, repository_id, connected_user_id, config, secure_private_key,
+              disabled_datetime)
+         SELECT $1, s.id, r.id, r.namespace_user_id, $3, $4, now() AT TIME ZONE 'utc'
+           FROM buildtriggerservice s, repository r WHERE s.name = $2 AND r.id = $5
+         RETURNING id",
+    )
+    .bind(&uuid)
+    .bind(&request.service)
+    .bind(request.config.to_string())
+    .bind(&request.secure_private_key)
+    .bind(repository_id)
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("inserting the trigger (service {:?}): {e}", request.service));
+    (id, uuid)
+}
+
+/// A notification of `namespace/repository` on `event` (a webhook, as a user sets one up
+/// in Quay's UI) under `uuid`.
+pub async fn notification(
+    pool: &PgPool,
+    namespace: &str,
+    repository: &str,
+    event: &str,
+    uuid: &str,
+) {
+    let repository_id = repository_id(pool, namespace, repository).await;
+    sqlx::query(
+        "INSERT INTO repositorynotification
+             (uuid, repository_id, event_id, method_id, title, config_json, event_config_json)
+         SELECT $1, $2, e.id, m.id, 't', '{}', '{}'
+           FROM externalnotificationevent e, externalnotificationmethod m
+          WHERE e.name = $3 AND m.name = 'webhook'",
+    )
+    .bind(uuid)
+    .bind(repository_id)
+    .bind(event)
+    .execute(pool)
+    .await
+    .expect("inserting the notification");
+}
+
+/// The notification queue items (`notification/...`) in the order they were queued: their
+/// queue name and JSON body, as Quay's notification worker reads them.
+pub async fn queued_notifications(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT queue_name, body FROM queueitem WHERE queue_name LIKE 'notification/%' ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("reading the notification queue");
+    rows.into_iter()
+        .map(|(name, body)| (name, serde_json::from_str(&body).expect("a JSON body")))
+        .collect()
+}
+
 /// The id of `namespace/name`; panics when it was not made.
 async fn repository_id(pool: &PgPool, namespace: &str, name: &str) -> i32 {
     let row: Option<(i32,)> = sqlx::query_as(

@@ -71,6 +71,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub(crate) use process::stopped_commands_gone;
+
 pub use docker::DockerBackend;
 pub use dockerfile::{from_lines, glued_tool_message, is_tool_message, normalize_step_line};
 pub use oci::OciBackend;

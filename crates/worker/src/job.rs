@@ -71,6 +71,9 @@ pub enum Outcome {
     Failed(String),
     /// The manager stopped knowing the job (cancelled or timed out); the build was stopped.
     Cancelled,
+    /// The worker was told to stop (SIGTERM: its executor stopping it); the build's
+    /// commands were stopped, nothing was reported.
+    Terminated,
 }
 
 /// A failure of the build itself (reported as phase `error`), or of the session.
@@ -90,11 +93,13 @@ enum Stopped {
     Built(Result<(), Failure>),
     Cancelled,
     LogFailed(LogFailure),
+    Terminated,
 }
 
-/// Runs one job. `Err` only when the manager could not be reached or refused the session;
-/// a failed build is an `Ok(Outcome::Failed)` after the manager was told.
-pub async fn run(env: &WorkerEnv) -> Result<Outcome, SessionError> {
+/// Runs one job until it ends or `stop` resolves (the worker's SIGTERM). `Err` only when
+/// the manager could not be reached or refused the session; a failed build is an
+/// `Ok(Outcome::Failed)` after the manager was told.
+pub async fn run(env: &WorkerEnv, stop: impl Future<Output = ()>) -> Result<Outcome, SessionError> {
     let (mut session, pack) = Session::register(&env.target, &env.token).await?;
     let work = tempfile::Builder::new()
         .prefix("buildman-work-")
@@ -124,7 +129,11 @@ pub async fn run(env: &WorkerEnv) -> Result<Outcome, SessionError> {
         r = job.build(&mut session) => Stopped::Built(r),
         () = cancelled => Stopped::Cancelled,
         failure = log_failed => Stopped::LogFailed(failure),
+        () = stop => Stopped::Terminated,
     };
+    // The build's commands, when it was dropped mid-run, get their SIGTERM and SIGKILL
+    // before the worker moves on (and may exit).
+    backend::stopped_commands_gone().await;
     // Whatever happened: the image and the work dir go (the TempDir on drop, and with it
     // any output spool file).
     if let Err(e) = backend.remove(&image).await {
@@ -138,6 +147,7 @@ pub async fn run(env: &WorkerEnv) -> Result<Outcome, SessionError> {
 async fn report(session: &mut Session, stopped: Stopped) -> Result<Outcome, SessionError> {
     let failure = match stopped {
         Stopped::Cancelled => return Ok(Outcome::Cancelled),
+        Stopped::Terminated => return Ok(Outcome::Terminated),
         Stopped::Built(Err(Failure::Session(e))) => return Err(e),
         Stopped::Built(Err(Failure::Build(why))) => {
             return report_failure(session, "error", why).await;

@@ -154,10 +154,13 @@ async fn run_job(answer: LogAnswer) -> (Outcome, Seen) {
         })
     })
     .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(120), job::run(&env))
-        .await
-        .expect("the job ended")
-        .expect("the manager was reachable");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        job::run(&env, std::future::pending()),
+    )
+    .await
+    .expect("the job ended")
+    .expect("the manager was reachable");
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     (outcome, seen)
 }

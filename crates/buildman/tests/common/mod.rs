@@ -6,6 +6,7 @@
 
 mod archive;
 mod cluster;
+pub mod git_server;
 mod proxy;
 mod serve_process;
 
@@ -449,4 +450,60 @@ pub async fn wait_gone(pid: u64, within: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Pids of the `buildman worker` processes whose environment names the build
+/// (quay-builder's BUILD_UUID).
+pub fn workers_of(uuid: &str) -> Vec<u32> {
+    let wanted = format!("BUILD_UUID={uuid}");
+    (all_pids().into_iter())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+                args.get(1) == Some(&b"worker".as_slice()) && args[0].ends_with(b"buildman")
+            })
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+        })
+        .collect()
+}
+
+/// The pids of every process now.
+fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    (entries.flatten())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
+/// The processes descended from `pid` now (children, their children, ...), with their
+/// command lines (arguments joined by spaces).
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let pids = all_pids();
+    let mut found = vec![pid];
+    let mut out = Vec::new();
+    while let Some(parent) = found.pop() {
+        for &p in &pids {
+            if parent_of(p) == Some(parent) {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                out.push((p, cmd.trim_end().to_string()));
+                found.push(p);
+            }
+        }
+    }
+    out
 }

@@ -147,6 +147,13 @@ impl Store for FeedStore {
         Ok(done)
     }
 
+    async fn give_up_item(&self, item: &ClaimedItem) -> Result<bool> {
+        self.metrics.store_call("give_up_item");
+        let done = self.inner.give_up_item(item).await?;
+        self.changed(item.build_id);
+        Ok(done)
+    }
+
     async fn return_item(
         &self,
         item: &ClaimedItem,

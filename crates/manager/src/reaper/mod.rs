@@ -137,7 +137,7 @@ impl Reaper {
                     LogEntry::error("no retries left; the build will not run again"),
                 ];
                 phases::log(self.store.as_ref(), item.build_id, &entries).await;
-                self.store.complete_item(item).await?;
+                self.store.give_up_item(item).await?;
             }
         }
         Ok(())

@@ -89,6 +89,9 @@ impl Store for SlowToReturn {
     async fn complete_item(&self, item: &ClaimedItem) -> buildman_store::Result<bool> {
         self.inner.complete_item(item).await
     }
+    async fn give_up_item(&self, item: &ClaimedItem) -> buildman_store::Result<bool> {
+        self.inner.give_up_item(item).await
+    }
     async fn return_item(
         &self,
         item: &ClaimedItem,

@@ -315,6 +315,11 @@ where
         Ok(done.count() == 1)
     }
 
+    /// The build's failure is in its phase and error already: nothing more to say.
+    async fn give_up_item(&self, item: &ClaimedItem) -> Result<bool> {
+        self.complete_item(item).await
+    }
+
     async fn return_item(
         &self,
         item: &ClaimedItem,

@@ -148,29 +148,25 @@ impl Store for QuayStore {
     }
 
     /// Quay's compare-and-set; the phase entry is appended after the write, as Quay does.
-    /// Quay has no column for the error: an internal error's reason (the manager's: a
-    /// silent worker, one that never registered) goes to the log as an error entry; a
-    /// build error's text is the worker's last error line, in the log already.
+    /// Quay has no column for the error, and the log has it already: the manager appends
+    /// an internal error's reason (a silent worker, one that never registered) as an error
+    /// entry for every store, and a build error's text is the worker's last error line.
     async fn set_phase(
         &self,
         id: BuildId,
         to: Phase,
         from: &[Phase],
-        error: Option<&str>,
+        _error: Option<&str>,
         entry: Option<&LogEntry>,
     ) -> Result<Option<Phase>> {
         let before = builds::compare_and_set_phase(self.pool(), id, to, from).await?;
         if before.is_some_and(|b| b != to) {
             self.notify_change(id, to).await;
             self.count_trigger_result(id, to).await?;
-            let mut entries: Vec<LogEntry> = entry.cloned().into_iter().collect();
-            entries.extend(
-                error
-                    .filter(|_| to == Phase::InternalError)
-                    .map(LogEntry::error),
-            );
-            if !entries.is_empty() {
-                self.logs.append(&id.to_string(), &entries).await?;
+            if let Some(entry) = entry {
+                self.logs
+                    .append(&id.to_string(), std::slice::from_ref(entry))
+                    .await?;
             }
         }
         Ok(before)
@@ -202,6 +198,15 @@ impl Store for QuayStore {
 
     async fn complete_item(&self, item: &ClaimedItem) -> Result<bool> {
         self.queue.complete_item(item).await
+    }
+
+    /// Quay sends `build_failure` when a build expires on its last retry (section 14).
+    async fn give_up_item(&self, item: &ClaimedItem) -> Result<bool> {
+        let done = self.queue.complete_item(item).await?;
+        if done {
+            self.notify_event(item.build_id, notify::FAILURE).await;
+        }
+        Ok(done)
     }
 
     async fn return_item(
@@ -299,13 +304,18 @@ impl QuayStore {
     /// Quay's notification of a phase change, if it sends one. Best effort: the phase is
     /// stored, and Quay's own notification worker retries deliveries, not enqueues.
     async fn notify_change(&self, id: BuildId, to: Phase) {
+        if let Some(event) = notify::event(to) {
+            self.notify_event(id, event).await;
+        }
+    }
+
+    /// Quay's notification `event` of a build, if Quay's site is known. Best effort, as
+    /// [`QuayStore::notify_change`].
+    async fn notify_event(&self, id: BuildId, event: &str) {
         let Some(site) = &self.site else {
             return;
         };
         let sent = async {
-            let Some(event) = notify::event(to) else {
-                return Ok(());
-            };
             match builds::by_uuid(self.pool(), id).await? {
                 Some(build) => self.notify(&build, event, site).await,
                 None => Ok(()),

@@ -1,5 +1,6 @@
 //! Build notifications in Quay's notification queue (quay-integration.md section 15):
-//! when the manager moves a build to `building`, `complete` or `error` (see [`event`]), one `queueitem` per
+//! when the manager moves a build to `building`, `complete` or `error` (see [`event`]), or
+//! gives up a build with no retry left (`build_failure`), one `queueitem` per
 //! matching `repositorynotification` in `notification/<ns>/<repo>/<event>/build/<uuid>/`,
 //! with Quay's event data, for Quay's notification worker to deliver.
 
@@ -31,10 +32,14 @@ pub(super) fn event(to: Phase) -> Option<&'static str> {
     match to {
         Phase::Building => Some("build_start"),
         Phase::Complete => Some("build_success"),
-        Phase::Error => Some("build_failure"),
+        Phase::Error => Some(FAILURE),
         _ => None,
     }
 }
+
+/// The event of a build that failed for good: an `error`, or an `internalerror` with no
+/// retry left (see `QuayStore::give_up_item`).
+pub(super) const FAILURE: &str = "build_failure";
 
 /// Quay's `event_data` of a build event (section 15.2).
 fn event_data(build: &QuayBuild, site: &Site) -> Value {

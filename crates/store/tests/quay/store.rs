@@ -365,16 +365,7 @@ async fn phase_changes_enqueue_quays_build_notifications() {
     let started = upload(&pool, "acme", "web").await;
     let id = started.uuid.parse().expect("uuid");
     for event in ["build_start", "build_success"] {
-        sqlx::query(
-            "INSERT INTO repositorynotification (uuid, repository_id, event_id, method_id, title, config_json, event_config_json) \
-             SELECT $1, r.id, e.id, m.id, 't', '{}', '{}' FROM repository r, externalnotificationevent e, externalnotificationmethod m \
-             WHERE r.name = 'web' AND e.name = $2 AND m.name = 'webhook'",
-        )
-        .bind(format!("n-{event}"))
-        .bind(event)
-        .execute(&pool)
-        .await
-        .expect("notification");
+        quay::notification(&pool, "acme", "web", event, &format!("n-{event}")).await;
     }
     for phase in [Phase::BuildScheduled, Phase::Building, Phase::Complete] {
         store
@@ -383,12 +374,7 @@ async fn phase_changes_enqueue_quays_build_notifications() {
             .expect("set")
             .expect("changed");
     }
-    let queued: Vec<(String, String)> = sqlx::query_as(
-        "SELECT queue_name, body FROM queueitem WHERE queue_name LIKE 'notification/%' ORDER BY id",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("notifications");
+    let queued = quay::queued_notifications(&pool).await;
     let names: Vec<&str> = queued.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -400,7 +386,7 @@ async fn phase_changes_enqueue_quays_build_notifications() {
             ),
         ]
     );
-    let body: serde_json::Value = serde_json::from_str(&queued[1].1).expect("JSON");
+    let body = &queued[1].1;
     assert_eq!(body["notification_uuid"], "n-build_success");
     let data = &body["event_data"];
     assert_eq!(data["repository"], "acme/web");

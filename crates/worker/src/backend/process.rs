@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -94,6 +95,20 @@ pub(crate) async fn run(
     }
 }
 
+/// Process groups of dropped commands that may still have members (between their SIGTERM
+/// and their end or SIGKILL).
+static STOPPING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits, at most [`CANCEL_GRACE`] and a second, until every process group of a dropped
+/// command is gone (SIGKILLed if need be): a worker that stops must not exit before, or
+/// the escalation to SIGKILL would die with it and leave buildah running.
+pub(crate) async fn stopped_commands_gone() {
+    let deadline = Instant::now() + CANCEL_GRACE + Duration::from_secs(1);
+    while STOPPING.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A process group to stop: SIGKILL once the leader has exited, SIGTERM then SIGKILL if
 /// dropped before.
 struct GroupKiller(Option<Pid>);
@@ -119,20 +134,24 @@ impl Drop for GroupKiller {
         // cannot be reused while any member lives).
         let escalate = move || {
             let deadline = Instant::now() + CANCEL_GRACE;
-            while Instant::now() < deadline {
+            let mut gone = false;
+            while !gone && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
-                if killpg(pgid, None).is_err() {
-                    return;
-                }
+                gone = killpg(pgid, None).is_err();
             }
-            let _ = killpg(pgid, Signal::SIGKILL);
+            if !gone {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            STOPPING.fetch_sub(1, Ordering::SeqCst);
         };
+        STOPPING.fetch_add(1, Ordering::SeqCst);
         if std::thread::Builder::new()
             .name("buildman-group-kill".into())
             .spawn(escalate)
             .is_err()
         {
             let _ = killpg(pgid, Signal::SIGKILL);
+            STOPPING.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
