@@ -115,6 +115,9 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
+                // A connection to a local file does not go stale the way a network one
+                // does; the check before each use was a round trip to its thread per call.
+                .test_before_acquire(false)
                 .after_release(|conn, _| Box::pin(discard_if_in_transaction(conn)))
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?
