@@ -272,14 +272,24 @@ impl Rig {
         let base = self.manager(name).base.clone();
         let deadline = Instant::now() + T;
         loop {
-            if let Some((_, logs)) = try_view(&base, id).await
-                && line_numbers(&logs).len() >= n
-            {
-                return;
+            let mut tail = String::new();
+            if let Some((phase, logs)) = try_view(&base, id).await {
+                if line_numbers(&logs).len() >= n {
+                    return;
+                }
+                let messages = logs.iter().filter_map(|e| e["message"].as_str());
+                let skip = logs.len().saturating_sub(20);
+                tail = messages.skip(skip).collect::<Vec<_>>().join("\n");
+                // A build that ended before printing will not print: say why at once.
+                assert!(
+                    !["complete", "error", "internalerror", "cancelled"].contains(&phase.as_str()),
+                    "build {id} ended {phase} before {n} output lines; its log ends:\n{tail}\n{}",
+                    logs_of(self)
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "build {id}: no output stored\n{}",
+                "build {id}: no output stored; its log ends:\n{tail}\n{}",
                 logs_of(self)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
