@@ -47,7 +47,9 @@ fn report(mut event: serde_json::Value) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{event}");
+            // One write per line: workers append to one file at once, and `writeln!` would
+            // write the line in pieces that another worker's could interleave.
+            let _ = f.write_all(format!("{event}\n").as_bytes());
         }
     }
 }
