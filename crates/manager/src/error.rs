@@ -67,6 +67,7 @@ impl ManagerError {
                     e,
                     StoreError::QueueFull { .. }
                         | StoreError::NotFound(_)
+                        | StoreError::AttemptOver(_)
                         | StoreError::Unsupported(_)
                 )
             }
