@@ -264,7 +264,8 @@ async fn a_second_serve_on_the_same_data_dir_refuses_naming_the_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_parse_name_the_build_and_hold_no_token() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = embedded_config(dir.path(), "happy", "");
+    // The repository names the test worker's scenario: one runs through, one holds.
+    let config = embedded_config(dir.path(), "by-repository", "");
     let a = Serve::start_with_env(
         dir.path(),
         "a",
@@ -275,23 +276,24 @@ async fn json_log_lines_parse_name_the_build_and_hold_no_token() {
         ],
     )
     .await;
-    let id = a.submit("demo/logged", b"FROM scratch\n").await;
+    let id = a.submit("demo/happy", b"FROM scratch\n").await;
     let view = a
         .wait_phase(&id, &["complete", "error", "internalerror"])
         .await;
     assert_eq!(view["phase"], "complete", "{view}");
-    // One more: a cancelled build.
-    let held = a.submit("demo/cancelled", b"FROM scratch\n").await;
+    // One more: a build cancelled while its worker runs.
+    let held = a.submit("demo/hold-building", b"FROM scratch\n").await;
+    a.wait_phase(&held, &["building"]).await;
     let cancel = a
         .request(
             reqwest::Method::DELETE,
-            &paths::build("demo", "cancelled", &held),
+            &paths::build("demo", "hold-building", &held),
         )
         .send()
         .await
         .expect("cancel");
     assert!(cancel.status().is_success(), "{}", cancel.status());
-    a.wait_phase(&held, &["cancelled", "complete"]).await;
+    a.wait_phase(&held, &["cancelled"]).await;
 
     let text = a.log_text();
     let lines: Vec<Value> = text
