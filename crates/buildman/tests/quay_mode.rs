@@ -271,13 +271,21 @@ async fn assert_completes(
 ) -> Vec<serde_json::Value> {
     let ended = ["complete", "error", "internalerror"];
     let phase = wait_phase(&world.pool, &build.uuid, &ended, Duration::from_secs(240)).await;
+    // The queue item is deleted right after the phase is written, as Quay does: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
+            .bind(build.queue_item_id)
+            .fetch_one(&world.pool)
+            .await
+            .expect("count");
+        if left == 0 || phase != "complete" || std::time::Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let log = quay::log_entries(&world.redis.url(), &build.uuid).await;
     assert_eq!(phase, "complete", "{log:#?}\n{}", serve.log_text());
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queueitem WHERE id = $1")
-        .bind(build.queue_item_id)
-        .fetch_one(&world.pool)
-        .await
-        .expect("count");
     assert_eq!(left, 0, "the queue item is gone");
     assert_eq!(messages(&log, "phase"), common::COMPLETE_RUN, "{log:#?}");
     log
