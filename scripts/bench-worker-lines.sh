@@ -18,16 +18,8 @@ bin=${BUILDMAN:-target/release/buildman}
 
 work=$(mktemp -d /tmp/buildman-lines.XXXXXX)
 data=$work/data
-"$bin" serve --data-dir "$data" --http-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
-  >"$work/serve.out" 2>"$work/serve.log" &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  grep -q "buildman serving" "$work/serve.out" 2>/dev/null && break
-  sleep 0.1
-done
-api=$(sed -n 's/^buildman serving: REST API on \([^,]*\),.*/\1/p' "$work/serve.out")
-[ -n "$api" ] || { echo "error: the server did not start; see $work/serve.log" >&2; exit 1; }
+source scripts/serve.sh
+start_serve "$bin" "$data" "$work"
 
 # One build printing $1 lines; prints the building phase's seconds after checking the lines.
 build() {

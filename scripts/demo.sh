@@ -13,16 +13,8 @@ cp "$(command -v busybox)" examples/hello/busybox
 cargo build --release --quiet
 bin=target/release/buildman
 data=$(mktemp -d /tmp/buildman-demo.XXXXXX)
-"$bin" serve --data-dir "$data" --http-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 >"$data/serve.out" 2>"$data/serve.log" &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-
-for _ in $(seq 100); do
-  grep -q "buildman serving" "$data/serve.out" 2>/dev/null && break
-  sleep 0.1
-done
-api=$(sed -n 's/^buildman serving: REST API on \([^,]*\),.*/\1/p' "$data/serve.out")
-[ -n "$api" ] || { echo "error: the server did not start; see $data/serve.log" >&2; exit 1; }
+source scripts/serve.sh
+start_serve "$bin" "$data" "$data"
 
 start=$(date +%s.%N)
 status=0
