@@ -11,9 +11,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use buildman_api::paths;
+use buildman_proto as pb;
 use buildman_store::Store;
 use common::*;
+use pb::build_manager_client::BuildManagerClient;
 use serde_json::Value;
+use tonic::Code;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -118,6 +121,39 @@ fn embedded_config(dir: &Path, scenario: &str, extra: &str) -> String {
         "BUILDMAN_API_TOKENS: [{SERVE_API_TOKEN}]\n{extra}{}",
         config_yaml("ALLOWED_WORKER_COUNT: 1", &scripted_executor(dir, scenario))
     )
+}
+
+/// The job token the test worker's report says it got for `id`.
+fn job_token(dir: &Path, id: &str) -> String {
+    let reports = std::fs::read_to_string(dir.join("report.jsonl")).unwrap_or_default();
+    let registered = (reports.lines())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["event"] == "registered" && r["build_uuid"] == id);
+    let token = registered.and_then(|r| r["job_token"].as_str().map(str::to_string));
+    token.expect("the worker reported its registration")
+}
+
+/// Sends one log line with `jwt` to `serve`'s worker service; the status it is refused with.
+async fn late_line_status(serve: &Serve, jwt: &str) -> tonic::Status {
+    let mut client = BuildManagerClient::connect(format!("http://{}", serve.grpc))
+        .await
+        .expect("connect");
+    let line = pb::LogMessageRequest {
+        job_jwt: jwt.into(),
+        sequence_number: 1000,
+        log_message: r#"{"stream": "late\n"}"#.into(),
+        phase: "building".into(),
+    };
+    let stream = tokio_stream::iter([line]);
+    let mut replies = client
+        .log_message(stream)
+        .await
+        .expect("stream")
+        .into_inner();
+    match replies.message().await {
+        Err(status) => status,
+        Ok(reply) => panic!("a line after the cancel was answered {reply:?}"),
+    }
 }
 
 /// The pid of the worker the test worker's report says started for `id`.
@@ -294,12 +330,23 @@ async fn json_log_lines_parse_name_the_build_and_hold_no_token() {
         .expect("cancel");
     assert!(cancel.status().is_success(), "{}", cancel.status());
     a.wait_phase(&held, &["cancelled"]).await;
+    // A line the worker sent as the cancel landed: refused, and no error of the manager's.
+    let late = late_line_status(&a, &job_token(dir.path(), &held)).await;
+    assert!(
+        matches!(
+            late.code(),
+            Code::FailedPrecondition | Code::Unauthenticated
+        ),
+        "{late:?}"
+    );
 
     let text = a.log_text();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
         .collect();
+    let errors: Vec<&Value> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "the manager logged errors: {errors:#?}");
     for line in &lines {
         for key in ["timestamp", "level", "target", "message"] {
             assert!(line.get(key).is_some(), "no {key}: {line}");
