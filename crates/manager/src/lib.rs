@@ -169,6 +169,7 @@ impl Manager {
             log_writer: logwriter::LogWriter::spawn(store.clone()),
             leases: Mutex::default(),
             metrics: metrics.clone(),
+            tasks: tasks.clone(),
         });
         let builds = Builds {
             store,

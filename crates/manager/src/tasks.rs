@@ -47,6 +47,26 @@ impl Tasks {
             .spawn(async move { abort.run_until_cancelled(work).await });
     }
 
+    /// Runs a caller's work on a task of its own and returns its result. The work goes on
+    /// when the caller stops waiting (a worker or user that disconnects mid-call drops the
+    /// call's future), so a change it began has all its consequences: a phase written is
+    /// also notified, and a final one also ends its job. `None` when a shutdown gave it up.
+    pub(crate) async fn finish<T, Fut>(&self, work: Fut) -> Option<T>
+    where
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let abort = self.abort.clone();
+        let handle = self
+            .tracker
+            .spawn(async move { abort.run_until_cancelled(work).await });
+        match handle.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
+
     /// True once the shutdown began.
     pub(crate) fn stopping(&self) -> bool {
         self.stop.is_cancelled()

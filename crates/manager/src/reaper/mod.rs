@@ -157,8 +157,15 @@ impl Reaper {
     }
 
     /// Cancels a build unless it is final, or pushing with its worker still heard from;
-    /// stops its worker if it has one.
+    /// stops its worker if it has one. Runs to its end when the user disconnects mid-call
+    /// (see [`Tasks::finish`]).
     pub(crate) async fn cancel(self: &Arc<Self>, id: BuildId) -> Result<(), ManagerError> {
+        let reaper = Arc::clone(self);
+        let cancel = async move { reaper.cancel_now(id).await };
+        (self.tasks.finish(cancel).await).unwrap_or(Err(ManagerError::ShuttingDown))
+    }
+
+    async fn cancel_now(self: &Arc<Self>, id: BuildId) -> Result<(), ManagerError> {
         let store = self.store.as_ref();
         let build = store
             .get_build(id)

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::records::JobRecords;
 use crate::settings::Settings;
+use crate::tasks::Tasks;
 use crate::tokens::{TokenContext, TokenError, TokenService, TokenType};
 use crate::{ManagerError, phases};
 
@@ -62,6 +63,7 @@ pub struct WorkerSessions {
     /// The queue leases this manager last wrote (see [`WorkerSessions::extend_lease`]).
     pub(crate) leases: Mutex<LeaseMarks>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tasks: Tasks,
 }
 
 impl WorkerSessions {
@@ -229,7 +231,18 @@ impl WorkerSessions {
     /// SetPhase: records a worker's phase change. `Ok(false)` refuses it: the job is gone,
     /// or the transition table does not allow it (a final build, a step back to waiting).
     /// A repeat of the current phase succeeds. A final phase ends the job.
+    /// Runs to its end when the worker disconnects mid-call (see [`Tasks::finish`]).
     pub async fn set_phase(
+        self: &Arc<Self>,
+        ctx: &TokenContext,
+        report: PhaseReport,
+    ) -> Result<bool, ManagerError> {
+        let (sessions, ctx) = (Arc::clone(self), ctx.clone());
+        let change = async move { sessions.record_phase(&ctx, report).await };
+        (self.tasks.finish(change).await).unwrap_or(Err(ManagerError::ShuttingDown))
+    }
+
+    async fn record_phase(
         &self,
         ctx: &TokenContext,
         report: PhaseReport,

@@ -1,4 +1,6 @@
-//! The order of phase entries in a build's log when registration races the scheduler.
+//! Phase changes whose store call is slow to return: the order of phase entries in a
+//! build's log when registration races the scheduler, and a final phase whose worker goes
+//! away mid-call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +14,11 @@ use chrono::{DateTime, Utc};
 
 use crate::harness::*;
 
-/// A store whose phase changes to `build-scheduled` return `delay` after they were made,
-/// as on a loaded database: the window in which a worker that registered quickly reports
-/// its own phases before the scheduler's call comes back.
+/// A store whose phase changes to `slow` return `delay` after they were made, as on a
+/// loaded database.
 struct SlowToReturn {
     inner: SqliteStore,
+    slow: Phase,
     delay: Duration,
 }
 
@@ -53,7 +55,7 @@ impl Store for SlowToReturn {
         entry: Option<&LogEntry>,
     ) -> buildman_store::Result<Option<Phase>> {
         let before = self.inner.set_phase(id, to, from, error, entry).await;
-        if to == Phase::BuildScheduled {
+        if to == self.slow {
             tokio::time::sleep(self.delay).await;
         }
         before
@@ -175,8 +177,11 @@ impl Store for SlowToReturn {
 /// still shows `build-scheduled` first, because a phase and its entry are one store call.
 #[tokio::test]
 async fn phase_entries_follow_the_phase_changes_when_registration_races_the_scheduler() {
+    // The window in which a worker that registered quickly reports its own phases before
+    // the scheduler's call comes back.
     let store = SlowToReturn {
         inner: sqlite().await,
+        slow: Phase::BuildScheduled,
         delay: Duration::from_secs(2),
     };
     let executor = scripted();
@@ -212,5 +217,86 @@ async fn phase_entries_follow_the_phase_changes_when_registration_races_the_sche
         phases,
         ["build-scheduled", "unpacking", "pulling", "building"]
     );
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A worker that goes away while its `complete` is being written (tonic drops the call's
+/// future when the connection closes): the change still has all its consequences, so the
+/// job ends and its queue item is done at once, not after the lost-worker reaper's wait.
+#[tokio::test]
+async fn a_final_phase_ends_its_job_when_the_worker_goes_away_mid_call() {
+    let store = SlowToReturn {
+        inner: sqlite().await,
+        slow: Phase::Complete,
+        delay: Duration::from_secs(1),
+    };
+    let executor = scripted();
+    let manager = manager_with(
+        Arc::new(store),
+        MemoryOrchestrator::new(),
+        vec![Exec::of(&executor)],
+        1,
+    );
+    let build = manager.builds().submit(request("r")).await.unwrap();
+    eventually("a worker is started", || async { executor.started() == 1 }).await;
+    let sessions = manager.sessions();
+    let ctx = register(sessions, &executor.token(0)).await;
+    assert!(
+        sessions
+            .set_phase(&ctx, report(Phase::Building))
+            .await
+            .unwrap()
+    );
+    tokio::select! {
+        _ = sessions.set_phase(&ctx, report(Phase::Complete)) => {
+            panic!("the call returned before the store did")
+        }
+        () = eventually("complete is written", || async {
+            phase(&manager, build.id).await == Phase::Complete
+        }) => {}
+    }
+    // The call's future is dropped here, as the worker's connection closed.
+    eventually("the job ended: its queue item is done", || async {
+        (manager.builds().queue_state(build.id).await.unwrap()).is_none()
+    })
+    .await;
+    eventually("and its worker stopped", || async {
+        executor.stopped().len() == 1
+    })
+    .await;
+    manager.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The same for a user whose cancel request goes away mid-call: the worker is stopped.
+#[tokio::test]
+async fn a_cancel_stops_the_worker_when_the_user_goes_away_mid_call() {
+    let store = SlowToReturn {
+        inner: sqlite().await,
+        slow: Phase::Cancelled,
+        delay: Duration::from_secs(1),
+    };
+    let executor = scripted();
+    let manager = manager_with(
+        Arc::new(store),
+        MemoryOrchestrator::new(),
+        vec![Exec::of(&executor)],
+        1,
+    );
+    let build = manager.builds().submit(request("r")).await.unwrap();
+    eventually("a worker is started", || async { executor.started() == 1 }).await;
+    tokio::select! {
+        _ = manager.builds().cancel(build.id) => panic!("the call returned before the store did"),
+        () = eventually("cancelled is written", || async {
+            phase(&manager, build.id).await == Phase::Cancelled
+        }) => {}
+    }
+    eventually("the job ended: its queue item is gone", || async {
+        (manager.builds().queue_state(build.id).await.unwrap()).is_none()
+    })
+    .await;
+    eventually("and its worker stopped", || async {
+        executor.stopped().len() == 1
+    })
+    .await;
     manager.shutdown(Duration::from_secs(5)).await;
 }
