@@ -13,7 +13,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,12 +25,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{Pool, Sqlite, Transaction};
 
-use crate::common::Backend;
 use crate::common::logs::{LastSequences, LogRows};
 use crate::common::rows::{
     CLAIMABLE, CLAIMABLE_COLUMNS, ClaimableRow, LOG_HEAD_COLUMNS, LogHead, millis, unserialisable,
 };
+use crate::common::{Backend, LineAppender};
 use crate::{Result, StoreError};
+
+mod appender;
+use appender::Appender;
 
 /// The schema, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -65,6 +68,9 @@ static LOG_HEADS: LazyLock<String> = LazyLock::new(|| {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Worker lines' own connection and thread (none for an in-memory database, which a
+    /// second connection would not see).
+    appender: Option<Arc<Appender>>,
 }
 
 impl SqliteStore {
@@ -92,6 +98,9 @@ impl SqliteStore {
 
     /// Closes every connection; calls made afterwards fail.
     pub async fn close(&self) {
+        if let Some(appender) = &self.appender {
+            appender.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -110,7 +119,7 @@ impl SqliteStore {
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await?
         } else {
             SqlitePoolOptions::new()
@@ -119,7 +128,7 @@ impl SqliteStore {
                 // does; the check before each use was a round trip to its thread per call.
                 .test_before_acquire(false)
                 .after_release(|conn, _| Box::pin(discard_if_in_transaction(conn)))
-                .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+                .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
                 .await?
         };
         // Two processes opening a new file at once can both see a migration unapplied; the
@@ -134,7 +143,11 @@ impl SqliteStore {
             tracing::debug!(error = %e, "migrating the store failed; trying again");
             tries += 1;
         }
-        Ok(SqliteStore { pool })
+        let appender = match in_memory {
+            true => None,
+            false => Some(Arc::new(Appender::open(options.get_filename())?)),
+        };
+        Ok(SqliteStore { pool, appender })
     }
 }
 
@@ -266,5 +279,9 @@ impl Backend for SqliteStore {
 
     async fn lock_namespace(_: &mut SqliteConnection, _: &str) -> Result<()> {
         Ok(())
+    }
+
+    fn line_appender(&self) -> Option<&dyn LineAppender> {
+        self.appender.as_deref().map(|a| a as &dyn LineAppender)
     }
 }

@@ -135,6 +135,20 @@ impl<'a> LogBatch<'a> {
         Ok(())
     }
 
+    /// Places a batch of worker lines, each given as its build, the build's key, the
+    /// attempt its token names, its sequence number and its encoded entry: the attempt is
+    /// checked, then the line pushed. The first refusal fails the whole batch.
+    pub fn place_worker_lines(
+        &mut self,
+        lines: impl IntoIterator<Item = (BuildId, &'a str, Option<&'a str>, i32, &'a str)>,
+    ) -> Result<()> {
+        for (build, key, attempt, sequence, entry) in lines {
+            self.check_attempt(build, key, attempt)?;
+            self.push(build, key, Some(sequence), entry)?;
+        }
+        Ok(())
+    }
+
     /// Refuses a worker's line of an attempt that is over: its build is final, or the line
     /// names another attempt than the build's current one (a line that names none is
     /// checked for the final phase only).

@@ -92,4 +92,18 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Writes builds' `last_worker_sequence`.
     async fn set_last_sequences(conn: &mut Conn<Self>, last: &LastSequences<'_>) -> Result<()>;
+
+    /// What appends worker lines instead of the shared transaction, where the backend has
+    /// a cheaper way for its database; `None` (the default) runs the shared one.
+    fn line_appender(&self) -> Option<&dyn LineAppender> {
+        None
+    }
+}
+
+/// Appends a batch of worker lines as [`Store::append_worker_lines`](crate::Store) says,
+/// with the rules of [`logs::LogBatch`], in a backend's own way.
+#[async_trait]
+pub(crate) trait LineAppender: Send + Sync {
+    /// Appends `lines` (not empty): per line, the index it was stored at.
+    async fn append(&self, lines: &[crate::WorkerLine]) -> Result<Vec<Option<u64>>>;
 }

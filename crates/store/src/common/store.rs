@@ -454,6 +454,9 @@ where
         if lines.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(appender) = self.line_appender() {
+            return appender.append(lines).await;
+        }
         let encoded = encode(lines.iter().map(|l| &l.entry))?;
         let keys: Vec<String> = lines.iter().map(|l| l.build.to_string()).collect();
         let mut builds: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -461,10 +464,18 @@ where
         builds.dedup();
         let mut tx = self.begin_deciding().await?;
         let mut batch = LogBatch::new(B::lock_log_heads(&mut tx, &builds).await?);
-        for ((line, key), entry) in lines.iter().zip(&keys).zip(&encoded) {
-            batch.check_attempt(line.build, key, line.attempt.as_deref())?;
-            batch.push(line.build, key, Some(line.sequence), entry)?;
-        }
+        batch.place_worker_lines(lines.iter().zip(&keys).zip(&encoded).map(
+            |((line, key), entry)| {
+                let attempt = line.attempt.as_deref();
+                (
+                    line.build,
+                    key.as_str(),
+                    attempt,
+                    line.sequence,
+                    entry.as_str(),
+                )
+            },
+        ))?;
         if !batch.rows.builds.is_empty() {
             B::insert_logs(&mut tx, &batch.rows).await?;
             B::set_last_sequences(&mut tx, &batch.last_sequences()).await?;

@@ -59,6 +59,7 @@ macro_rules! store_suite {
             worker_lines_are_stored_once_per_attempt_across_builds,
             lines_of_an_attempt_that_is_over_are_refused,
             concurrent_worker_lines_are_stored_once,
+            worker_lines_and_the_managers_entries_share_one_dense_log,
             data_survives_reopening,
             concurrent_opens_migrate_once,
             undecodable_rows_are_reported_as_corrupt,
@@ -1293,6 +1294,61 @@ pub async fn concurrent_worker_lines_are_stored_once<B: Backend>() {
         let expected: Vec<_> = (1..=LINES).map(|s| format!("{build} {s}")).collect();
         assert_eq!(page.total, expected.len() as u64);
         assert_eq!(messages(page), expected);
+    }
+}
+
+pub async fn worker_lines_and_the_managers_entries_share_one_dense_log<B: Backend>() {
+    // A worker's lines and the manager's own entries of one build written at the same time
+    // (on SQLite through two connections: the log appender's and the pool's): each kept
+    // once, in its own order, at dense indices.
+    let (_db, store) = store::<B>().await;
+    let build = create(&store, "ns", "x").await.id;
+    const EACH: i32 = 200;
+    let worker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let sequences: Vec<i32> = (1..=EACH).collect();
+            for chunk in sequences.chunks(9) {
+                let lines: Vec<_> = chunk
+                    .iter()
+                    .map(|&sequence| WorkerLine {
+                        build,
+                        attempt: None,
+                        sequence,
+                        entry: LogEntry::output(format!("worker {sequence}")),
+                    })
+                    .collect();
+                store.append_worker_lines(&lines).await.unwrap();
+            }
+        })
+    };
+    let manager = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 1..=EACH {
+                let entry = LogEntry::output(format!("manager {n}"));
+                store.append_logs(build, &[entry]).await.unwrap();
+            }
+        })
+    };
+    let (w, m) = tokio::join!(worker, manager);
+    w.unwrap();
+    m.unwrap();
+    let page = store.read_logs(build, 0, 1000, u64::MAX).await.unwrap();
+    assert_eq!(
+        page.total,
+        2 * EACH as u64,
+        "one entry per index, none twice"
+    );
+    let all = messages(page);
+    for who in ["worker", "manager"] {
+        let theirs: Vec<_> = all.iter().filter(|m| m.starts_with(who)).collect();
+        let expected: Vec<_> = (1..=EACH).map(|n| format!("{who} {n}")).collect();
+        assert_eq!(
+            theirs,
+            expected.iter().collect::<Vec<_>>(),
+            "{who}'s entries"
+        );
     }
 }
 
