@@ -7,7 +7,8 @@
 //! up front: concurrent writers queue on the busy timeout instead of failing on a lock
 //! upgrade. So no row or advisory locks are needed here. SQLite binds no arrays: a batch of
 //! ids or log rows goes in as one JSON array, unpacked by `json_each`, so a batch costs the
-//! same few statements whatever its size.
+//! same few statements whatever its size. Worker lines, the hottest write, go another way:
+//! on a connection and a thread of their own (`sqlite/appender.rs`), one message per batch.
 //!
 //! Times are stored as unix milliseconds, so they come back truncated to the millisecond.
 
