@@ -50,7 +50,9 @@
 //! - `buildah rmi -f NAME` of an unknown image exits 125 ("image not known"), podman's exits
 //!   0; [`Backend::remove`] treats both as done. The `--layers` intermediate images and
 //!   pulled base images stay as cache (pruning them could race a concurrent build in the same
-//!   storage); `buildah rmi --prune` reclaims them when nothing builds.
+//!   storage); `buildah rmi --prune` reclaims them when nothing builds. A plain `rmi` can
+//!   still remove a layer another build's cache lookup is reading ("getting top layer info:
+//!   layer not known"); such a build runs again, up to 3 runs in all.
 //! - Test base images: `buildah from scratch`, `buildah copy` of a dir holding the static
 //!   `/bin/busybox` (Debian's busybox-static) plus `sh`/`echo`/... symlinks, `buildah config
 //!   --cmd`, `buildah commit`, `buildah rm`.

@@ -412,3 +412,81 @@ fn backend_credentials_debug_hides_the_password() {
         "{text}"
     );
 }
+
+/// A buildah whose first `failures` builds fail as buildah does when another build on the
+/// host removes a layer the cache lookup reads; every other call is the real buildah.
+/// Returns the script's path and the file counting the builds it failed.
+fn racing_buildah(env: &Env, failures: u32) -> (PathBuf, PathBuf) {
+    let real = find_on_path("buildah").expect("buildah installed");
+    let count = env.tmp.path().join("raced");
+    let script = env.tmp.path().join("buildah-racing");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do [ \"$a\" = bud ] && bud=1; done\n\
+             n=$(cat {count} 2>/dev/null || echo 0)\n\
+             if [ -n \"$bud\" ] && [ \"$n\" -lt {failures} ]; then\n\
+               echo $((n + 1)) > {count}\n\
+               echo 'Error: checking if cached image exists from a previous build: getting top layer info: layer not known' >&2\n\
+               exit 125\n\
+             fi\n\
+             exec {real} \"$@\"\n",
+            count = count.display(),
+            real = real.display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, count)
+}
+
+#[tokio::test]
+async fn backend_buildah_builds_again_when_another_build_removed_a_layer_under_it() {
+    let env = Env::start().await;
+    let (script, raced) = racing_buildah(&env, 1);
+    let mut config = env.config(Tool::Buildah);
+    config.program = Some(script);
+    let backend = config.into_backend();
+    let context = env.context("ctx", "FROM scratch\nCOPY file /file\n");
+    let (tx, lines) = collect();
+    let built = backend
+        .build(&env.request(&context, "localhost/raced:latest"), &tx)
+        .await;
+    drop(tx);
+    let lines = lines.await.unwrap();
+    assert!(built.is_ok_and(|id| !id.is_empty()), "{lines:?}");
+    assert_eq!(std::fs::read_to_string(&raced).unwrap().trim(), "1");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("layer not known") && l.contains("attempt 2 of 3")),
+        "the build log says why it ran again: {lines:?}"
+    );
+    assert!(env.images().iter().any(|i| i == "localhost/raced:latest"));
+}
+
+#[tokio::test]
+async fn backend_buildah_gives_up_a_build_that_keeps_losing_layers() {
+    let env = Env::start().await;
+    let (script, raced) = racing_buildah(&env, 99);
+    let mut config = env.config(Tool::Buildah);
+    config.program = Some(script);
+    let backend = config.into_backend();
+    let context = env.context("ctx", "FROM scratch\nCOPY file /file\n");
+    let (tx, _lines) = collect();
+    let built = backend
+        .build(&env.request(&context, "localhost/raced:latest"), &tx)
+        .await;
+    assert!(
+        matches!(&built, Err(BackendError::Failed { tail, .. })
+            if tail.iter().any(|l| l.contains("layer not known"))),
+        "{built:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&raced).unwrap().trim(),
+        "3",
+        "three runs, then the error"
+    );
+}

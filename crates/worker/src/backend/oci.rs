@@ -96,6 +96,19 @@ fn auth_for(image: &str, creds: Option<&Credentials>) -> Result<Option<AuthDir>,
 }
 
 /// The error text of a missing image (`buildah rmi`: "nosuch:1: image not known").
+/// How often a build runs when each run fails on [`is_storage_race`]: workers on one host
+/// share buildah's storage, and a plain `rmi` of one build's image can remove a layer
+/// another build's `--layers` cache lookup is reading at that moment. The lookup comes
+/// before the step runs, and the step's cached layers make a second run quick.
+const STORAGE_RACE_ATTEMPTS: u32 = 3;
+
+/// Whether a build failed because a layer vanished under its cache lookup (buildah: "checking
+/// if cached image exists from a previous build: getting top layer info: layer not known").
+fn is_storage_race(err: &BackendError) -> bool {
+    matches!(err, BackendError::Failed { tail, .. }
+        if tail.iter().any(|l| l.contains("layer not known")))
+}
+
 fn is_image_unknown(err: &BackendError) -> bool {
     matches!(err, BackendError::Failed { tail, .. }
         if tail.iter().any(|l| l.contains("image not known")))
@@ -140,35 +153,51 @@ impl Backend for OciBackend {
 
         let sub = if self.is_podman() { "build" } else { "bud" };
         let c = &self.config;
-        let mut cmd = self.command(sub);
-        cmd.arg("--isolation").arg(&c.isolation);
-        // --layers: cache every step (what Docker does); --force-rm: no containers left
-        // behind by a failed step.
-        cmd.arg("--layers").arg("--force-rm");
-        cmd.arg("--format").arg(&c.format);
-        cmd.arg("--iidfile").arg(&iid_file);
-        if !self.is_podman()
-            && let Some(runtime) = &c.runtime
-        {
-            cmd.arg("--runtime").arg(runtime);
-        }
-        Self::registry_flags(&mut cmd, auth.as_ref(), req.insecure_registries);
-        if let Some(cache) = req.cache_from.as_deref().filter(|s| !s.is_empty()) {
-            cmd.arg("--cache-from").arg(repository(cache));
-        }
-        for (name, value) in &req.build_args {
-            cmd.arg("--build-arg").arg(format!("{name}={value}"));
-        }
-        cmd.arg("-f").arg(&req.dockerfile);
-        cmd.arg("-t").arg(&req.tag);
-        cmd.arg(&req.context_dir);
+        let command = || {
+            let mut cmd = self.command(sub);
+            cmd.arg("--isolation").arg(&c.isolation);
+            // --layers: cache every step (what Docker does); --force-rm: no containers left
+            // behind by a failed step.
+            cmd.arg("--layers").arg("--force-rm");
+            cmd.arg("--format").arg(&c.format);
+            cmd.arg("--iidfile").arg(&iid_file);
+            if !self.is_podman()
+                && let Some(runtime) = &c.runtime
+            {
+                cmd.arg("--runtime").arg(runtime);
+            }
+            Self::registry_flags(&mut cmd, auth.as_ref(), req.insecure_registries);
+            if let Some(cache) = req.cache_from.as_deref().filter(|s| !s.is_empty()) {
+                cmd.arg("--cache-from").arg(repository(cache));
+            }
+            for (name, value) in &req.build_args {
+                cmd.arg("--build-arg").arg(format!("{name}={value}"));
+            }
+            cmd.arg("-f").arg(&req.dockerfile);
+            cmd.arg("-t").arg(&req.tag);
+            cmd.arg(&req.context_dir);
+            cmd
+        };
 
         let secrets: Vec<&str> = req
             .registry_creds
             .values()
             .map(|c| c.password.as_str())
             .collect();
-        run(cmd, &self.label(sub), Some(out), &secrets).await?;
+        let mut attempt = 1;
+        loop {
+            match run(command(), &self.label(sub), Some(out), &secrets).await {
+                Err(e) if attempt < STORAGE_RACE_ATTEMPTS && is_storage_race(&e) => {
+                    attempt += 1;
+                    out.line(format!(
+                        "another build on this host removed an image layer this build's cache \
+                         lookup was reading (\"layer not known\"); building again \
+                         (attempt {attempt} of {STORAGE_RACE_ATTEMPTS})"
+                    ));
+                }
+                result => break result?,
+            }
+        }
         let id = std::fs::read_to_string(&iid_file)
             .map_err(|e| BackendError::io("reading the built image's id", e))?;
         Ok(id.trim().to_string())
