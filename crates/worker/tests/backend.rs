@@ -442,10 +442,13 @@ fn racing_buildah(env: &Env, failures: u32) -> (PathBuf, PathBuf) {
     (script, count)
 }
 
-#[tokio::test]
-async fn backend_buildah_builds_again_when_another_build_removed_a_layer_under_it() {
-    let env = Env::start().await;
-    let (script, raced) = racing_buildah(&env, 1);
+/// Builds a small context with [`racing_buildah`] failing the first `failures` builds:
+/// the result, the build's log lines and how many builds the script failed.
+async fn build_racing(
+    env: &Env,
+    failures: u32,
+) -> (Result<String, BackendError>, Vec<String>, u32) {
+    let (script, raced) = racing_buildah(env, failures);
     let mut config = env.config(Tool::Buildah);
     config.program = Some(script);
     let backend = config.into_backend();
@@ -455,9 +458,20 @@ async fn backend_buildah_builds_again_when_another_build_removed_a_layer_under_i
         .build(&env.request(&context, "localhost/raced:latest"), &tx)
         .await;
     drop(tx);
-    let lines = lines.await.unwrap();
+    let raced = std::fs::read_to_string(&raced)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (built, lines.await.unwrap(), raced)
+}
+
+#[tokio::test]
+async fn backend_buildah_builds_again_when_another_build_removed_a_layer_under_it() {
+    let env = Env::start().await;
+    let (built, lines, raced) = build_racing(&env, 1).await;
     assert!(built.is_ok_and(|id| !id.is_empty()), "{lines:?}");
-    assert_eq!(std::fs::read_to_string(&raced).unwrap().trim(), "1");
+    assert_eq!(raced, 1);
     assert!(
         lines
             .iter()
@@ -470,23 +484,11 @@ async fn backend_buildah_builds_again_when_another_build_removed_a_layer_under_i
 #[tokio::test]
 async fn backend_buildah_gives_up_a_build_that_keeps_losing_layers() {
     let env = Env::start().await;
-    let (script, raced) = racing_buildah(&env, 99);
-    let mut config = env.config(Tool::Buildah);
-    config.program = Some(script);
-    let backend = config.into_backend();
-    let context = env.context("ctx", "FROM scratch\nCOPY file /file\n");
-    let (tx, _lines) = collect();
-    let built = backend
-        .build(&env.request(&context, "localhost/raced:latest"), &tx)
-        .await;
+    let (built, _, raced) = build_racing(&env, 99).await;
     assert!(
         matches!(&built, Err(BackendError::Failed { tail, .. })
             if tail.iter().any(|l| l.contains("layer not known"))),
         "{built:?}"
     );
-    assert_eq!(
-        std::fs::read_to_string(&raced).unwrap().trim(),
-        "3",
-        "three runs, then the error"
-    );
+    assert_eq!(raced, 3, "three runs, then the error");
 }
